@@ -1,0 +1,28 @@
+"""tim4rec: time-aware sequential recommendation (TiM4Rec and baselines).
+
+Public entry points::
+
+    import tim4rec
+    results = tim4rec.train({"model": "sasrec", "dataset": "ml-100k"})
+    results["test"]["ndcg@10"]
+
+See :mod:`tim4rec.models` for the model contract and :mod:`tim4rec.evaluation` for metrics.
+"""
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def train(config: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate a model from a config dict; return the results dict.
+
+    The dict takes the same keys as the YAML configs (RecBole names), plus ``model`` and
+    ``dataset``. See :func:`tim4rec.training.api.train`.
+    """
+    from tim4rec.training.api import train as _train
+
+    return _train(config, resume=resume)
+
+
+__all__ = ["train", "__version__"]

@@ -1,0 +1,3 @@
+from tim4rec.cli import main
+
+raise SystemExit(main())
