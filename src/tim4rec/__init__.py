@@ -11,18 +11,21 @@ See :mod:`tim4rec.models` for the model contract and :mod:`tim4rec.evaluation` f
 
 from typing import Any
 
+from tim4rec import errors
+
 __version__ = "0.1.0"
 
 
-def train(config: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
+def train(config: dict[str, Any], **options: Any) -> dict[str, Any]:
     """Train and evaluate a model from a config dict; return the results dict.
 
     The dict takes the same keys as the YAML configs (RecBole names), plus ``model`` and
-    ``dataset``. See :func:`tim4rec.training.api.train`.
+    ``dataset``. Options: ``resume``, ``config_files``, ``set_args``, ``output_dir``; see
+    :func:`tim4rec.training.api.train`.
     """
     from tim4rec.training.api import train as _train
 
-    return _train(config, resume=resume)
+    return _train(config, **options)
 
 
-__all__ = ["train", "__version__"]
+__all__ = ["errors", "train", "__version__"]

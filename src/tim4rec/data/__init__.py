@@ -1,0 +1,61 @@
+"""Data: readers, named datasets, filtering and id maps, leave-one-out batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tim4rec.data.datasets import NAMED_DATASETS, fetch
+from tim4rec.data.preprocess import Interactions, build_interactions
+from tim4rec.data.readers import FieldNames, read_interactions
+from tim4rec.data.sequences import SequenceData
+from tim4rec.errors import DataError
+
+
+def load_interactions(
+    dataset: str | Path,
+    *,
+    fields: FieldNames = FieldNames(),
+    user_inter_num_interval: Any = "[5,inf)",
+    item_inter_num_interval: Any = "[5,inf)",
+    time_order: str = "exact",
+    cache: str | None = None,
+) -> Interactions:
+    """Read a named dataset (fetched on first use) or a file/folder, then filter and sort it."""
+    if dataset is None or str(dataset).strip() == "":
+        raise DataError("no dataset given: pass --dataset NAME_OR_PATH or set 'dataset' in the config")
+    name = str(dataset)
+    if name in NAMED_DATASETS and not Path(name).exists():
+        path = fetch(name, cache)
+        if path.suffix != ".inter":  # a GroupLens raw file
+            fields = FieldNames()
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise DataError(f"'{name}' is neither a named dataset ({sorted(NAMED_DATASETS)}) nor an existing file or folder")
+    raw = read_interactions(path, fields)
+    return build_interactions(
+        raw,
+        user_inter_num_interval=user_inter_num_interval,
+        item_inter_num_interval=item_inter_num_interval,
+        time_order=time_order,
+        source=path,
+    )
+
+
+def interactions_from_config(config: dict[str, Any]) -> Interactions:
+    """:func:`load_interactions` with the keys of a config dict."""
+    return load_interactions(
+        config["dataset"],
+        fields=FieldNames(config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]),
+        user_inter_num_interval=config["user_inter_num_interval"],
+        item_inter_num_interval=config["item_inter_num_interval"],
+        time_order=config["time_order"],
+        cache=config.get("data_cache"),
+    )
+
+
+__all__ = [
+    "FieldNames", "Interactions", "NAMED_DATASETS", "SequenceData", "build_interactions", "fetch",
+    "interactions_from_config", "load_interactions", "read_interactions",
+]

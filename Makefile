@@ -1,0 +1,24 @@
+# Two commands on a fresh machine:
+#   make demo   trains TiM4Rec on MovieLens-100K (fetched on first use) and prints a metrics table
+#   make test   runs the test suite
+# Both create .venv and install the package first (torch pinned by constraints.txt).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tim4rec train --model sasrec --dataset ml-100k --output runs/demo-sasrec-ml-100k --set time_budget=240 --set train_batch_size=32
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q

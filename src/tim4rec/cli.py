@@ -1,0 +1,147 @@
+"""The ``tim4rec`` command: a thin layer over the data, training and evaluation stages.
+
+    tim4rec data fetch NAME
+    tim4rec data stats NAME_OR_PATH
+    tim4rec train --model NAME [--dataset NAME_OR_PATH] [--config FILE] [--set k=v ...] [--output DIR] [--resume]
+    tim4rec evaluate CHECKPOINT
+
+User errors print one line (``tim4rec: error: ...``) and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from tim4rec.errors import Tim4RecError
+
+
+def _format_metrics_table(rows: dict[str, dict[str, float]], ks: Sequence[int], names: Sequence[str]) -> str:
+    header = "| split | " + " | ".join(f"{n.upper() if n != 'hit' else 'HR'}@{k}" for n in names for k in ks) + " |"
+    lines = [header, "|" + "---|" * (len(names) * len(ks) + 1)]
+    for split, metrics in rows.items():
+        lines.append(f"| {split} | " + " | ".join(f"{metrics[f'{n}@{k}']:.4f}" for n in names for k in ks) + " |")
+    return "\n".join(lines)
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    from tim4rec.config import metric_names
+
+    config = results["config"]
+    names, ks = metric_names(config), config["topk"]
+    print(
+        f"\n{results['model']} on {results['dataset']} ({results['regime']} regime, seed {results['seed']}, "
+        f"{results['threads']} threads): best epoch {results['best_epoch']} of {results['epochs_run']}, "
+        f"stopped by {results['stopped_by']}, {results['seconds_per_epoch'] or float('nan'):.1f} s per epoch"
+    )
+    print(_format_metrics_table({"valid (best)": results["best_valid"], "test": results["test"]}, ks, names))
+    print(f"results: {results['output_dir']}/results.json")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tim4rec.data import fetch, load_interactions
+    from tim4rec.data.readers import FieldNames
+
+    if args.data_command == "fetch":
+        print(fetch(args.name, args.cache))
+        return 0
+    interactions = load_interactions(
+        args.name,
+        fields=FieldNames(args.user_field, args.item_field, args.time_field),
+        user_inter_num_interval=args.user_interval,
+        item_inter_num_interval=args.item_interval,
+        time_order=args.time_order,
+        cache=args.cache,
+    )
+    stats = interactions.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    lengths = stats["sequence_length"]
+    print(f"dataset      {args.name} ({stats['source']})")
+    before = stats["filtering"]["before"]
+    print(f"before       {before['users']} users, {before['items']} items, {before['interactions']:,} interactions")
+    print(f"filtering    users {stats['filtering']['user_inter_num_interval']}, items {stats['filtering']['item_inter_num_interval']}")
+    print(f"users        {stats['users']}")
+    print(f"items        {stats['items']}")
+    print(f"interactions {stats['interactions']:,}")
+    print(f"density      {stats['density']:.4f}")
+    print(
+        "seq length   min {min}, p5 {p5:.0f}, p25 {p25:.0f}, median {p50:.0f}, mean {mean:.1f}, p75 {p75:.0f}, "
+        "p95 {p95:.0f}, p99 {p99:.0f}, max {max}".format(**lengths)
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tim4rec.config import load_config
+    from tim4rec.training.trainer import Trainer
+
+    config, notices = load_config(model=args.model, dataset=args.dataset, config_files=args.config, set_args=args.set)
+    results = Trainer(config, args.output, notices=notices).fit(resume=args.resume)
+    _print_results(results)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tim4rec.training.evaluate import evaluate_checkpoint
+
+    results = evaluate_checkpoint(args.checkpoint, split=args.split, mask_history=args.mask_history)
+    from tim4rec.config import metric_names
+
+    print(_format_metrics_table({args.split: results["metrics"]}, results["config"]["topk"], metric_names(results["config"])))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tim4rec", description="Time-aware sequential recommendation: train, evaluate, benchmark.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="fetch a named dataset or show statistics")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="fetch a named dataset into the cache")
+    fetch.add_argument("name")
+    fetch.add_argument("--cache", help="cache folder (default ~/.cache/tim4rec or $TIM4REC_CACHE)")
+    stats = data_commands.add_parser("stats", help="users, items, interactions after filtering")
+    stats.add_argument("name", help="a named dataset (ml-100k, ml-1m) or a file/folder")
+    stats.add_argument("--cache")
+    stats.add_argument("--user-field", default="user_id")
+    stats.add_argument("--item-field", default="item_id")
+    stats.add_argument("--time-field", default="timestamp")
+    stats.add_argument("--user-interval", default="[5,inf)", help="RecBole's user_inter_num_interval")
+    stats.add_argument("--item-interval", default="[5,inf)", help="RecBole's item_inter_num_interval")
+    stats.add_argument("--time-order", default="exact", choices=["exact", "recbole"])
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+    train = commands.add_parser("train", help="train and evaluate a model")
+    train.add_argument("--model", help="model name (or 'model' in the config)")
+    train.add_argument("--dataset", help="named dataset or file/folder (or 'dataset' in the config)")
+    train.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument("--output", help="output folder (default runs/<model>-<dataset>-seed<seed>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model (best.pt) on its dataset")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", default="test", choices=["valid", "test"])
+    evaluate.add_argument("--mask-history", action="store_true", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate}
+    try:
+        return handlers[args.command](args)
+    except Tim4RecError as error:
+        print(f"tim4rec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tim4rec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

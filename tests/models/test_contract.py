@@ -1,0 +1,69 @@
+"""Every registered model honours the contract of tim4rec.models.base."""
+
+import pytest
+import torch
+
+from tim4rec.models import MODELS, create, model_defaults
+
+N_ITEMS, L = 30, 12
+
+
+def small(name: str) -> dict:
+    defaults = model_defaults(name)
+    return {key: value for key, value in {"hidden_size": 16, "inner_size": 32, "n_heads": 2}.items() if key in defaults}
+
+
+def batch(seed: int = 0, b: int = 4):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([L, 5, 1, 9])[:b]
+    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
+    times = torch.cumsum(torch.randint(1, 10_000, (b, L), generator=generator), 1) + 1_000_000_000
+    padding = torch.arange(L)[None] >= lengths[:, None]
+    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_scores_shape_and_gradient(name):
+    torch.manual_seed(0)
+    model = create(name, N_ITEMS, L, **small(name))
+    items, lengths, times = batch()
+    scores = model.full_sort_predict(items, lengths, times)
+    assert scores.shape == (4, N_ITEMS + 1)
+    scores.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert model.regime in ("prefix", "causal")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_padding_content_does_not_change_scores(name):
+    torch.manual_seed(0)
+    model = create(name, N_ITEMS, L, **small(name)).eval()
+    items, lengths, times = batch()
+    padding = torch.arange(L)[None] >= lengths[:, None]
+    noisy_items = torch.where(padding, torch.randint(1, N_ITEMS + 1, items.shape), items)
+    noisy_times = torch.where(padding, times.max() + 12345, times)
+    with torch.no_grad():
+        clean = model.full_sort_predict(items, lengths, times)
+        noisy = model.full_sort_predict(noisy_items, lengths, noisy_times)
+    if model.causal:
+        torch.testing.assert_close(clean, noisy, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in MODELS.items() if cls.causal))
+def test_causal_loss_equals_prefix_loss_on_the_same_targets(name):
+    """For a causal model, position t of a window sees exactly the prefix ending at t."""
+    torch.manual_seed(0)
+    model = create(name, N_ITEMS, L, **small(name)).eval()
+    items, lengths, times = batch(b=1)
+    n = int(lengths[0])
+    targets = torch.zeros_like(items)
+    targets[0, : n - 1] = items[0, 1:n]
+    with torch.no_grad():
+        causal = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": targets})
+        prefix_items = torch.zeros(n - 1, L, dtype=torch.long)
+        prefix_times = torch.zeros(n - 1, L, dtype=torch.long)
+        for t in range(1, n):
+            prefix_items[t - 1, :t] = items[0, :t]
+            prefix_times[t - 1, :t] = times[0, :t]
+        prefix = model.calculate_loss({"item_seq": prefix_items, "item_seq_len": torch.arange(1, n), "timestamps": prefix_times, "target": items[0, 1:n]})
+    torch.testing.assert_close(causal, prefix, atol=1e-5, rtol=1e-5)

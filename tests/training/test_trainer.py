@@ -1,0 +1,93 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tim4rec
+from tim4rec.config import load_config
+from tim4rec.training.trainer import Trainer
+
+TINY = {
+    "model": "sasrec", "hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1,
+    "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 64, "epochs": 3, "stopping_step": 10,
+    "show_progress": False, "threads": 1, "seed": 7,
+}
+
+
+def test_one_epoch_on_a_real_slice(ml100k_slice: Path, tmp_path: Path):
+    results = tim4rec.train({**TINY, "dataset": str(ml100k_slice), "epochs": 1, "train_regime": "prefix"}, output_dir=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["status"] == "finished"
+    assert saved["test"] == results["test"]
+    assert set(results["test"]) == {f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in (10, 20, 50)}
+    assert results["train_targets"]["prefix"] == results["train_targets"]["causal"] == results["train_samples"]
+    assert results["regime"] == "prefix" and results["data_order"] == "exact"
+    assert results["dataset_stats"]["users"] == results["evaluated_users"]
+    assert len(results["epochs"]) == 1 and results["epochs"][0]["loss"] > 0
+    assert results["best_epoch"] == 1 and results["stopped_by"] == "epochs"
+    assert {"torch", "tim4rec", "numpy"} <= set(results["versions"])
+    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def _trainer(dataset: Path, output: Path, **extra) -> Trainer:
+    config, notices = load_config(overrides={**TINY, "dataset": str(dataset), **extra})
+    return Trainer(config, output, notices=notices)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_gives_the_same_results(synthetic_inter: Path, tmp_path: Path):
+    uninterrupted = _trainer(synthetic_inter, tmp_path / "a").fit()
+
+    interrupted = _trainer(synthetic_inter, tmp_path / "b")
+
+    def kill_after(epoch: int) -> None:
+        if epoch == 1:
+            raise Killed
+
+    interrupted.epoch_end_hook = kill_after
+    with pytest.raises(Killed):
+        interrupted.fit()
+    resumed = _trainer(synthetic_inter, tmp_path / "b").fit(resume=True)
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in uninterrupted["epochs"]]
+    assert [e["valid"] for e in resumed["epochs"]] == [e["valid"] for e in uninterrupted["epochs"]]
+    assert resumed["test"] == uninterrupted["test"]
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+
+
+def test_an_existing_run_is_never_overwritten(synthetic_inter: Path, tmp_path: Path):
+    _trainer(synthetic_inter, tmp_path / "a", epochs=1).fit()
+    before = (tmp_path / "a" / "results.json").read_bytes()
+    with pytest.raises(tim4rec.errors.Tim4RecError, match="already holds a run"):
+        _trainer(synthetic_inter, tmp_path / "a", epochs=1).fit()
+    assert (tmp_path / "a" / "results.json").read_bytes() == before
+
+
+def test_resume_refuses_a_different_experiment(synthetic_inter: Path, tmp_path: Path):
+    _trainer(synthetic_inter, tmp_path / "a", epochs=1).fit()
+    with pytest.raises(tim4rec.errors.ConfigError, match="learning_rate"):
+        _trainer(synthetic_inter, tmp_path / "a", epochs=2, learning_rate=0.5).fit(resume=True)
+    more = _trainer(synthetic_inter, tmp_path / "a", epochs=2).fit(resume=True)  # a limit may change
+    assert more["epochs_run"] == 2
+
+
+def test_limits_stop_cleanly_and_evaluate_the_best(synthetic_inter: Path, tmp_path: Path):
+    by_steps = _trainer(synthetic_inter, tmp_path / "s", max_steps=3, train_batch_size=8, train_regime="prefix").fit()
+    assert by_steps["stopped_by"] == "max_steps" and by_steps["steps"] == 3
+    assert by_steps["epochs"][-1]["partial"] and by_steps["test"] is not None
+    by_time = _trainer(synthetic_inter, tmp_path / "t", time_budget=1e-9).fit()
+    assert by_time["stopped_by"] == "time_budget" and by_time["steps"] == 1
+
+
+def test_early_stopping_reports_test_at_the_best_epoch(synthetic_inter: Path, tmp_path: Path):
+    results = _trainer(synthetic_inter, tmp_path / "e", epochs=30, stopping_step=2, learning_rate=0.05).fit()
+    epochs = results["epochs"]
+    best = max(epochs, key=lambda e: e["valid"]["ndcg@10"])
+    assert results["best_epoch"] == best["epoch"]
+    if results["stopped_by"] == "early_stopping":
+        assert len(epochs) == results["best_epoch"] + 2
+    saved = torch.load(tmp_path / "e" / "best.pt", weights_only=False)
+    assert saved["epoch"] == results["best_epoch"]
