@@ -4,6 +4,7 @@
     tim4rec data stats NAME_OR_PATH
     tim4rec train --model NAME [--dataset NAME_OR_PATH] [--config FILE] [--set k=v ...] [--output DIR] [--resume]
     tim4rec evaluate CHECKPOINT
+    tim4rec bench quality PLAN.yaml [--output DIR]
 
 User errors print one line (``tim4rec: error: ...``) and exit with status 2, without a traceback.
 """
@@ -95,6 +96,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tim4rec.bench import quality
+
+    if args.bench_command == "quality":
+        output = args.output or str(__import__("pathlib").Path(args.plan).with_suffix(""))
+        if not args.report_only:
+            quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline)
+        print(quality.report(args.plan, output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tim4rec", description="Time-aware sequential recommendation: train, evaluate, benchmark.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="output folder (default runs/<model>-<dataset>-seed<seed>)")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder")
 
+    bench = commands.add_parser("bench", help="benchmarks that write tables and plots")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    quality = bench_commands.add_parser("quality", help="models x seeds from a plan file; resumes what is done")
+    quality.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")
+    quality.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")
+    quality.add_argument("--only", nargs="+", help="run only these runs of the plan")
+    quality.add_argument("--deadline", type=float, help="stop starting new runs after this many seconds")
+    quality.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model (best.pt) on its dataset")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"])
@@ -132,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate}
+    handlers = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except Tim4RecError as error:

@@ -8,9 +8,16 @@ from tim4rec.models import MODELS, create, model_defaults
 N_ITEMS, L = 30, 12
 
 
-def small(name: str) -> dict:
+#: (model name, extra hyper-parameters): every model, and every mode of models that have several
+VARIANTS = [(name, {}) for name in sorted(MODELS)] + [("tim4rec", {"time_mode": mode}) for mode in ("paper", "none")]
+IDS = [name + "".join(f"-{v}" for v in extra.values()) for name, extra in VARIANTS]
+
+
+def build(name: str, extra: dict):
     defaults = model_defaults(name)
-    return {key: value for key, value in {"hidden_size": 16, "inner_size": 32, "n_heads": 2}.items() if key in defaults}
+    sizes = {"hidden_size": 16, "inner_size": 32, "n_heads": 2, "head_dim": 8, "d_state": 8, "chunk_size": 4}
+    torch.manual_seed(0)
+    return create(name, N_ITEMS, L, **{k: v for k, v in sizes.items() if k in defaults}, **extra)
 
 
 def batch(seed: int = 0, b: int = 4):
@@ -22,10 +29,9 @@ def batch(seed: int = 0, b: int = 4):
     return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_scores_shape_and_gradient(name):
-    torch.manual_seed(0)
-    model = create(name, N_ITEMS, L, **small(name))
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_scores_shape_and_gradient(name, extra):
+    model = build(name, extra)
     items, lengths, times = batch()
     scores = model.full_sort_predict(items, lengths, times)
     assert scores.shape == (4, N_ITEMS + 1)
@@ -34,10 +40,12 @@ def test_scores_shape_and_gradient(name):
     assert model.regime in ("prefix", "causal")
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_padding_content_does_not_change_scores(name):
-    torch.manual_seed(0)
-    model = create(name, N_ITEMS, L, **small(name)).eval()
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_padding_content_does_not_change_scores(name, extra):
+    """Property of causal models: what is written after position len does not matter."""
+    model = build(name, extra).eval()
+    if not model.causal:
+        pytest.skip("not a causal model")
     items, lengths, times = batch()
     padding = torch.arange(L)[None] >= lengths[:, None]
     noisy_items = torch.where(padding, torch.randint(1, N_ITEMS + 1, items.shape), items)
@@ -45,15 +53,15 @@ def test_padding_content_does_not_change_scores(name):
     with torch.no_grad():
         clean = model.full_sort_predict(items, lengths, times)
         noisy = model.full_sort_predict(noisy_items, lengths, noisy_times)
-    if model.causal:
-        torch.testing.assert_close(clean, noisy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clean, noisy, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, cls in MODELS.items() if cls.causal))
-def test_causal_loss_equals_prefix_loss_on_the_same_targets(name):
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_causal_loss_equals_prefix_loss_on_the_same_targets(name, extra):
     """For a causal model, position t of a window sees exactly the prefix ending at t."""
-    torch.manual_seed(0)
-    model = create(name, N_ITEMS, L, **small(name)).eval()
+    model = build(name, extra).eval()
+    if not model.causal:
+        pytest.skip("not a causal model")
     items, lengths, times = batch(b=1)
     n = int(lengths[0])
     targets = torch.zeros_like(items)

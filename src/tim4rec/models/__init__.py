@@ -11,9 +11,12 @@ from typing import Any
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.models.sasrec import SASRec
+from tim4rec.models.tim4rec import SSD4Rec, TiM4Rec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
     "sasrec": SASRec,
+    "tim4rec": TiM4Rec,
+    "ssd4rec": SSD4Rec,
 }
 
 

@@ -87,10 +87,13 @@ class Trainer:
         self.threads = resolve_threads(config.get("threads"))
         torch.set_num_threads(self.threads)
         cls = model_class(config["model"])
-        self.regime = config.get("train_regime") or cls.regime
-        if self.regime == "causal" and not cls.causal:
-            raise ConfigError(f"train_regime: model '{cls.name}' is not causal, so it trains only in the prefix regime")
         self.interactions = interactions_from_config(config)
+        self.hyperparameters = {key: config[key] for key in cls.hyperparameters}
+        self._seed_everything(config["seed"])
+        self.model = create(cls.name, self.interactions.n_items, config["MAX_ITEM_LIST_LENGTH"], **self.hyperparameters)
+        self.regime = config.get("train_regime") or self.model.regime
+        if self.regime == "causal" and not self.model.causal:
+            raise ConfigError(f"train_regime: model '{cls.name}' (as configured) is not causal, so it trains only in the prefix regime")
         self.data = SequenceData(self.interactions, config["MAX_ITEM_LIST_LENGTH"])
         self.train_samples = self.data.train_samples(self.regime)
         self.target_counts = {
@@ -99,9 +102,6 @@ class Trainer:
         }
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
-        self.hyperparameters = {key: config[key] for key in cls.hyperparameters}
-        self._seed_everything(config["seed"])
-        self.model = create(cls.name, self.interactions.n_items, config["MAX_ITEM_LIST_LENGTH"], **self.hyperparameters)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
         self.ks = list(config["topk"])
         self.metric_names = metric_names(config)

@@ -1,0 +1,1 @@
+"""Benchmarks that write tables and plots: ``tim4rec bench quality`` (more to come)."""

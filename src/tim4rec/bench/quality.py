@@ -1,0 +1,201 @@
+"""``tim4rec bench quality PLAN.yaml``: models x seeds on one dataset, as tables and a plot.
+
+A plan is a YAML file::
+
+    dataset: ml-100k
+    seeds: [1, 2, 3]
+    common: {train_regime: prefix, time_budget: 1800}   # keys for every run
+    runs:
+      sasrec: {model: sasrec, n_heads: 2}
+      tim4rec-causal: {model: tim4rec, time_mode: causal}
+
+Each (run, seed) trains into ``OUTPUT/runs/<run>/seed<seed>/``. A finished run is not repeated;
+an unfinished one (killed, or stopped by a wall-time budget that the plan has since raised) is
+resumed, so a long plan can be worked through over several invocations (``--deadline`` stops an
+invocation cleanly between runs). Then ``quality.md``, ``quality.csv`` and
+``quality_valid_ndcg.png`` are written from every ``results.json`` found.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from tim4rec.config import load_config, read_yaml
+from tim4rec.errors import ConfigError
+from tim4rec.training.checkpoint import write_json_atomic
+from tim4rec.training.trainer import Trainer, log
+
+PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title"}
+TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    plan = read_yaml(path)
+    unknown = set(plan) - PLAN_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown plan keys {sorted(unknown)}; a plan has {sorted(PLAN_KEYS)}")
+    if not isinstance(plan.get("runs"), dict) or not plan["runs"]:
+        raise ConfigError(f"{path}: 'runs' must map run names to config dicts")
+    for name, run in plan["runs"].items():
+        if not isinstance(run, dict) or "model" not in run:
+            raise ConfigError(f"{path}: run '{name}' needs a 'model' key")
+    plan.setdefault("seeds", [2020])
+    plan.setdefault("common", {})
+    return plan
+
+
+def _run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
+    return {"dataset": plan["dataset"], **plan["common"], **plan["runs"][name], "seed": seed, "show_progress": False}
+
+
+def _status(folder: Path, config: dict[str, Any]) -> str:
+    """``todo``, ``resume`` or ``done`` for one run folder."""
+    results_path = folder / "results.json"
+    if not results_path.exists():
+        return "resume" if (folder / "checkpoint.pt").exists() else "todo"
+    results = json.loads(results_path.read_text())
+    if results.get("status") != "finished":
+        return "resume"
+    budget = config.get("time_budget")
+    if results.get("stopped_by") == "time_budget" and budget and results["elapsed_seconds"] < budget * 0.98:
+        return "resume"  # the plan's budget was raised since
+    if results.get("stopped_by") == "epochs" and config.get("epochs", 0) > results["epochs_run"]:
+        return "resume"
+    return "done"
+
+
+def run_plan(plan_path: str | Path, output: str | Path, *, only: list[str] | None = None, deadline: float | None = None) -> None:
+    plan = read_plan(plan_path)
+    output = Path(output)
+    started = time.monotonic()
+    for name in plan["runs"]:
+        if only and name not in only:
+            continue
+        for seed in plan["seeds"]:
+            if deadline is not None and time.monotonic() - started >= deadline:
+                log(f"deadline of {deadline:.0f} s reached; run the same command again to go on")
+                return
+            folder = output / "runs" / name / f"seed{seed}"
+            overrides = _run_config(plan, name, seed)
+            config, notices = load_config(overrides=overrides)
+            status = _status(folder, config)
+            if status == "done":
+                continue
+            log(f"{name} seed {seed}: {'resuming' if status == 'resume' else 'starting'} in {folder}")
+            Trainer(config, folder, notices=notices).fit(resume=status == "resume")
+
+
+def collect(output: str | Path) -> list[dict[str, Any]]:
+    """Every finished results.json under OUTPUT/runs/<run>/seed*/, with its run name."""
+    rows = []
+    for path in sorted(Path(output).glob("runs/*/seed*/results.json")):
+        results = json.loads(path.read_text())
+        if results.get("status") == "finished":
+            results["_run"] = path.parent.parent.name
+            rows.append(results)
+    return rows
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_run.setdefault(r["_run"], []).append(r)
+    summary = []
+    for name, runs in by_run.items():
+        row: dict[str, Any] = {
+            "run": name,
+            "model": runs[0]["model"],
+            "regime": runs[0]["regime"],
+            "seeds": [r["seed"] for r in runs],
+            "threads": sorted({r["threads"] for r in runs}),
+        }
+        for metric in runs[0]["test"]:
+            row[f"test_{metric}"], row[f"test_{metric}_std"] = _mean_spread([r["test"][metric] for r in runs])
+        row["seconds_per_epoch"], row["seconds_per_epoch_std"] = _mean_spread([r["seconds_per_epoch"] for r in runs if r["seconds_per_epoch"]])
+        row["best_epoch"] = [r["best_epoch"] for r in runs]
+        row["epochs_run"] = [r["epochs_run"] for r in runs]
+        row["stopped_by"] = sorted({r["stopped_by"] for r in runs})
+        row["budget"] = sorted({r["config"].get("time_budget") for r in runs if r["stopped_by"] == "time_budget"})
+        summary.append(row)
+    return summary
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    mean, spread = row[key], row.get(f"{key}_std", 0.0)
+    return f"{mean:.4f} ± {spread:.4f}" if len(row["seeds"]) > 1 else f"{mean:.4f}"
+
+
+def markdown(summary: list[dict[str, Any]], title: str, dataset: str) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"Dataset `{dataset}`; test metrics at the best validation epoch (NDCG@10); mean ± sample standard deviation over seeds.",
+        "",
+        "| run | model | regime | seeds | " + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in TABLE_METRICS)
+        + " | s/epoch | best epoch | epochs | stopped by |",
+        "|" + "---|" * (len(TABLE_METRICS) + 8),
+    ]
+    for row in summary:
+        stopped = ", ".join(s if s != "time_budget" else f"time budget ({', '.join(f'{b:.0f} s' for b in row['budget'])})" for s in row["stopped_by"])
+        lines.append(
+            f"| {row['run']} | {row['model']} | {row['regime']} | {', '.join(map(str, row['seeds']))} | "
+            + " | ".join(_cell(row, f"test_{m}") for m in TABLE_METRICS)
+            + f" | {row['seconds_per_epoch']:.1f} | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_validation(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    colours: dict[str, Any] = {}
+    for r in results:
+        epochs = [e["epoch"] for e in r["epochs"]]
+        values = [e["valid"]["ndcg@10"] for e in r["epochs"]]
+        name = r["_run"]
+        line = axis.plot(epochs, values, color=colours.get(name), alpha=0.8, label=None if name in colours else name)
+        colours.setdefault(name, line[0].get_color())
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation NDCG@10")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report(plan_path: str | Path, output: str | Path) -> str:
+    plan = read_plan(plan_path)
+    output = Path(output)
+    results = [r for r in collect(output) if r["_run"] in plan["runs"]]
+    if not results:
+        return "no finished runs yet"
+    order = list(plan["runs"])
+    summary = sorted(summarise(results), key=lambda row: order.index(row["run"]))
+    text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"])
+    (output / "quality.md").write_text(text)
+    keys = list(summary[0])
+    with open(output / "quality.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        for row in summary:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    plot_validation(results, output / "quality_valid_ndcg.png")
+    write_json_atomic({"plan": plan, "summary": summary}, output / "quality.json")
+    return text

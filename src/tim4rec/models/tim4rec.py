@@ -1,0 +1,344 @@
+"""TiM4Rec (Fan et al., arXiv 2409.16182): a time-aware Mamba-2 (SSD) sequential recommender.
+
+Stack: ``h = LayerNorm(Dropout(ItemEmb(s)))``, then ``num_layers`` TiSSD layers, each
+``h = LayerNorm(Dropout(TiSSD(h, tau)) + h)`` (no residual with one layer) followed by a
+Hardswish feed-forward; scores are ``h[len-1] @ ItemEmb^T``.
+
+TiSSD is a Mamba-2 block: ``in_proj`` -> (z, xBC, dt); ``xBC = Hardswish(causal depthwise
+conv(xBC))`` -> (x, B, C); the SSD recurrence ``S_t = exp(Delta_t A) S_{t-1} + Delta_t x_t
+B_t^T``, ``y_t = S_t C_t + D x_t`` with ``Delta_t = softplus(dt_t * u_t + dt_bias)``; then
+``out_proj(RMSNorm(y * SiLU(z)))``. The time path produces ``u`` (B, L, H) from the gaps
+between interactions, so the state decays by an amount that depends on elapsed time. Three
+``time_mode`` values:
+
+``paper``
+    The reference computation, quirks included (see ``shared/reference.md``): gaps
+    ``[0, t1-t0, ...]`` over the padded float32 timestamp row (so position ``len`` holds
+    ``0 - t_{len-1}``), a LayerNorm over the *position* axis (length L), position-axis Linear
+    layers in the time MLP and gate, two causal Hardswish convolutions, and the gated residual
+    ``tau' = LayerNorm_L(g tau + (1-g) u)`` passed to the next layer. Module names match the
+    reference, so its state_dict loads with ``strict=True``. The position-axis layers mix
+    positions (and padding) and fix L, so this mode trains only in the prefix regime.
+
+``causal`` (ours)
+    The same time-aware SSD with every time feature a function of the gap since the previous
+    event only: ``tau_t = W log1p(max(t_t - t_{t-1}, 0))`` per head (``tau_0`` from a gap of 0);
+    the time MLP and gate act on the head axis of each position instead of the position axis; the
+    two causal convolutions are kept; the next layer gets ``g tau + (1-g) u`` normalised over
+    heads. Nothing looks at later positions or at padding, so the output at t depends only on
+    events <= t: the model trains in the cheap causal regime, runs at any length and streams
+    (``init_state`` / ``step``).
+
+``none``
+    The time path off (``u = 1``): SSD4Rec*, registered also as ``ssd4rec``. Causal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tim4rec.errors import ConfigError
+from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.blocks import FeedForward
+from tim4rec.ops import ssd_scan, ssd_step
+
+TIME_MODES = ("paper", "causal", "none")
+SECONDS_PER_DAY = 86_400.0
+
+
+def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal convolution of x (B, C, L) with a Conv1d padded by K-1 on both sides."""
+    return conv(x)[..., : x.shape[-1]]
+
+
+def causal_conv_step(conv: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`causal_conv`: window (B, C, K-1) of past inputs, x (B, C) -> (y (B, C), window)."""
+    full = torch.cat([window, x[..., None]], dim=-1)  # (B, C, K)
+    y = (full * conv.weight[:, 0, :]).sum(-1)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y, full[..., 1:]
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(y * SiLU(z)) * weight`` over the last axis (mamba-ssm's gated norm, gate first)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        gated = (y * F.silu(z)).to(torch.promote_types(y.dtype, torch.float32))
+        normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight).to(y.dtype)
+
+
+class TiSSD(nn.Module):
+    """One time-aware Mamba-2 block. ``forward(u (B, L, d), tau) -> (out (B, L, d), tau')``.
+
+    ``tau`` is (B, H, L) in paper mode, (B, L, H) in causal mode, None in none mode.
+    """
+
+    def __init__(self, d_model: int, seq_len: int, d_state: int, d_conv: int, expand: int, head_dim: int, chunk_size: int, time_drop_out: float, time_mode: str, p2p_residual: bool, norm_eps: float):
+        super().__init__()
+        self.d_inner = expand * d_model
+        if self.d_inner % head_dim:
+            raise ConfigError(f"hidden_size * expand = {self.d_inner} is not a multiple of head_dim {head_dim}")
+        self.n_heads = self.d_inner // head_dim
+        self.head_dim, self.d_state, self.d_conv, self.chunk_size = head_dim, d_state, d_conv, chunk_size
+        self.time_mode = time_mode
+        h = self.n_heads
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + h)  # -> z, xBC, dt
+        conv_dim = self.d_inner + 2 * d_state
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
+        self.act = nn.Hardswish()
+        if time_mode != "none":
+            self.conv1d4time_1 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
+            self.conv1d4time_2 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
+            features = seq_len if time_mode == "paper" else h  # the axis the time MLP and gate act on
+            self.mlp4time_scale = nn.Sequential(nn.Dropout(time_drop_out), nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features))
+            self.time_gate_residual = nn.Sequential(nn.Dropout(time_drop_out), nn.Linear(features, features if p2p_residual else 1), nn.Sigmoid())
+            self.time_layer_norm = nn.LayerNorm(features, eps=norm_eps)
+        # Mamba-2 initialisation: dt log-uniform in [1e-3, 1e-1] (floor 1e-4) through softplus^-1, A ~ U(1, 16)
+        dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(h))
+        self.norm = GatedRMSNorm(self.d_inner, norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, d_model)
+
+    def A(self) -> torch.Tensor:
+        """(H,) the negative decay rates, in at least float32."""
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+
+    def _split(self, projected: torch.Tensor):
+        return torch.split(projected, [self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads], dim=-1)
+
+    def _time_factor(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time path: tau -> (u (B, L, H) multiplying dt, tau' for the next layer)."""
+        if self.time_mode == "paper":  # tau (B, H, L): MLP and gate over positions
+            u = tau * self.mlp4time_scale(tau)
+            u = self.act(causal_conv(self.conv1d4time_1, u))
+            u = self.act(causal_conv(self.conv1d4time_2, u))  # (B, H, L)
+            gate = self.time_gate_residual(tau)
+            return u.transpose(1, 2), self.time_layer_norm(gate * tau + (1 - gate) * u)
+        # causal: tau (B, L, H): MLP and gate over heads, convolutions over positions
+        u = tau * self.mlp4time_scale(tau)
+        u = self.act(causal_conv(self.conv1d4time_1, u.transpose(1, 2)))
+        u = self.act(causal_conv(self.conv1d4time_2, u)).transpose(1, 2)  # (B, L, H)
+        gate = self.time_gate_residual(tau)
+        return u, self.time_layer_norm(gate * tau + (1 - gate) * u)
+
+    def forward(self, hidden: torch.Tensor, tau: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, l, _ = hidden.shape
+        z, xBC, dt = self._split(self.in_proj(hidden))  # (B, L, d_in), (B, L, d_in + 2N), (B, L, H)
+        xBC = self.act(causal_conv(self.conv1d, xBC.transpose(1, 2)).transpose(1, 2))
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        tau_next = None
+        if self.time_mode != "none":
+            u, tau_next = self._time_factor(tau)
+            dt = dt * u
+        y = ssd_scan(
+            x.reshape(b, l, self.n_heads, self.head_dim), dt, self.A(),
+            B[:, :, None, :], C[:, :, None, :], self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        )  # (B, L, H, P)
+        return self.out_proj(self.norm(y.reshape(b, l, self.d_inner), z)), tau_next
+
+    # -- streaming (causal and none modes) -----------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
+        k = self.d_conv - 1
+        state = {
+            "conv": torch.zeros(batch_size, self.d_inner + 2 * self.d_state, k, device=device, dtype=dtype),
+            "ssm": torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype),
+        }
+        if self.time_mode == "causal":
+            state["time_1"] = torch.zeros(batch_size, self.n_heads, k, device=device, dtype=dtype)
+            state["time_2"] = torch.zeros(batch_size, self.n_heads, k, device=device, dtype=dtype)
+        return state
+
+    def step(self, hidden: torch.Tensor, tau: torch.Tensor | None, state: dict[str, torch.Tensor]):
+        """One event: hidden (B, d), tau (B, H) or None -> (out (B, d), tau' (B, H) or None, state)."""
+        if self.time_mode == "paper":
+            raise RuntimeError("paper mode mixes positions and cannot stream; use time_mode causal")
+        z, xBC, dt = self._split(self.in_proj(hidden))
+        xBC, conv = causal_conv_step(self.conv1d, state["conv"], xBC)
+        x, B, C = torch.split(self.act(xBC), [self.d_inner, self.d_state, self.d_state], dim=-1)
+        new_state = {"conv": conv}
+        tau_next = None
+        if self.time_mode == "causal":
+            u = tau * self.mlp4time_scale(tau)
+            u, new_state["time_1"] = causal_conv_step(self.conv1d4time_1, state["time_1"], u)
+            u, new_state["time_2"] = causal_conv_step(self.conv1d4time_2, state["time_2"], self.act(u))
+            u = self.act(u)
+            gate = self.time_gate_residual(tau)
+            tau_next = self.time_layer_norm(gate * tau + (1 - gate) * u)
+            dt = dt * u
+        y, new_state["ssm"] = ssd_step(
+            state["ssm"], x.reshape(-1, self.n_heads, self.head_dim), dt, self.A(),
+            B[:, None, :], C[:, None, :], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        )
+        return self.out_proj(self.norm(y.reshape(-1, self.d_inner), z)), tau_next, new_state
+
+
+class TiSSDLayer(nn.Module):
+    """TiSSD, dropout and a post-norm residual (none with a single layer), then the FFN."""
+
+    def __init__(self, d_model: int, num_layers: int, dropout: float, is_ffn: bool, inner_size: int, norm_eps: float, **ssd_args: Any):
+        super().__init__()
+        self.residual = num_layers > 1
+        self.ssd = TiSSD(d_model, norm_eps=norm_eps, **ssd_args)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d_model, eps=norm_eps)
+        # the reference's FFN LayerNorm eps is 1e-12 whatever norm_eps says
+        self.ffn = FeedForward(d_model, inner_size, dropout, "hardswish", layer_norm_eps=1e-12, inner_dropout=dropout) if is_ffn else None
+
+    def _after_ssd(self, out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.layer_norm(self.dropout(out) + hidden if self.residual else self.dropout(out))
+        return self.ffn(out) if self.ffn is not None else out
+
+    def forward(self, hidden: torch.Tensor, tau: torch.Tensor | None):
+        out, tau = self.ssd(hidden, tau)
+        return self._after_ssd(out, hidden), tau
+
+    def step(self, hidden: torch.Tensor, tau: torch.Tensor | None, state: dict[str, torch.Tensor]):
+        out, tau, state = self.ssd.step(hidden, tau, state)
+        return self._after_ssd(out, hidden), tau, state
+
+
+class TiM4Rec(SequentialRecommender):
+    name = "tim4rec"
+    hyperparameters = {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "dropout_prob": 0.2,
+        "time_drop_out": 0.2,
+        "d_state": 32,
+        "d_conv": 4,
+        "expand": 2,
+        "head_dim": 32,
+        "chunk_size": 32,
+        "is_ffn": True,
+        "inner_size": None,  # None: 4 * hidden_size, as in the reference
+        "p2p_residual": False,
+        "norm_eps": 1e-12,
+        "is_kai_ming_init": True,
+        "time_mode": "causal",
+    }
+
+    @classmethod
+    def translate_config(cls, layer: dict[str, Any], notices: list[str]) -> dict[str, Any]:
+        """The reference YAML's ``is_time: True/False`` means ``time_mode: paper/none``."""
+        if "is_time" in layer:
+            is_time = layer.pop("is_time")
+            if "time_mode" not in layer:
+                layer["time_mode"] = "paper" if is_time else "none"
+                notices.append(f"is_time: {is_time} read as time_mode: {layer['time_mode']}")
+        return layer
+
+    def __init__(self, n_items: int, max_seq_length: int, *, hidden_size: int, num_layers: int, dropout_prob: float, time_drop_out: float, d_state: int, d_conv: int, expand: int, head_dim: int, chunk_size: int, is_ffn: bool, inner_size: int | None, p2p_residual: bool, norm_eps: float, is_kai_ming_init: bool, time_mode: str):
+        super().__init__(n_items, max_seq_length)
+        if time_mode not in TIME_MODES:
+            raise ConfigError(f"time_mode: expected one of {TIME_MODES}, got {time_mode!r}")
+        self.time_mode = time_mode
+        self.causal = time_mode != "paper"
+        self.regime = "causal" if self.causal else "prefix"
+        self.is_kai_ming_init = is_kai_ming_init
+        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
+        self.in_layer_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
+        self.n_heads = expand * hidden_size // head_dim
+        if time_mode == "paper":
+            self.layer_norm_time = nn.LayerNorm(max_seq_length, eps=norm_eps)
+        elif time_mode == "causal":
+            self.time_encoder = nn.Linear(1, self.n_heads)  # log1p(gap in seconds) -> per-head feature
+        self.dropout = nn.Dropout(dropout_prob)
+        self.ssd_layers = nn.ModuleList(
+            TiSSDLayer(
+                hidden_size, num_layers, dropout_prob, is_ffn, inner_size or 4 * hidden_size, norm_eps,
+                seq_len=max_seq_length, d_state=d_state, d_conv=d_conv, expand=expand, head_dim=head_dim,
+                chunk_size=chunk_size, time_drop_out=time_drop_out, time_mode=time_mode, p2p_residual=p2p_residual,
+            )
+            for _ in range(num_layers)
+        )
+        self.apply(self._init_weights)
+        if time_mode == "causal":  # a gap of one day maps to 1, a gap of 0 to 0
+            nn.init.constant_(self.time_encoder.weight, 1.0 / math.log1p(SECONDS_PER_DAY))
+            nn.init.zeros_(self.time_encoder.bias)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.Conv1d) and self.is_kai_ming_init:
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # -- time features ----------------------------------------------------------------------
+    def time_features(self, timestamps: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) seconds -> the first layer's tau: (B, H, L) paper, (B, L, H) causal, None none."""
+        if self.time_mode == "none":
+            return None
+        if self.time_mode == "paper":
+            stamps = timestamps.float()  # the reference sees RecBole's float32 timestamps
+            gaps = torch.cat([torch.zeros_like(stamps[:, :1]), stamps[:, 1:] - stamps[:, :-1]], dim=1)
+            gaps = gaps.to(self.layer_norm_time.weight.dtype)
+            tau = self.layer_norm_time(self.dropout(gaps))  # LayerNorm over positions
+            return tau[:, None, :].expand(-1, self.n_heads, -1)
+        gaps = (timestamps[:, 1:] - timestamps[:, :-1]).clamp(min=0)
+        gaps = torch.cat([torch.zeros_like(timestamps[:, :1]), gaps], dim=1)
+        return self._encode_gap(gaps)
+
+    def _encode_gap(self, gaps: torch.Tensor) -> torch.Tensor:
+        """(...) int seconds >= 0 -> (..., H)."""
+        log_gaps = torch.log1p(gaps.to(self.time_encoder.weight.dtype))
+        return self.dropout(self.time_encoder(log_gaps[..., None]))
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_seq)))  # (B, L, d)
+        tau = self.time_features(timestamps)
+        for layer in self.ssd_layers:
+            hidden, tau = layer(hidden, tau)
+        return hidden
+
+    # -- streaming ---------------------------------------------------------------------------
+    def init_state(self, batch_size: int) -> dict[str, Any]:
+        """Empty streaming state for ``batch_size`` users (causal and none modes)."""
+        if self.time_mode == "paper":
+            raise RuntimeError("time_mode 'paper' cannot stream: its time path mixes positions")
+        device = self.item_embedding.weight.device
+        return {
+            "layers": [layer.ssd.init_state(batch_size, device) for layer in self.ssd_layers],
+            "last_time": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "seen": torch.zeros(batch_size, dtype=torch.bool, device=device),
+        }
+
+    def step(self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
+        tau = None
+        if self.time_mode == "causal":
+            gaps = torch.where(state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps))
+            tau = self._encode_gap(gaps)
+        layers = []
+        for layer, layer_state in zip(self.ssd_layers, state["layers"]):
+            hidden, tau, layer_state = layer.step(hidden, tau, layer_state)
+            layers.append(layer_state)
+        new_state = {"layers": layers, "last_time": timestamps.clone(), "seen": torch.ones_like(state["seen"])}
+        return self.item_scores(hidden), new_state
+
+
+class SSD4Rec(TiM4Rec):
+    """SSD4Rec* of the TiM4Rec paper: the same stack with the time path off and PyTorch's conv init."""
+
+    name = "ssd4rec"
+    hyperparameters = {**TiM4Rec.hyperparameters, "time_mode": "none", "is_kai_ming_init": False}
