@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from tim4rec.models import MODELS, create, model_defaults
+from tim4rec.models import available, create, model_defaults
 
 N_ITEMS, L = 30, 12
 
 
 #: (model name, extra hyper-parameters): every model, and every mode of models that have several
-VARIANTS = [(name, {}) for name in sorted(MODELS)] + [("tim4rec", {"time_mode": mode}) for mode in ("paper", "none")]
+VARIANTS = [(name, {}) for name in available()] + [("tim4rec", {"time_mode": mode}) for mode in ("paper", "none")]
 IDS = [name + "".join(f"-{v}" for v in extra.values()) for name, extra in VARIANTS]
 
 

@@ -1,31 +1,46 @@
 """Models on one contract (see :mod:`tim4rec.models.base`), created by name.
 
 >>> model = create("sasrec", n_items=1349, max_seq_length=50, hidden_size=64)
+
+Each model lives in its own module, imported when first asked for.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 from typing import Any
 
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender
-from tim4rec.models.sasrec import SASRec
-from tim4rec.models.tim4rec import SSD4Rec, TiM4Rec
 
-MODELS: dict[str, type[SequentialRecommender]] = {
-    "sasrec": SASRec,
-    "tim4rec": TiM4Rec,
-    "ssd4rec": SSD4Rec,
+#: name -> (module, class)
+REGISTRY: dict[str, tuple[str, str]] = {
+    "sasrec": ("tim4rec.models.sasrec", "SASRec"),
+    "tim4rec": ("tim4rec.models.tim4rec", "TiM4Rec"),
+    "ssd4rec": ("tim4rec.models.tim4rec", "SSD4Rec"),
+    "tisasrec": ("tim4rec.models.tisasrec", "TiSASRec"),
+    "mamba4rec": ("tim4rec.models.mamba4rec", "Mamba4Rec"),
+    "gru4rec": ("tim4rec.models.gru4rec", "GRU4Rec"),
+    "bert4rec": ("tim4rec.models.bert4rec", "BERT4Rec"),
+    "caser": ("tim4rec.models.caser", "Caser"),
+    "lrurec": ("tim4rec.models.lrurec", "LRURec"),
 }
+
+
+def available() -> list[str]:
+    """Names of the registered models whose module is present."""
+    return sorted(name for name, (module, _) in REGISTRY.items() if importlib.util.find_spec(module) is not None)
 
 
 def model_class(name: str) -> type[SequentialRecommender]:
     """The class registered under ``name`` (case-insensitive)."""
-    try:
-        return MODELS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown model '{name}'; available: {sorted(MODELS)}") from None
+    key = str(name).lower()
+    if key not in REGISTRY or key not in available():
+        raise ConfigError(f"unknown model '{name}'; available: {available()}")
+    module, cls = REGISTRY[key]
+    return getattr(importlib.import_module(module), cls)
 
 
 def model_defaults(name: str) -> dict[str, Any]:
@@ -48,4 +63,4 @@ def create(name: str, n_items: int, max_seq_length: int, **hyperparameters: Any)
     return cls(n_items, max_seq_length, **{k: v for k, v in arguments.items() if k in accepted})
 
 
-__all__ = ["MODELS", "SequentialRecommender", "create", "model_class", "model_defaults"]
+__all__ = ["REGISTRY", "SequentialRecommender", "available", "create", "model_class", "model_defaults"]

@@ -100,6 +100,9 @@ class Trainer:
             regime: self.data.n_targets(self.data.train_samples(regime) if regime != self.regime else self.train_samples)
             for regime in ("prefix", "causal")
         }
+        # train_batch_size counts training targets: a causal batch holds about as many targets
+        # (windows x L) as a prefix batch holds samples, so both regimes take similar steps.
+        self.batch_rows = config["train_batch_size"] if self.regime == "prefix" else max(1, round(config["train_batch_size"] / config["MAX_ITEM_LIST_LENGTH"]))
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
@@ -202,6 +205,7 @@ class Trainer:
             "regime": self.regime,
             "train_targets": self.target_counts,
             "train_samples": len(self.train_samples),
+            "rows_per_batch": self.batch_rows,
             "evaluated_users": len(self.test_samples),
             "seed": self.config["seed"],
             "threads": self.threads,
@@ -235,8 +239,8 @@ class Trainer:
 
         config = self.config
         generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + epoch)
-        n_batches = math.ceil(len(self.train_samples) / config["train_batch_size"])
-        batches = self.data.iterate(self.train_samples, config["train_batch_size"], generator=generator)
+        n_batches = math.ceil(len(self.train_samples) / self.batch_rows)
+        batches = self.data.iterate(self.train_samples, self.batch_rows, generator=generator)
         progress = tqdm(
             batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
             disable=not config.get("show_progress", True) or None, file=sys.stderr,
