@@ -99,6 +99,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from tim4rec.bench import quality
 
+    if args.bench_command == "speed":
+        from tim4rec.bench import speed
+
+        overrides: dict[str, dict] = {}
+        for text in args.model_set:
+            model, _, assignment = text.partition(":")
+            from tim4rec.config import parse_override
+
+            key, value = parse_override(assignment)
+            overrides.setdefault(model, {})[key] = value
+        dropouts = {"both": [True, False], "on": [True], "off": [False]}[args.dropout]
+        print(speed.run(args.models, args.lengths, batch=args.batch, items=args.items, dropouts=dropouts, device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats, output=__import__("pathlib").Path(args.output), memory_limit_gib=args.memory_limit_gib, hyperparameters=overrides))
+        return 0
+    if args.bench_command == "kernel":
+        from tim4rec.bench import kernel
+
+        print(kernel.run(args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim, state=args.state, chunk=args.chunk, threads=args.threads, device=args.device, warmup=args.warmup, repeats=args.repeats, max_recurrent=args.max_recurrent, max_quadratic=args.max_quadratic, output=__import__("pathlib").Path(args.output)))
+        return 0
     if args.bench_command == "quality":
         output = args.output or str(__import__("pathlib").Path(args.plan).with_suffix(""))
         if not args.report_only:
@@ -137,6 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that write tables and plots")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    speed = bench_commands.add_parser("speed", help="training-step and inference time and peak memory against sequence length")
+    speed.add_argument("--models", nargs="+", default=["sasrec", "tim4rec", "ssd4rec", "mamba4rec"])
+    speed.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 800, 3200])
+    speed.add_argument("--batch", type=int, default=16)
+    speed.add_argument("--items", type=int, default=3416, help="number of items (default: ML-1M's 3416)")
+    speed.add_argument("--dropout", choices=["both", "on", "off"], default="both")
+    speed.add_argument("--device", default="cpu")
+    speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument("--warmup", type=int, default=2)
+    speed.add_argument("--repeats", type=int, default=5)
+    speed.add_argument("--memory-limit-gib", type=float, default=16.0, help="address-space limit of each measuring subprocess")
+    speed.add_argument("--model-set", action="append", default=[], metavar="MODEL:KEY=VALUE", help="a hyper-parameter for one model (repeatable)")
+    speed.add_argument("--output", default="docs/benchmarks/speed")
+    kernel = bench_commands.add_parser("kernel", help="SSD scan vs recurrence, quadratic form and the Mamba-1 scan")
+    kernel.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
+    kernel.add_argument("--batch", type=int, default=16)
+    kernel.add_argument("--heads", type=int, default=4)
+    kernel.add_argument("--head-dim", type=int, default=32)
+    kernel.add_argument("--state", type=int, default=32)
+    kernel.add_argument("--chunk", type=int, default=64)
+    kernel.add_argument("--threads", type=int, default=1)
+    kernel.add_argument("--device", default="cpu")
+    kernel.add_argument("--warmup", type=int, default=2)
+    kernel.add_argument("--repeats", type=int, default=5)
+    kernel.add_argument("--max-recurrent", type=int, default=2048, help="longest length for the step-by-step loop")
+    kernel.add_argument("--max-quadratic", type=int, default=2048, help="longest length for the (l, l) form")
+    kernel.add_argument("--output", default="docs/benchmarks/kernel")
     quality = bench_commands.add_parser("quality", help="models x seeds from a plan file; resumes what is done")
     quality.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")
     quality.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")

@@ -1,0 +1,152 @@
+"""``tim4rec bench kernel``: the SSD scan against its alternatives, over sequence lengths.
+
+Same problem size for every method (batch b, h heads of p channels, state size n, one group):
+
+- ``ssd_chunked``: :func:`tim4rec.ops.ssd_scan`, the chunked SSD algorithm (forward, and
+  forward + backward);
+- ``ssd_recurrent``: the plain step-by-step recurrence (:func:`tim4rec.ops.ssd_step` in a loop);
+- ``ssd_quadratic``: the attention-like form ``y = (L o C B^T) (Delta x)`` with the full (l, l)
+  decay matrix, quadratic in l;
+- ``mamba1_scan``: the Mamba-1 selective scan of the baselines (one decay per channel and state
+  entry) on d = h p channels with the same state size n.
+
+Achieved GFLOP/s counts 2 x the multiply-adds of the chunked algorithm's forward matrix products
+(per chunk: C B^T, its masked product with x, the chunk state, the inter-chunk output; plus the
+state passing), divided by the measured forward time; the machine's float32 matmul figure
+(1024 x 1024, same thread count) is measured in the same run for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
+from tim4rec.ops import ssd_scan, ssd_step
+
+
+def ssd_quadratic(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """The SSD as one (l, l) masked matrix per head. x (b, l, h, p), dt (b, l, h), B, C (b, l, 1, n)."""
+    a = (dt * A).permute(0, 2, 1)                                       # (b, h, l)
+    cumulative = a.cumsum(-1)
+    exponent = cumulative[..., :, None] - cumulative[..., None, :]     # (b, h, l, l)  sum_{j<k<=i} a_k
+    mask = torch.ones(a.shape[-1], a.shape[-1], dtype=torch.bool, device=x.device).tril()
+    decay = exponent.masked_fill(~mask, float("-inf")).exp()
+    scores = C[:, :, 0] @ B[:, :, 0].transpose(1, 2)                     # (b, l, l)
+    xd = (x * dt[..., None]).permute(0, 2, 1, 3)                         # (b, h, l, p)
+    return ((decay * scores[:, None]) @ xd).permute(0, 2, 1, 3)          # (b, l, h, p)
+
+
+def ssd_recurrent(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    b, l, h, p = x.shape
+    state = x.new_zeros(b, h, p, B.shape[-1])
+    ys = []
+    for t in range(l):
+        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+        ys.append(y)
+    return torch.stack(ys, 1)
+
+
+def chunked_forward_flops(b: int, l: int, h: int, p: int, n: int, Q: int, g: int = 1) -> float:
+    chunks = -(-l // Q)
+    macs = (
+        g * chunks * Q * Q * n          # C B^T per chunk and group
+        + h * chunks * Q * Q * p        # masked (Q, Q) product with x
+        + h * chunks * Q * p * n        # chunk states
+        + h * chunks * p * n            # state passing
+        + h * chunks * Q * p * n        # inter-chunk outputs
+    )
+    return 2.0 * b * macs
+
+
+def matmul_gflops(threads: int, device: str, size: int = 1024) -> float:
+    torch.set_num_threads(threads)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    timing = time_call(lambda: a @ b, warmup=3, repeats=10, device=device)
+    return 2 * size**3 / timing["median"] / 1e9
+
+
+def run(lengths: list[int], *, batch: int, heads: int, head_dim: int, state: int, chunk: int, threads: int, device: str, warmup: int, repeats: int, max_recurrent: int, max_quadratic: int, output: Path) -> str:
+    torch.set_num_threads(threads)
+    machine = machine_description(threads, device)
+    matmul = matmul_gflops(threads, device)
+    try:
+        from tim4rec.ops.selective_scan import selective_scan
+    except ImportError:  # the Mamba-1 scan arrives with the Mamba4Rec baseline
+        selective_scan = None
+    rows: list[dict[str, Any]] = []
+    generator = torch.Generator().manual_seed(0)
+    for l in lengths:
+        b, h, p, n = batch, heads, head_dim, state
+        x = torch.randn(b, l, h, p, generator=generator).to(device)
+        dt = torch.rand(b, l, h, generator=generator).mul(0.1).add(0.001).to(device)
+        A = -torch.rand(h, generator=generator).mul(15).add(1).to(device)
+        B = torch.randn(b, l, 1, n, generator=generator).to(device)
+        C = torch.randn(b, l, 1, n, generator=generator).to(device)
+        flops = chunked_forward_flops(b, l, h, p, n, chunk)
+        methods: dict[str, Callable[[], Any]] = {"ssd_chunked": lambda: ssd_scan(x, dt, A, B, C, chunk)}
+        if l <= max_quadratic:
+            methods["ssd_quadratic"] = lambda: ssd_quadratic(x, dt, A, B, C)
+        if l <= max_recurrent:
+            methods["ssd_recurrent"] = lambda: ssd_recurrent(x, dt, A, B, C)
+        if selective_scan is not None:
+            d = h * p
+            u = x.reshape(b, l, d).transpose(1, 2).contiguous()
+            delta = dt.repeat_interleave(p, dim=2).transpose(1, 2).contiguous()
+            A1 = A.repeat_interleave(p)[:, None].expand(d, n).contiguous()
+            B1, C1 = B[:, :, 0].transpose(1, 2).contiguous(), C[:, :, 0].transpose(1, 2).contiguous()
+            methods["mamba1_scan"] = lambda: selective_scan(u, delta, A1, B1, C1)
+        for name, forward in methods.items():
+            timing = time_call(forward, warmup=warmup if name != "ssd_recurrent" else 1, repeats=repeats if name != "ssd_recurrent" else 2, device=device)
+            row = {"method": name, "length": l, "forward_s": timing["median"], "forward_min_s": timing["min"], "forward_max_s": timing["max"]}
+            if name == "ssd_chunked":
+                row["gflops"] = flops / timing["median"] / 1e9
+                row["matmul_fraction"] = row["gflops"] / matmul
+                leaves = [t.detach().requires_grad_() for t in (x, dt, B, C)]
+
+                def forward_backward() -> None:
+                    ssd_scan(leaves[0], leaves[1], A, leaves[2], leaves[3], chunk).sum().backward()
+
+                backward = time_call(forward_backward, warmup=warmup, repeats=repeats, device=device)
+                row["fwd_bwd_s"] = backward["median"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    chunked = {r["length"]: r for r in rows if r["method"] == "ssd_chunked"}
+    for row in rows:
+        row["vs_chunked"] = row["forward_s"] / chunked[row["length"]]["forward_s"]
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, output / "kernel.csv")
+    _plot(rows, output / "kernel.png")
+    columns = [("method", "method"), ("length", "l"), ("forward_s", "forward s"), ("forward_min_s", "min"), ("forward_max_s", "max"), ("vs_chunked", "x chunked"), ("fwd_bwd_s", "fwd+bwd s"), ("gflops", "GFLOP/s"), ("matmul_fraction", "of matmul")]
+    text = (
+        f"# SSD kernel (b={batch}, h={heads}, p={head_dim}, n={state}, chunk {chunk}, {device}, {threads} thread(s))\n\n"
+        f"float32 matmul (1024 x 1024) in this run: {matmul:.1f} GFLOP/s\n\nMachine: {json.dumps(machine)}\n\n"
+        + markdown_table(rows, columns)
+    )
+    (output / "kernel.md").write_text(text)
+    return text
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for method in sorted({r["method"] for r in rows}):
+        points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["length"])
+        axis.plot([p["length"] for p in points], [p["forward_s"] for p in points], marker="o", label=method)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("sequence length")
+    axis.set_ylabel("forward seconds")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
