@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tim4rec train --model sasrec --dataset ml-100k --output runs/demo-sasrec-ml-100k --set time_budget=240 
+	$(BIN)/tim4rec train --model tim4rec --dataset ml-100k --output runs/demo-tim4rec-ml-100k-$$(date +%Y%m%d-%H%M%S) --set time_budget=240
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,159 @@
+"""BERT4Rec (Sun et al., CIKM 2019) as in RecBole 1.2: a bidirectional transformer trained to
+fill in masked items (the Cloze task).
+
+Network. ``h0 = Dropout(LayerNorm(ItemEmb(s) + PosEmb(0..L-1)))``, ``n_layers`` blocks of
+bidirectional multi-head self-attention and a feed-forward, each with a post-norm residual
+(RecBole's transformer layout; pad keys are masked, so padding never influences a real
+position), then RecBole 1.2's output head ``LayerNorm(GELU(Linear(h)))``. Scores are
+``h @ ItemEmb[0..n_items]^T + output_bias``. Timestamps are not used.
+
+Mask token. The item table has ``n_items + 2`` rows: padding 0, items 1..n_items and the mask
+token ``n_items + 1``. The mask row is an input only: scores and the loss cover the ids
+``0..n_items``, so the mask token is never ranked (column 0 is the padding item, as everywhere).
+
+Inference. The mask token is written at position ``len`` right after the history and the state
+there is scored; when the history fills all L slots, the oldest item is dropped first (the mask
+then sits at L-1). RecBole 1.2's ``reconstruct_test_data`` differs slightly: it drops the
+oldest item for every history, not only full ones.
+
+Training (``calculate_loss``), RecBole 1.2's ``mask_itemseq`` transform with its defaults, on
+prefix samples (history -> target). The target item of the sample is **not used**: only the
+history is. Per batch, with probability ``ft_ratio`` it is a fine-tuning batch, else a Cloze
+batch:
+
+- Cloze: every real position is replaced by the mask token independently with probability
+  ``mask_ratio``;
+- fine-tuning: only the last history item (position ``len - 1``) is replaced.
+
+The loss is the cross-entropy of the original items at masked positions, averaged over the
+batch's scored positions, with two RecBole details kept: at most ``int(mask_ratio * L)`` masked
+positions per row are scored (the most recent ones; further masked positions stay masked in the
+input but carry no loss), and position 0 is never scored (RecBole pads its index lists with 0,
+so a mask at position 0 is indistinguishable from padding). A batch with no scored position
+gives a zero loss (RecBole would give NaN). Random draws come from torch's global generator.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.blocks import CausalSelfAttention, FeedForward, init_normal_
+
+
+class BidirectionalSelfAttention(CausalSelfAttention):
+    """The shared attention block without the causal mask, with a key padding mask instead."""
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # x (B, L, d), real (B, L) bool
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=real[:, None, None, :], dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, heads, L, d / heads); every query attends to the real keys only
+        merged = attended.transpose(1, 2).reshape(x.shape)
+        return self.layer_norm(x + self.dropout(self.out(merged)))
+
+
+class BERT4RecBlock(nn.Module):
+    def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
+        super().__init__()
+        self.attention = BidirectionalSelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
+        self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
+        return self.feed_forward(self.attention(x, real))
+
+
+class BERT4Rec(SequentialRecommender):
+    name = "bert4rec"
+    regime = "prefix"
+    causal = False
+    hyperparameters = {
+        "n_layers": 2,
+        "n_heads": 2,
+        "hidden_size": 64,
+        "inner_size": 256,
+        "hidden_dropout_prob": 0.4,
+        "attn_dropout_prob": 0.4,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "initializer_range": 0.02,
+        "mask_ratio": 0.2,
+        "ft_ratio": 0.5,  # RecBole 1.2's default: the share of fine-tuning (mask-the-last) batches
+    }
+
+    def __init__(self, n_items: int, max_seq_length: int, *, n_layers: int, n_heads: int, hidden_size: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float, initializer_range: float, mask_ratio: float, ft_ratio: float):
+        super().__init__(n_items, max_seq_length)
+        self.mask_ratio = mask_ratio
+        self.ft_ratio = ft_ratio
+        self.mask_token = n_items + 1
+        self.mask_item_length = max(1, int(mask_ratio * max_seq_length))  # scored masks per row
+        self.item_embedding = nn.Embedding(n_items + 2, hidden_size, padding_idx=0)  # + mask token
+        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.blocks = nn.ModuleList(
+            BERT4RecBlock(hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps)
+            for _ in range(n_layers)
+        )
+        self.output_ffn = nn.Linear(hidden_size, hidden_size)
+        self.output_gelu = nn.GELU()
+        self.output_ln = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.output_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.apply(lambda module: init_normal_(module, initializer_range))
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids (the mask token allowed) -> (B, L, d); positions >= len are ignored as keys."""
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        real = positions[None, :] < item_seq_len[:, None]  # (B, L)
+        hidden = self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
+        for block in self.blocks:
+            hidden = block(hidden, real)
+        return self.output_ln(self.output_gelu(self.output_ffn(hidden)))
+
+    def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., n_items + 1) scores of ids 0..n_items; the mask token is left out."""
+        return hidden @ self.item_embedding.weight[: self.n_items + 1].t() + self.output_bias
+
+    def append_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the mask token after each history: (B, L), (B,) -> (B, L) ids, (B,) new lengths.
+
+        A full history (len == L) loses its oldest item so that the mask fits at position L-1.
+        """
+        length = item_seq.shape[1]
+        full = item_seq_len >= length
+        shifted = torch.where(full[:, None], item_seq.roll(-1, dims=1), item_seq)
+        new_len = torch.where(full, item_seq_len, item_seq_len + 1)
+        return shifted.scatter(1, (new_len - 1)[:, None], self.mask_token), new_len
+
+    def full_sort_predict(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        masked_seq, masked_len = self.append_mask(item_seq, item_seq_len)
+        hidden = self.forward(masked_seq, masked_len, timestamps)
+        return self.item_scores(self.gather_last(hidden, masked_len))  # (B, n_items + 1)
+
+    def cloze_mask(self, item_seq_len: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the masked positions of a training batch: (B,) lengths -> (masked, scored), both (B, L) bool.
+
+        ``masked``: positions whose item is replaced by the mask token; ``scored``: the subset that
+        carries a loss (at most ``mask_item_length`` per row, the most recent ones, never position 0).
+        """
+        device = item_seq_len.device
+        positions = torch.arange(length, device=device)[None, :]
+        real = positions < item_seq_len[:, None]
+        if float(torch.rand((), device=device)) < self.ft_ratio:  # fine-tuning batch: mask the last item
+            masked = positions == (item_seq_len[:, None] - 1)
+        else:
+            masked = real & (torch.rand(real.shape, device=device) < self.mask_ratio)
+        masked_from_here = masked.flip(1).cumsum(1).flip(1)  # masked positions at or after t
+        scored = masked & (masked_from_here <= self.mask_item_length) & (positions > 0)
+        return masked, scored
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cloze / fine-tuning cross-entropy over the history (the module docstring has the rules)."""
+        item_seq, item_seq_len = batch["item_seq"], batch["item_seq_len"]
+        masked, scored = self.cloze_mask(item_seq_len, item_seq.shape[1])
+        hidden = self.forward(item_seq.masked_fill(masked, self.mask_token), item_seq_len, batch["timestamps"])
+        if not bool(scored.any()):
+            return hidden.sum() * 0.0
+        return F.cross_entropy(self.item_scores(hidden[scored]), item_seq[scored])

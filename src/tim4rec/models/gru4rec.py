@@ -1,0 +1,64 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016; Tan et al., DLRS 2016) as in RecBole 1.2.
+
+``h = Dense(GRU(Dropout(ItemEmb(s))))``: item embeddings (``embedding_size``) go through
+embedding dropout and a ``num_layers`` GRU without biases (``hidden_size``, no dropout between
+layers), and a dense layer projects every GRU output back to ``embedding_size`` so that the
+read-out state at ``len - 1`` can be scored against the item embedding table (the base class's
+``item_scores``). Timestamps are not used.
+
+Initialisation as RecBole: the item table (padding row included) Xavier-normal, the first GRU
+layer's input and recurrent weights Xavier-uniform, everything else PyTorch's default.
+
+A GRU is causal (the output at t depends only on events <= t), so the model trains in the cheap
+causal regime by default and streams: :meth:`init_state` / :meth:`step` feed one event per user
+and give the same scores as :meth:`full_sort_predict` on the same history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tim4rec.models.base import SequentialRecommender
+
+
+class GRU4Rec(SequentialRecommender):
+    name = "gru4rec"
+    regime = "causal"
+    causal = True
+    hyperparameters = {
+        "embedding_size": 64,
+        "hidden_size": 128,
+        "num_layers": 2,
+        "dropout_prob": 0.4,
+    }
+
+    def __init__(self, n_items: int, max_seq_length: int, *, embedding_size: int, hidden_size: int, num_layers: int, dropout_prob: float):
+        super().__init__(n_items, max_seq_length)
+        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
+        self.emb_dropout = nn.Dropout(dropout_prob)
+        self.gru_layers = nn.GRU(embedding_size, hidden_size, num_layers=num_layers, bias=False, batch_first=True)
+        self.dense = nn.Linear(hidden_size, embedding_size)  # GRU output -> item-embedding space
+        nn.init.xavier_normal_(self.item_embedding.weight)
+        nn.init.xavier_uniform_(self.gru_layers.weight_ih_l0)
+        nn.init.xavier_uniform_(self.gru_layers.weight_hh_l0)
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, embedding_size); position t sees events 0..t only."""
+        output, _ = self.gru_layers(self.emb_dropout(self.item_embedding(item_seq)))  # (B, L, hidden)
+        return self.dense(output)
+
+    # -- streaming ---------------------------------------------------------------------------
+    def init_state(self, batch_size: int) -> dict[str, Any]:
+        """Empty streaming state: the GRU hidden state (num_layers, B, hidden_size), zeros."""
+        weight = self.gru_layers.weight_hh_l0
+        layers, hidden = self.gru_layers.num_layers, self.gru_layers.hidden_size
+        return {"hidden": torch.zeros(layers, batch_size, hidden, device=weight.device, dtype=weight.dtype)}
+
+    def step(self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        embedded = self.emb_dropout(self.item_embedding(item_ids))[:, None, :]  # (B, 1, embedding_size)
+        output, hidden = self.gru_layers(embedded, state["hidden"])  # (B, 1, hidden), (layers, B, hidden)
+        return self.item_scores(self.dense(output[:, 0])), {"hidden": hidden}

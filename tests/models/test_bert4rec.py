@@ -1,0 +1,124 @@
+"""BERT4Rec: the mask token is never ranked, inference input, RecBole 1.2's Cloze objective."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tim4rec.models import create
+
+N_ITEMS, L = 25, 10
+SMALL = {"hidden_size": 16, "inner_size": 32, "n_heads": 2}
+
+
+def history(b: int = 4, seed: int = 0, lengths=(10, 6, 1, 3)):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths[:b])
+    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
+    times = 1_000_000_000 + torch.cumsum(torch.randint(1, 1000, (b, L), generator=generator), 1)
+    padding = torch.arange(L)[None] >= lengths[:, None]
+    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+
+
+def small(**extra):
+    torch.manual_seed(0)
+    model = create("bert4rec", N_ITEMS, L, **SMALL, **extra)
+    with torch.no_grad():  # a trained-looking output bias, so that it matters in the checks
+        model.output_bias.normal_()
+    return model
+
+
+def test_mask_token_is_an_input_row_but_never_a_score_column():
+    model = small().eval()
+    assert model.mask_token == N_ITEMS + 1
+    assert model.item_embedding.weight.shape == (N_ITEMS + 2, 16)
+    items, lengths, times = history()
+    with torch.no_grad():
+        model.item_embedding.weight[model.mask_token] = 100.0  # would win every ranking if it were scored
+        scores = model.full_sort_predict(items, lengths, times)
+        masked, new_len = model.append_mask(items, lengths)
+        hidden = model(masked, new_len, times)[torch.arange(4), new_len - 1]
+    assert scores.shape == (4, N_ITEMS + 1)
+    expected = hidden @ model.item_embedding.weight[: N_ITEMS + 1].t() + model.output_bias
+    torch.testing.assert_close(scores, expected)
+
+
+def test_append_mask_after_history_dropping_the_oldest_only_when_full():
+    model = small()
+    items = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5], [7, 0, 0, 0, 0]])
+    masked, new_len = model.append_mask(items, torch.tensor([3, 5, 1]))
+    m = model.mask_token
+    assert masked.tolist() == [[1, 2, 3, m, 0], [2, 3, 4, 5, m], [7, m, 0, 0, 0]]
+    assert new_len.tolist() == [4, 5, 2]
+
+
+def test_padding_content_does_not_influence_real_positions():
+    model = small().eval()
+    items, lengths, times = history()
+    padding = torch.arange(L)[None] >= lengths[:, None]
+    noisy = torch.where(padding, torch.randint(1, N_ITEMS + 2, items.shape), items)
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(items, lengths, times), model.full_sort_predict(noisy, lengths, times))
+        clean_hidden, noisy_hidden = model(items, lengths, times), model(noisy, lengths, times)
+    torch.testing.assert_close(clean_hidden[~padding], noisy_hidden[~padding])
+
+
+def recbole_loss(model, items, lengths, times, ft_ratio, mask_ratio, seed):
+    """RecBole 1.2's mask_itemseq transform and CE loss, written as loops over the same draws."""
+    torch.manual_seed(seed)
+    fine_tune = float(torch.rand(())) < ft_ratio
+    draws = None if fine_tune else torch.rand(items.shape)
+    keep = int(mask_ratio * L)
+    masked_seq, pairs = items.clone(), []
+    for row in range(len(items)):
+        index = []
+        for position in range(int(lengths[row])):
+            if (position == lengths[row] - 1) if fine_tune else draws[row, position] < mask_ratio:
+                masked_seq[row, position] = model.mask_token
+                index.append(position)
+        pairs += [(row, position) for position in index[-keep:] if position > 0]  # RecBole: index 0 = padding
+    hidden = model(masked_seq, lengths, times)
+    rows, positions = zip(*pairs)
+    logits = hidden[list(rows), list(positions)] @ model.item_embedding.weight[: N_ITEMS + 1].t() + model.output_bias
+    return F.cross_entropy(logits, items[list(rows), list(positions)])
+
+
+@pytest.mark.parametrize("ft_ratio", [0.0, 1.0])
+def test_loss_is_recbole_cloze_objective(ft_ratio):
+    model = small(ft_ratio=ft_ratio, mask_ratio=0.5).eval()  # eval: no dropout, so the two passes agree
+    items, lengths, times = history(b=4, lengths=(10, 9, 8, 7))
+    torch.manual_seed(3)
+    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3, 4])})
+    expected = recbole_loss(model, items, lengths, times, ft_ratio, 0.5, seed=3)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_masks_only_real_positions_and_caps_the_scored_ones():
+    model = small(ft_ratio=0.0, mask_ratio=0.9)
+    lengths = torch.tensor([10, 4, 1])
+    torch.manual_seed(0)
+    masked, scored = model.cloze_mask(lengths, L)
+    real = torch.arange(L)[None] < lengths[:, None]
+    assert not (masked & ~real).any()
+    assert (scored.sum(1) <= int(0.9 * L)).all() and not scored[:, 0].any()
+    assert not (scored & ~masked).any()
+
+
+def test_target_is_not_used_and_gradient_flows():
+    model = small()
+    items, lengths, times = history()
+    losses = []
+    for target in (torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])):
+        torch.manual_seed(11)
+        losses.append(model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": target}))
+    torch.testing.assert_close(losses[0], losses[1])
+    losses[0].backward()
+    assert model.blocks[0].attention.query.weight.grad.abs().sum() > 0
+    assert model.item_embedding.weight.grad[model.mask_token].abs().sum() > 0  # the mask row is learned as an input
+
+
+def test_batch_without_scored_position_gives_zero_loss():
+    model = small(ft_ratio=1.0)  # only position len - 1 is masked, and position 0 is never scored
+    items, lengths, times = history(b=2, lengths=(1, 1))
+    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2])})
+    assert loss.item() == 0.0
+    loss.backward()
