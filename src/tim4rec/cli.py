@@ -35,7 +35,8 @@ def _print_results(results: dict[str, Any]) -> None:
     print(
         f"\n{results['model']} on {results['dataset']} ({results['regime']} regime, seed {results['seed']}, "
         f"{results['threads']} threads): best epoch {results['best_epoch']} of {results['epochs_run']}, "
-        f"stopped by {results['stopped_by']}, {results['seconds_per_epoch'] or float('nan'):.1f} s per epoch"
+        f"stopped by {results['stopped_by']}, "
+        + (f"{results['seconds_per_epoch']:.1f} s per epoch" if results["seconds_per_epoch"] else "no full epoch")
     )
     print(_format_metrics_table({"valid (best)": results["best_valid"], "test": results["test"]}, ks, names))
     print(f"results: {results['output_dir']}/results.json")

@@ -108,6 +108,14 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _epochs_reached(results: dict[str, Any]) -> str:
+    """``"12"``, or ``"3.4"`` when the last epoch was cut by a limit."""
+    last = results["epochs"][-1] if results["epochs"] else None
+    if last and last.get("partial") and last.get("fraction"):
+        return f"{results['epochs_run'] - 1 + last['fraction']:.2f}"
+    return str(results["epochs_run"])
+
+
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in results:
@@ -123,9 +131,13 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for metric in runs[0]["test"]:
             row[f"test_{metric}"], row[f"test_{metric}_std"] = _mean_spread([r["test"][metric] for r in runs])
-        row["seconds_per_epoch"], row["seconds_per_epoch_std"] = _mean_spread([r["seconds_per_epoch"] for r in runs if r["seconds_per_epoch"]])
+        per_epoch = [r["seconds_per_epoch"] for r in runs if r["seconds_per_epoch"]]
+        # a run stopped inside its first epoch: extrapolate the epoch's time from the part done
+        estimated = [e["train_seconds"] / e["fraction"] for r in runs if not r["seconds_per_epoch"] for e in r["epochs"][-1:] if e.get("fraction")]
+        row["seconds_per_epoch"], row["seconds_per_epoch_std"] = _mean_spread(per_epoch + estimated)
+        row["seconds_per_epoch_estimated"] = bool(estimated)
         row["best_epoch"] = [r["best_epoch"] for r in runs]
-        row["epochs_run"] = [r["epochs_run"] for r in runs]
+        row["epochs_run"] = [_epochs_reached(r) for r in runs]
         row["stopped_by"] = sorted({r["stopped_by"] for r in runs})
         row["budget"] = sorted({r["config"].get("time_budget") for r in runs if r["stopped_by"] == "time_budget"})
         summary.append(row)
@@ -152,7 +164,7 @@ def markdown(summary: list[dict[str, Any]], title: str, dataset: str) -> str:
         lines.append(
             f"| {row['run']} | {row['model']} | {row['regime']} | {', '.join(map(str, row['seeds']))} | "
             + " | ".join(_cell(row, f"test_{m}") for m in TABLE_METRICS)
-            + f" | {row['seconds_per_epoch']:.1f} | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped} |"
+            + f" | {row['seconds_per_epoch']:.1f}{' (est.)' if row['seconds_per_epoch_estimated'] else ''} | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped} |"
         )
     return "\n".join(lines) + "\n"
 

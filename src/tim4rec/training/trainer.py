@@ -269,7 +269,7 @@ class Trainer:
         progress.close()
         seconds = time.perf_counter() - started
         self.state["elapsed"] += seconds
-        return {"epoch": epoch, "loss": total_loss / max(1, n_steps), "steps": n_steps, "train_seconds": seconds, "samples_per_second": n_samples / seconds if seconds else None, "partial": partial}
+        return {"epoch": epoch, "loss": total_loss / max(1, n_steps), "steps": n_steps, "train_seconds": seconds, "samples_per_second": n_samples / seconds if seconds else None, "partial": partial, "fraction": n_steps / n_batches}
 
     def _evaluate(self, samples) -> dict[str, float]:
         return evaluate(

@@ -1,0 +1,61 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from tim4rec.bench import kernel, quality, speed
+from tim4rec.errors import ConfigError
+
+
+def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: Path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"dataset: {synthetic_inter}\nseeds: [1, 2]\n"
+        "common: {epochs: 2, threads: 1, MAX_ITEM_LIST_LENGTH: 8}\n"
+        "runs:\n  small: {model: sasrec, hidden_size: 8, n_heads: 2, inner_size: 16}\n"
+    )
+    output = tmp_path / "out"
+    quality.run_plan(plan, output, deadline=0)  # a deadline of 0 starts nothing
+    assert not (output / "runs").exists()
+    quality.run_plan(plan, output)
+    first = json.loads((output / "runs/small/seed1/results.json").read_text())
+    assert first["status"] == "finished" and first["epochs_run"] == 2
+    text = quality.report(plan, output)
+    assert "| small | sasrec |" in text and "1, 2" in text
+    assert (output / "quality.csv").exists() and (output / "quality_valid_ndcg.png").stat().st_size > 0
+    # raising the plan's epochs resumes the finished runs instead of starting over
+    plan.write_text(plan.read_text().replace("epochs: 2", "epochs: 3"))
+    quality.run_plan(plan, output)
+    again = json.loads((output / "runs/small/seed1/results.json").read_text())
+    assert again["epochs_run"] == 3
+    assert again["epochs"][:2] == first["epochs"][:2]
+
+
+def test_bad_plan(tmp_path: Path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("dataset: ml-100k\nrunz: {}\n")
+    with pytest.raises(ConfigError, match="unknown plan keys"):
+        quality.read_plan(plan)
+
+
+def test_speed_point_measures_time_and_memory():
+    row = speed.measure_point("sasrec", 16, batch=2, items=50, dropout=False, device="cpu", threads=1, warmup=1, repeats=2, hyperparameters={"hidden_size": 8, "n_heads": 2, "inner_size": 16})
+    assert row["train_s"] > 0 and row["infer_s"] > 0 and row["peak_mib"] >= 0
+
+
+def test_kernel_forms_agree_and_table(tmp_path: Path):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    b, l, h, p, n = 2, 37, 2, 4, 3
+    x = torch.randn(b, l, h, p, generator=generator, dtype=torch.float64)
+    dt = torch.rand(b, l, h, generator=generator, dtype=torch.float64) * 0.5
+    A = -torch.rand(h, generator=generator, dtype=torch.float64) * 3
+    B = torch.randn(b, l, 1, n, generator=generator, dtype=torch.float64)
+    C = torch.randn(b, l, 1, n, generator=generator, dtype=torch.float64)
+    chunked = kernel.ssd_scan(x, dt, A, B, C, 8)
+    torch.testing.assert_close(kernel.ssd_quadratic(x, dt, A, B, C), chunked)
+    torch.testing.assert_close(kernel.ssd_recurrent(x, dt, A, B, C), chunked)
+    text = kernel.run([32, 64], batch=2, heads=2, head_dim=4, state=4, chunk=16, threads=1, device="cpu", warmup=1, repeats=1, max_recurrent=64, max_quadratic=64, output=tmp_path)
+    assert "ssd_chunked" in text and "ssd_quadratic" in text and (tmp_path / "kernel.png").exists()
+    assert kernel.chunked_forward_flops(1, 64, 1, 1, 1, 64) == 2.0 * (64 * 64 + 64 * 64 + 64 + 1 + 64)
