@@ -78,3 +78,17 @@ class CausalSelfAttention(nn.Module):
         )  # (B, heads, L, d / heads)
         merged = attended.transpose(1, 2).reshape(x.shape)
         return self.layer_norm(x + self.dropout(self.out(merged)))
+
+
+def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal convolution of x (B, C, L) with a Conv1d padded by K-1 on both sides."""
+    return conv(x)[..., : x.shape[-1]]
+
+
+def causal_conv_step(conv: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`causal_conv`: window (B, C, K-1) of past inputs, x (B, C) -> (y (B, C), window)."""
+    full = torch.cat([window, x[..., None]], dim=-1)  # (B, C, K)
+    y = (full * conv.weight[:, 0, :]).sum(-1)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y, full[..., 1:]

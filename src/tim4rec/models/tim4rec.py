@@ -44,25 +44,11 @@ from torch import nn
 
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender
-from tim4rec.models.blocks import FeedForward
+from tim4rec.models.blocks import FeedForward, causal_conv, causal_conv_step
 from tim4rec.ops import ssd_scan, ssd_step
 
 TIME_MODES = ("paper", "causal", "none")
 SECONDS_PER_DAY = 86_400.0
-
-
-def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal convolution of x (B, C, L) with a Conv1d padded by K-1 on both sides."""
-    return conv(x)[..., : x.shape[-1]]
-
-
-def causal_conv_step(conv: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of :func:`causal_conv`: window (B, C, K-1) of past inputs, x (B, C) -> (y (B, C), window)."""
-    full = torch.cat([window, x[..., None]], dim=-1)  # (B, C, K)
-    y = (full * conv.weight[:, 0, :]).sum(-1)
-    if conv.bias is not None:
-        y = y + conv.bias
-    return y, full[..., 1:]
 
 
 class GatedRMSNorm(nn.Module):
