@@ -91,3 +91,18 @@ def test_early_stopping_reports_test_at_the_best_epoch(synthetic_inter: Path, tm
         assert len(epochs) == results["best_epoch"] + 2
     saved = torch.load(tmp_path / "e" / "best.pt", weights_only=False)
     assert saved["epoch"] == results["best_epoch"]
+
+
+@pytest.mark.parametrize("name", __import__("tim4rec.models", fromlist=["available"]).available())
+def test_every_model_trains_one_epoch_on_a_real_slice(name: str, ml100k_slice: Path, tmp_path: Path):
+    from tim4rec.models import model_defaults
+
+    defaults = model_defaults(name)
+    small = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "n_heads": 2, "head_dim": 8, "d_state": 8, "num_layers": 1, "n_layers": 1}
+    config = {
+        "model": name, "dataset": str(ml100k_slice), "epochs": 1, "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 128,
+        "show_progress": False, "threads": 1, **{k: v for k, v in small.items() if k in defaults},
+    }
+    results = tim4rec.train(config, output_dir=tmp_path / name)
+    assert results["status"] == "finished" and results["epochs_run"] == 1
+    assert 0.0 <= results["test"]["ndcg@10"] <= 1.0 and results["epochs"][0]["loss"] > 0
