@@ -4,19 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.models.helpers import random_history
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 10
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_heads": 2}
 
 
-def history(b: int = 4, seed: int = 0, lengths=(10, 6, 1, 3)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    times = 1_000_000_000 + torch.cumsum(torch.randint(1, 1000, (b, L), generator=generator), 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+def history(lengths=(10, 6, 1, 3)):
+    return random_history(N_ITEMS, L, lengths, min_gap=1, max_gap=1000)
 
 
 def small(**extra):
@@ -85,7 +81,7 @@ def recbole_loss(model, items, lengths, times, ft_ratio, mask_ratio, seed):
 @pytest.mark.parametrize("ft_ratio", [0.0, 1.0])
 def test_loss_is_recbole_cloze_objective(ft_ratio):
     model = small(ft_ratio=ft_ratio, mask_ratio=0.5).eval()  # eval: no dropout, so the two passes agree
-    items, lengths, times = history(b=4, lengths=(10, 9, 8, 7))
+    items, lengths, times = history(lengths=(10, 9, 8, 7))
     torch.manual_seed(3)
     loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3, 4])})
     expected = recbole_loss(model, items, lengths, times, ft_ratio, 0.5, seed=3)
@@ -118,7 +114,7 @@ def test_target_is_not_used_and_gradient_flows():
 
 def test_batch_without_scored_position_gives_zero_loss():
     model = small(ft_ratio=1.0)  # only position len - 1 is masked, and position 0 is never scored
-    items, lengths, times = history(b=2, lengths=(1, 1))
+    items, lengths, times = history(lengths=(1, 1))
     loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2])})
     assert loss.item() == 0.0
     loss.backward()

@@ -4,19 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.models.helpers import random_history
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 8
 SMALL = {"embedding_size": 6, "nv": 2, "nh": 3}
 
 
-def history(b: int = 3, seed: int = 0, lengths=(8, 5, 1)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    times = 1_000_000_000 + torch.cumsum(torch.randint(1, 1000, (b, L), generator=generator), 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+def history():
+    return random_history(N_ITEMS, L, (8, 5, 1), min_gap=1, max_gap=1000)
 
 
 def small(**extra):

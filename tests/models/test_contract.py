@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
 from tim4rec.models import available, create, model_defaults
 
 N_ITEMS, L = 30, 12
@@ -20,13 +21,8 @@ def build(name: str, extra: dict):
     return create(name, N_ITEMS, L, **{k: v for k, v in sizes.items() if k in defaults}, **extra)
 
 
-def batch(seed: int = 0, b: int = 4):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor([L, 5, 1, 9])[:b]
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    times = torch.cumsum(torch.randint(1, 10_000, (b, L), generator=generator), 1) + 1_000_000_000
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+def batch(b: int = 4):
+    return random_history(N_ITEMS, L, (L, 5, 1, 9)[:b], min_gap=1, max_gap=10_000)
 
 
 @pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
@@ -75,3 +71,15 @@ def test_causal_loss_equals_prefix_loss_on_the_same_targets(name, extra):
             prefix_times[t - 1, :t] = times[0, :t]
         prefix = model.calculate_loss({"item_seq": prefix_items, "item_seq_len": torch.arange(1, n), "timestamps": prefix_times, "target": items[0, 1:n]})
     torch.testing.assert_close(causal, prefix, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_streaming_equals_full_forward(name, extra):
+    """A causal model that streams gives, after each event fed with step, the scores of the full
+    forward on the prefix; with perturbed weights, padded rows and same-second events."""
+    model = perturbed(build(name, extra))
+    if not (model.causal and hasattr(model, "init_state") and hasattr(model, "step")):
+        pytest.skip("not a streaming causal model")
+    items, _, times = random_history(N_ITEMS, L, (L, 9, 5, 1), same_second_at=3)
+    streamed = assert_streaming_matches_full(model, items, times, atol=1e-4)
+    assert len(streamed) == L and all(scores.shape == (4, N_ITEMS + 1) for scores in streamed)

@@ -2,19 +2,15 @@
 
 import torch
 
+from tests.models.helpers import assert_streaming_matches_full, random_history
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 12
 SMALL = {"embedding_size": 8, "hidden_size": 12, "num_layers": 2}
 
 
-def history(b: int = 3, seed: int = 0, lengths=(12, 7, 1)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    times = 1_000_000_000 + torch.cumsum(torch.randint(1, 1000, (b, L), generator=generator), 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+def history(lengths=(12, 7, 1)):
+    return random_history(N_ITEMS, L, lengths, min_gap=1, max_gap=1000)
 
 
 def test_defaults_and_layout():
@@ -56,17 +52,9 @@ def test_streaming_equals_full_sort_predict():
     torch.manual_seed(0)
     model = create("gru4rec", N_ITEMS, L, **SMALL).eval()
     items, _, times = history(lengths=(12, 12, 12))
-    state = model.init_state(3)
-    assert state["hidden"].shape == (2, 3, 12)
-    with torch.no_grad():
-        for t in range(L):
-            scores, state = model.step(state, items[:, t], times[:, t])
-            k = t + 1
-            prefix_items = torch.where(torch.arange(L) < k, items, 0)
-            prefix_times = torch.where(torch.arange(L) < k, times, 0)
-            full = model.full_sort_predict(prefix_items, torch.full((3,), k), prefix_times)
-            assert scores.shape == (3, N_ITEMS + 1)
-            torch.testing.assert_close(scores, full, rtol=1e-4, atol=1e-4)
+    assert model.init_state(3)["hidden"].shape == (2, 3, 12)
+    streamed = assert_streaming_matches_full(model, items, times, atol=1e-4)
+    assert len(streamed) == L and all(scores.shape == (3, N_ITEMS + 1) for scores in streamed)
 
 
 def test_prefix_loss_is_cross_entropy_at_the_read_out():

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
 from tim4rec.errors import ConfigError
 from tim4rec.models import create
 
@@ -11,23 +12,12 @@ N_ITEMS, L = 25, 12
 SMALL = {"hidden_size": 8, "n_layers": 2}
 
 
-def history(b: int = 3, seed: int = 0, lengths=(12, 7, 1)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    times = 1_000_000_000 + torch.cumsum(torch.randint(0, 200_000, (b, L), generator=generator), 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
+#: the ring-initialised lambda / gamma parameters, kept when the other weights are perturbed
+LAMBDAS = ("nu_log", "theta_log", "gamma_log")
 
 
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Weights moved off their (tiny) initial values so every term matters; lambda/gamma kept."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if not name.endswith(("nu_log", "theta_log", "gamma_log")):
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return model.eval()
+def history(lengths=(12, 7, 1)):
+    return random_history(N_ITEMS, L, lengths)
 
 
 def reference_hidden(sd, item_seq, n_layers, eps):
@@ -59,7 +49,7 @@ def reference_hidden(sd, item_seq, n_layers, eps):
 
 def test_matches_the_equations_of_the_authors_code():
     torch.manual_seed(0)
-    model = perturbed(create("lrurec", N_ITEMS, L, **SMALL).double())
+    model = perturbed(create("lrurec", N_ITEMS, L, **SMALL).double(), keep=LAMBDAS)
     items, lengths, times = history()
     with torch.no_grad():
         ours = model(items, lengths, times)
@@ -72,7 +62,7 @@ def test_matches_the_equations_of_the_authors_code():
 
 def test_float32_model_matches_float64():
     torch.manual_seed(0)
-    model = perturbed(create("lrurec", N_ITEMS, 50, **SMALL))
+    model = perturbed(create("lrurec", N_ITEMS, 50, **SMALL), keep=LAMBDAS)
     items = torch.randint(1, N_ITEMS + 1, (2, 50))
     lengths, times = torch.tensor([50, 31]), torch.zeros(2, 50, dtype=torch.long)
     with torch.no_grad():
@@ -98,17 +88,9 @@ def test_ring_initialisation_and_truncated_normal_weights():
 
 def test_streaming_equals_full_sort_predict():
     torch.manual_seed(0)
-    model = perturbed(create("lrurec", N_ITEMS, L, **SMALL))
+    model = perturbed(create("lrurec", N_ITEMS, L, **SMALL), keep=LAMBDAS)
     items, lengths, times = history(lengths=(12, 9, 5))
-    state = model.init_state(3)
-    with torch.no_grad():
-        for t in range(L):
-            scores, state = model.step(state, items[:, t], times[:, t])
-            k = t + 1
-            prefix_items = torch.where(torch.arange(L) < k, items, 0)
-            prefix_times = torch.where(torch.arange(L) < k, times, 0)
-            full = model.full_sort_predict(prefix_items, torch.full((3,), k), prefix_times)
-            torch.testing.assert_close(scores, full, rtol=1e-4, atol=1e-4)
+    assert_streaming_matches_full(model, items, times, atol=1e-4)
 
 
 def test_trains_one_step():
@@ -118,6 +100,6 @@ def test_trains_one_step():
     targets = torch.where(items > 0, torch.randint(1, N_ITEMS + 1, items.shape), 0)
     loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": targets})
     loss.backward()
-    for name in ("nu_log", "theta_log", "gamma_log"):
+    for name in LAMBDAS:
         assert model.blocks[0].lru.get_parameter(name).grad.abs().sum() > 0
     assert model.item_bias.grad.abs().sum() > 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
 from tim4rec.config import load_config
 from tim4rec.models import create
 
@@ -13,22 +14,8 @@ N_ITEMS, L = 25, 12
 SMALL = {"hidden_size": 16, "d_state": 6, "num_layers": 2}
 
 
-def history(b: int = 3, seed: int = 0, lengths=(12, 7, 1)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    times = 1_000_000_000 + torch.cumsum(torch.randint(0, 200_000, (b, L), generator=generator), 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Add noise to every parameter (non-zero dt bias, conv, norms ...) and switch to eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return model.eval()
+def history(lengths=(12, 7, 1)):
+    return random_history(N_ITEMS, L, lengths)
 
 
 def build(**overrides):
@@ -131,26 +118,18 @@ def test_initialisation_follows_the_reference():
     assert block.conv1d.weight.abs().max() <= 0.5 and block.conv1d.weight.std() > 0.1
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("num_layers", [1])  # the default 2 layers: test_contract.py
 def test_streaming_matches_full_sort_predict(num_layers):
     model = perturbed(build(num_layers=num_layers))
     items, lengths, times = history()
-    b = items.shape[0]
-    state = model.init_state(b)
-    with torch.no_grad():
-        for t in range(L):
-            scores, state = model.step(state, items[:, t], times[:, t])
-            assert scores.shape == (b, N_ITEMS + 1)
-            live = lengths > t  # rows whose history reaches position t
-            prefix_items = torch.where(torch.arange(L) <= t, items, 0)
-            prefix_times = torch.where(torch.arange(L) <= t, times, 0)
-            full = model.full_sort_predict(prefix_items, torch.full((b,), t + 1), prefix_times)
-            torch.testing.assert_close(scores[live], full[live], atol=1e-4, rtol=1e-4)
+    # compared on the rows whose history reaches each position
+    streamed = assert_streaming_matches_full(model, items, times, atol=1e-4, lengths=lengths)
+    assert len(streamed) == L and all(scores.shape == (len(items), N_ITEMS + 1) for scores in streamed)
 
 
 def test_causal_window_hidden_equals_prefix_hidden():
     model = perturbed(build())
-    items, lengths, times = history(b=1)
+    items, lengths, times = history(lengths=(12,))
     with torch.no_grad():
         whole = model(items, lengths, times)
         for t in (0, 4, 11):

@@ -1,11 +1,11 @@
 """TiM4Rec: paper-mode fidelity to the reference equations, streaming, config translation."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.models.helpers import perturbed, random_history
 from tim4rec.config import load_config
 from tim4rec.models import create
 
@@ -13,23 +13,8 @@ N_ITEMS, L = 25, 12
 SMALL = {"hidden_size": 16, "head_dim": 8, "d_state": 6, "chunk_size": 4, "num_layers": 2}
 
 
-def history(b: int = 3, seed: int = 0, lengths=(12, 7, 1)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    gaps = torch.randint(0, 200_000, (b, L), generator=generator)
-    gaps[:, 3] = 0  # same-second events
-    times = 1_000_000_000 + torch.cumsum(gaps, 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return model.eval()
+def history(seed: int = 0, lengths=(12, 7, 1)):
+    return random_history(N_ITEMS, L, lengths, seed=seed, same_second_at=3)  # events 2 and 3: same second
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,22 +135,7 @@ def test_reference_module_names():
     assert shapes["ssd_layers.0.ssd.time_gate_residual.1.weight"].shape == (1, 200)
 
 
-@pytest.mark.parametrize("time_mode", ["causal", "none"])
-def test_streaming_equals_full_forward(time_mode):
-    torch.manual_seed(0)
-    model = perturbed(create("tim4rec", N_ITEMS, L, **SMALL, time_mode=time_mode))
-    items, lengths, times = history(lengths=(12, 9, 5))
-    state = model.init_state(3)
-    with torch.no_grad():
-        for t in range(12):
-            scores, state = model.step(state, items[:, t], times[:, t])
-            k = t + 1
-            prefix_items = torch.where(torch.arange(L) < k, items, 0)
-            prefix_times = torch.where(torch.arange(L) < k, times, 0)
-            full = model.full_sort_predict(prefix_items, torch.full((3,), k), prefix_times)
-            torch.testing.assert_close(scores, full, rtol=1e-4, atol=1e-4)
-
-
+# streaming == full forward in causal and none modes (2 layers, same-second events): test_contract.py
 def test_paper_mode_cannot_stream():
     with pytest.raises(RuntimeError, match="cannot stream"):
         create("tim4rec", N_ITEMS, L, time_mode="paper").init_state(1)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tests.models.helpers import perturbed, random_history
 from tim4rec.errors import ConfigError
 from tim4rec.models import create
 from tim4rec.models.tisasrec import TimeAwareSelfAttention, running_min_gap, time_intervals
@@ -13,23 +14,9 @@ N_ITEMS, L = 25, 10
 SMALL = {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "time_span": 6}
 
 
-def history(b: int = 3, seed: int = 0, lengths=(10, 7, 1)):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths[:b])
-    items = torch.randint(1, N_ITEMS + 1, (b, L), generator=generator)
-    gaps = 100 * torch.randint(1, 5, (b, L), generator=generator)
-    gaps[:, 2] = 0  # same-second events
-    times = 1_000_000_000 + torch.cumsum(gaps, 1)
-    padding = torch.arange(L)[None] >= lengths[:, None]
-    return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return model.eval()
+def history(lengths=(10, 7, 1)):
+    """Gaps of 100..400 s, and a same-second pair (events 1 and 2)."""
+    return random_history(N_ITEMS, L, lengths, min_gap=1, max_gap=5, gap_unit=100, same_second_at=2)
 
 
 # -- intervals ----------------------------------------------------------------------------------
@@ -50,7 +37,7 @@ def test_scaled_intervals_use_the_running_smallest_gap():
 
 def test_interval_rows_depend_only_on_the_past():
     """Row i of r is fixed by t_0..t_i: a later, smaller gap does not rescale earlier rows."""
-    _, _, times = history(b=1)
+    _, _, times = history(lengths=(10,))
     later = times.clone()
     later[0, 6:] = later[0, 5] + torch.tensor([1, 2, 3, 900])  # a 1-second gap after position 5
     for mode in ("scaled", "raw_seconds"):
