@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
+from tests.ops.helpers import assert_close_scaled
 
 torch.set_num_threads(1)
 
@@ -63,12 +64,6 @@ def make_inputs(b=2, d=3, n=4, l=13, *, D=False, z=False, delta_bias=False, delt
         kw["initial_state"] = r(b, d, n)
     cast = lambda t: t.to(dtype) if torch.is_tensor(t) else t  # noqa: E731
     return [cast(t) for t in (u, delta, A, B, C)], {k: cast(v) for k, v in kw.items()}
-
-
-def assert_close_scaled(actual, expected, tol):
-    """assert_close with atol = tol * max|expected| (tolerance relative to the output scale) and rtol = tol."""
-    scale = expected.abs().max().item() if expected.numel() else 1.0
-    torch.testing.assert_close(actual.double(), expected.double(), atol=tol * max(scale, 1e-12), rtol=tol)
 
 
 CASES = {

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tim4rec.ops import ssd as ssd_module
 from tim4rec.ops.ssd import ssd_scan, ssd_step
+from tests.ops.helpers import assert_close_scaled
 
 torch.set_num_threads(1)
 
@@ -70,12 +71,6 @@ def make_inputs(b=2, l=13, h=2, p=3, g=1, n=4, *, dtype=torch.float32, D=None, z
         kw["initial_states"] = r(b, h, p, n)
     cast = lambda t: t.to(dtype) if torch.is_tensor(t) else t  # noqa: E731
     return [cast(t) for t in (x, dt, A, B, C)], {k: cast(v) for k, v in kw.items()}
-
-
-def assert_close_scaled(actual, expected, tol):
-    """assert_close with atol = tol * max|expected| (tolerance relative to output scale) and rtol = tol."""
-    scale = expected.abs().max().item() if expected.numel() else 1.0
-    torch.testing.assert_close(actual.double(), expected.double(), atol=tol * max(scale, 1e-12), rtol=tol)
 
 
 CASES = {
