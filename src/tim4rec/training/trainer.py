@@ -296,6 +296,10 @@ class Trainer:
             log(notice)
         try:
             while self.state["stopped_by"] is None:
+                limit = self._limit_reached(time.perf_counter()) if self.state["step"] else None
+                if limit:  # a resumed run whose limit is already spent: evaluate, train no further
+                    self.state["stopped_by"] = limit
+                    break
                 if self.state["epoch"] >= config["epochs"]:
                     self.state["stopped_by"] = "epochs"
                     break
