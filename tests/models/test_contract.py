@@ -83,3 +83,13 @@ def test_streaming_equals_full_forward(name, extra):
     items, _, times = random_history(N_ITEMS, L, (L, 9, 5, 1), same_second_at=3)
     streamed = assert_streaming_matches_full(model, items, times, atol=1e-4)
     assert len(streamed) == L and all(scores.shape == (4, N_ITEMS + 1) for scores in streamed)
+
+
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_readout_is_the_forward_state_at_len_minus_one(name, extra):
+    """Models may compute the read-out row alone (SASRec does); it must equal the full forward's."""
+    model = build(name, extra).eval()
+    items, lengths, times = batch()
+    with torch.no_grad():
+        full = model.gather_last(model.forward(items, lengths, times), lengths)
+        torch.testing.assert_close(model.readout(items, lengths, times), full, atol=1e-5, rtol=1e-5)

@@ -59,15 +59,21 @@ class SequentialRecommender(nn.Module):
         index = (item_seq_len - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         return hidden.gather(1, index).squeeze(1)
 
+    def readout(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """The hidden state (B, d) at position ``item_seq_len - 1``.
+
+        Models may override it to skip work that only positions other than the read-out need.
+        """
+        return self.gather_last(self.forward(item_seq, item_seq_len, timestamps), item_seq_len)
+
     def full_sort_predict(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        hidden = self.forward(item_seq, item_seq_len, timestamps)
-        return self.item_scores(self.gather_last(hidden, item_seq_len))
+        return self.item_scores(self.readout(item_seq, item_seq_len, timestamps))
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
-        hidden = self.forward(batch["item_seq"], batch["item_seq_len"], batch["timestamps"])
         if target.dim() == 1:  # prefix: one target per row, read at len - 1
-            return F.cross_entropy(self.item_scores(self.gather_last(hidden, batch["item_seq_len"])), target)
+            return F.cross_entropy(self.full_sort_predict(batch["item_seq"], batch["item_seq_len"], batch["timestamps"]), target)
+        hidden = self.forward(batch["item_seq"], batch["item_seq_len"], batch["timestamps"])
         positions = target > 0  # causal windows: every real position
         return F.cross_entropy(self.item_scores(hidden[positions]), target[positions])
 

@@ -71,13 +71,19 @@ class CausalSelfAttention(nn.Module):
         b, l, d = x.shape
         return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        attended = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, heads, L, d / heads)
-        merged = attended.transpose(1, 2).reshape(x.shape)
-        return self.layer_norm(x + self.dropout(self.out(merged)))
+    def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, d) -> (B, L, d); with ``query_positions`` (B,) only those rows: (B, 1, d)."""
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))
+        dropout = self.attn_dropout if self.training else 0.0
+        if query_positions is None:
+            rows = x
+            attended = F.scaled_dot_product_attention(self._heads(self.query(x)), k, v, is_causal=True, dropout_p=dropout)
+        else:  # one query per sequence, seeing the keys at positions <= its own
+            rows = x.gather(1, query_positions.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))  # (B, 1, d)
+            visible = torch.arange(x.shape[1], device=x.device)[None, :] <= query_positions[:, None]  # (B, L)
+            attended = F.scaled_dot_product_attention(self._heads(self.query(rows)), k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout)
+        merged = attended.transpose(1, 2).reshape(rows.shape)  # (B, rows, d)
+        return self.layer_norm(rows + self.dropout(self.out(merged)))
 
 
 def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ class SASRecBlock(nn.Module):
         self.attention = CausalSelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
-        return self.feed_forward(self.attention(x))
+    def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, d) -> (B, L, d), or (B, 1, d) for the rows at ``query_positions`` (B,)."""
+        return self.feed_forward(self.attention(x, query_positions))
 
 
 class SASRec(SequentialRecommender):
@@ -54,9 +55,19 @@ class SASRec(SequentialRecommender):
         )
         self.apply(lambda module: init_normal_(module, initializer_range))
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    def _embed(self, item_seq: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)
-        hidden = self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
+        return self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        hidden = self._embed(item_seq)
         for block in self.blocks:
             hidden = block(hidden)
         return hidden  # (B, L, d)
+
+    def readout(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """As ``forward`` at position len - 1, but the last block computes only that row."""
+        hidden = self._embed(item_seq)
+        for block in self.blocks[:-1]:
+            hidden = block(hidden)
+        return self.blocks[-1](hidden, (item_seq_len - 1).clamp(min=0)).squeeze(1)  # (B, d)
