@@ -1,0 +1,36 @@
+import torch
+
+from tim4rec.data.preprocess import build_interactions
+from tim4rec.data.sequences import SequenceData
+from tim4rec.evaluation.evaluator import evaluate
+from tests.data.test_preprocess import frame
+
+
+class HistoryLover(torch.nn.Module):
+    """Scores every item in the history 2.0 and every other item 0."""
+
+    def __init__(self, n_items: int):
+        super().__init__()
+        self.n_items = n_items
+
+    def full_sort_predict(self, item_seq, item_seq_len, timestamps):
+        scores = torch.zeros(len(item_seq), self.n_items + 1)
+        for row in range(len(item_seq)):
+            seen = item_seq[row, : item_seq_len[row]]
+            scores[row, seen] = 2.0
+        return scores
+
+
+def test_padding_never_ranked_and_history_masking():
+    # one user: a b c d e f ; test target f, history a..e all scored 2.0, f scored 0 like the rest
+    rows = [("u", item, t) for t, item in enumerate("abcdef")] + [("v", item, t) for t, item in enumerate("fedcbg")]
+    data = build_interactions(frame(rows), user_inter_num_interval=None, item_inter_num_interval=None)
+    sequences = SequenceData(data, max_seq_length=10)
+    model = HistoryLover(data.n_items)
+    test = sequences.evaluation_samples("test")
+    plain = evaluate(model, sequences, test, ks=(1, 10))
+    masked = evaluate(model, sequences, test, ks=(1, 10), mask_history=True)
+    # 7 items; unmasked: 5 history items above the target and ties with the others -> rank 7 for both users
+    assert plain["hit@1"] == 0.0 and plain["mrr@10"] == 1 / 7
+    # masked: history at -inf, the target ties with the one other unseen item -> rank 2
+    assert masked["hit@1"] == 0.0 and masked["mrr@10"] == 1 / 2
