@@ -59,3 +59,12 @@ def test_kernel_forms_agree_and_table(tmp_path: Path):
     text = kernel.run([32, 64], batch=2, heads=2, head_dim=4, state=4, chunk=16, threads=1, device="cpu", warmup=1, repeats=1, max_recurrent=64, max_quadratic=64, output=tmp_path)
     assert "ssd_chunked" in text and "ssd_quadratic" in text and (tmp_path / "kernel.png").exists()
     assert kernel.chunked_forward_flops(1, 64, 1, 1, 1, 64) == 2.0 * (64 * 64 + 64 * 64 + 64 + 1 + 64)
+
+
+def test_a_run_held_by_another_process_is_skipped(tmp_path: Path):
+    with quality._claim(tmp_path / "run") as first:
+        assert first
+        with quality._claim(tmp_path / "run") as second:
+            assert not second
+    with quality._claim(tmp_path / "run") as again:
+        assert again

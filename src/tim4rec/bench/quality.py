@@ -12,19 +12,22 @@ A plan is a YAML file::
 Each (run, seed) trains into ``OUTPUT/runs/<run>/seed<seed>/``. A finished run is not repeated;
 an unfinished one (killed, or stopped by a wall-time budget that the plan has since raised) is
 resumed, so a long plan can be worked through over several invocations (``--deadline`` stops an
-invocation cleanly between runs). Then ``quality.md``, ``quality.csv`` and
+invocation cleanly between runs), and several invocations may share a plan (a run being trained
+holds a lock on its folder; the others skip it). Then ``quality.md``, ``quality.csv`` and
 ``quality_valid_ndcg.png`` are written from every ``results.json`` found.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tim4rec.config import load_config, read_yaml
 from tim4rec.errors import ConfigError
@@ -70,6 +73,22 @@ def _status(folder: Path, config: dict[str, Any]) -> str:
     return "done"
 
 
+@contextlib.contextmanager
+def _claim(folder: Path) -> Iterator[bool]:
+    """Hold ``folder/.lock`` (an exclusive ``flock``) while a run trains; False if another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_plan(plan_path: str | Path, output: str | Path, *, only: list[str] | None = None, deadline: float | None = None) -> None:
     plan = read_plan(plan_path)
     output = Path(output)
@@ -87,8 +106,12 @@ def run_plan(plan_path: str | Path, output: str | Path, *, only: list[str] | Non
             status = _status(folder, config)
             if status == "done":
                 continue
-            log(f"{name} seed {seed}: {'resuming' if status == 'resume' else 'starting'} in {folder}")
-            Trainer(config, folder, notices=notices).fit(resume=status == "resume")
+            with _claim(folder) as claimed:
+                if not claimed:  # another invocation is running it: two invocations share a plan
+                    log(f"{name} seed {seed}: running in another process; skipped")
+                    continue
+                log(f"{name} seed {seed}: {'resuming' if status == 'resume' else 'starting'} in {folder}")
+                Trainer(config, folder, notices=notices).fit(resume=status == "resume")
 
 
 def collect(output: str | Path) -> list[dict[str, Any]]:
