@@ -1,1 +1,1 @@
-"""Benchmarks that write tables and plots: ``tim4rec bench quality`` (more to come)."""
+"""Benchmarks that write markdown, CSV and PNG: ``tim4rec bench quality``, ``speed`` and ``kernel``."""
