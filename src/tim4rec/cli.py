@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from tim4rec.errors import Tim4RecError
@@ -104,22 +105,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from tim4rec.bench import speed
 
         overrides: dict[str, dict] = {}
+        from tim4rec.config import parse_override
+
         for text in args.model_set:
             model, _, assignment = text.partition(":")
-            from tim4rec.config import parse_override
-
             key, value = parse_override(assignment)
             overrides.setdefault(model, {})[key] = value
         dropouts = {"both": [True, False], "on": [True], "off": [False]}[args.dropout]
-        print(speed.run(args.models, args.lengths, batch=args.batch, items=args.items, dropouts=dropouts, device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats, output=__import__("pathlib").Path(args.output), memory_limit_gib=args.memory_limit_gib, hyperparameters=overrides))
+        print(speed.run(args.models, args.lengths, batch=args.batch, items=args.items, dropouts=dropouts, device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats, output=Path(args.output), memory_limit_gib=args.memory_limit_gib, hyperparameters=overrides))
         return 0
     if args.bench_command == "kernel":
         from tim4rec.bench import kernel
 
-        print(kernel.run(args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim, state=args.state, chunk=args.chunk, threads=args.threads, device=args.device, warmup=args.warmup, repeats=args.repeats, max_recurrent=args.max_recurrent, max_quadratic=args.max_quadratic, output=__import__("pathlib").Path(args.output)))
+        print(kernel.run(args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim, state=args.state, chunk=args.chunk, threads=args.threads, device=args.device, warmup=args.warmup, repeats=args.repeats, max_recurrent=args.max_recurrent, max_quadratic=args.max_quadratic, output=Path(args.output)))
         return 0
     if args.bench_command == "quality":
-        output = args.output or str(__import__("pathlib").Path(args.plan).with_suffix(""))
+        output = args.output or str(Path(args.plan).with_suffix(""))
         if not args.report_only:
             quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline)
         print(quality.report(args.plan, output))
