@@ -1,7 +1,7 @@
 """Copy generated tables into README.md between ``<!-- include: PATH -->`` and ``<!-- end include -->``.
 
 Run after the benchmark commands: ``python docs/benchmarks/sync_readme.py``. The README's numbers
-are then exactly the generated files' (their first heading line is dropped).
+are then exactly the generated files' (a file's title becomes a bold line).
 """
 
 import re
@@ -17,7 +17,7 @@ def _included(match: re.Match) -> str:
         body = f"(not generated yet: `{match['path']}`)\n"
     else:
         lines = source.read_text().splitlines()
-        body = "\n".join(line for line in lines if not line.startswith("# ")).strip() + "\n"
+        body = "\n".join(f"**{line[2:]}**" if line.startswith("# ") else line for line in lines).strip() + "\n"
     return match.group(1) + body + match.group(4)
 
 
