@@ -40,29 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from tim4rec.models.base import SequentialRecommender
-from tim4rec.models.blocks import CausalSelfAttention, FeedForward, init_normal_
-
-
-class BidirectionalSelfAttention(CausalSelfAttention):
-    """The shared attention block without the causal mask, with a key padding mask instead."""
-
-    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # x (B, L, d), real (B, L) bool
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=real[:, None, None, :], dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, heads, L, d / heads); every query attends to the real keys only
-        merged = attended.transpose(1, 2).reshape(x.shape)
-        return self.layer_norm(x + self.dropout(self.out(merged)))
+from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
 
 class BERT4RecBlock(nn.Module):
     def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
         super().__init__()
-        self.attention = BidirectionalSelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
+        self.attention = SelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps, causal=False)
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
 
     def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
-        return self.feed_forward(self.attention(x, real))
+        return self.feed_forward(self.attention(x, real=real))
 
 
 class BERT4Rec(SequentialRecommender):

@@ -47,18 +47,21 @@ class FeedForward(nn.Module):
         return self.layer_norm(x + self.dropout(self.fc2(self.inner_dropout(self.act(self.fc1(x))))))
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with a post-norm residual, on PyTorch's fused SDPA.
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a post-norm residual, on PyTorch's fused SDPA.
 
-    With right-padded inputs the causal mask alone keeps every real position from seeing the
-    padding after it, so no padding mask is needed: outputs at positions < len are exact.
+    ``causal=True`` (SASRec): with right-padded inputs the causal mask alone keeps every real
+    position from seeing the padding after it, so no padding mask is needed: outputs at positions
+    < len are exact. ``causal=False`` (BERT4Rec): bidirectional, and ``forward`` takes a key
+    padding mask ``real`` (B, L) bool so that every query attends to the real keys only.
     """
 
-    def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float, dropout: float, layer_norm_eps: float = 1e-12):
+    def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float, dropout: float, layer_norm_eps: float = 1e-12, causal: bool = True):
         super().__init__()
         if hidden_size % n_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
         self.n_heads = n_heads
+        self.causal = causal
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -71,11 +74,16 @@ class CausalSelfAttention(nn.Module):
         b, l, d = x.shape
         return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, d) -> (B, L, d); with ``query_positions`` (B,) only those rows: (B, 1, d)."""
+    def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, d) -> (B, L, d); with ``query_positions`` (B,) only those rows: (B, 1, d) (causal only)."""
         k, v = self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.attn_dropout if self.training else 0.0
-        if query_positions is None:
+        if not self.causal:
+            if real is None:
+                raise ValueError("a bidirectional SelfAttention needs the key padding mask `real`")
+            rows = x
+            attended = F.scaled_dot_product_attention(self._heads(self.query(x)), k, v, attn_mask=real[:, None, None, :], dropout_p=dropout)
+        elif query_positions is None:
             rows = x
             attended = F.scaled_dot_product_attention(self._heads(self.query(x)), k, v, is_causal=True, dropout_p=dropout)
         else:  # one query per sequence, seeing the keys at positions <= its own

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from tim4rec.models.base import SequentialRecommender
-from tim4rec.models.blocks import CausalSelfAttention, FeedForward, init_normal_
+from tim4rec.models.blocks import SelfAttention, FeedForward, init_normal_
 
 
 class SASRecBlock(nn.Module):
     def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
         super().__init__()
-        self.attention = CausalSelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
+        self.attention = SelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
 
     def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None) -> torch.Tensor:
