@@ -28,6 +28,7 @@ def test_unknown_key_is_named(tmp_path: Path):
         ({"model": "sasrec", "epochs": 0}, "epochs"),
         ({"model": "sasrec", "metrics": ["Recall"]}, "unsupported metric"),
         ({"model": "sasrec", "valid_metric": "NDCG@7"}, "valid_metric"),
+        ({"model": "sasrec", "flush_denormal": "yes"}, "flush_denormal: expected true or false"),
         ({}, "no model given"),
     ],
 )

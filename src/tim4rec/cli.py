@@ -112,7 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             key, value = parse_override(assignment)
             overrides.setdefault(model, {})[key] = value
         dropouts = {"both": [True, False], "on": [True], "off": [False]}[args.dropout]
-        print(speed.run(args.models, args.lengths, batch=args.batch, items=args.items, dropouts=dropouts, device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats, output=Path(args.output), memory_limit_gib=args.memory_limit_gib, hyperparameters=overrides))
+        print(speed.run(args.models, args.lengths, batch=args.batch, items=args.items, dropouts=dropouts, device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats, output=Path(args.output), memory_limit_gib=args.memory_limit_gib, hyperparameters=overrides, flush_denormal=not args.keep_denormals))
         return 0
     if args.bench_command == "kernel":
         from tim4rec.bench import kernel
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=5)
     speed.add_argument("--memory-limit-gib", type=float, default=16.0, help="address-space limit of each measuring subprocess")
     speed.add_argument("--model-set", action="append", default=[], metavar="MODEL:KEY=VALUE", help="a hyper-parameter for one model (repeatable)")
+    speed.add_argument("--keep-denormals", action="store_true", help="do not flush denormal numbers to zero (training flushes them by default)")
     speed.add_argument("--output", default="docs/benchmarks/speed")
     kernel = bench_commands.add_parser("kernel", help="SSD scan vs recurrence, quadratic form and the Mamba-1 scan")
     kernel.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])

@@ -51,6 +51,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "time_budget": None,  # seconds of training+validation wall time, across resumes
     "seed": 2020,
     "threads": None,  # None: every core this process may use
+    "flush_denormal": True,  # CPU: float32 values below 1.2e-38 count as 0 (see tim4rec.training.trainer)
     "show_progress": True,
     "loss_type": "CE",
     "learner": "adam",
@@ -227,6 +228,8 @@ def validate(config: dict[str, Any]) -> None:
         value = config.get(key)
         if value is not None and (not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{key}: expected a positive number or null, got {value!r}")
+    if not isinstance(config.get("flush_denormal"), bool):
+        raise ConfigError(f"flush_denormal: expected true or false, got {config.get('flush_denormal')!r}")
     if config.get("train_regime") not in (None, "prefix", "causal"):
         raise ConfigError(f"train_regime: expected 'prefix', 'causal' or null, got {config['train_regime']!r}")
     metric_names(config)

@@ -113,3 +113,14 @@ def test_resuming_a_run_whose_limit_is_spent_trains_nothing(synthetic_inter: Pat
     again = _trainer(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix").fit(resume=True)
     assert again["steps"] == first["steps"] == 3
     assert again["epochs"] == first["epochs"] and again["test"] == first["test"]
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_setting_reaches_the_cpu(flush: bool, synthetic_inter: Path, tmp_path: Path):
+    denormal = torch.tensor([1e-39])  # below float32's smallest normal number, 1.18e-38
+    try:
+        results = _trainer(synthetic_inter, tmp_path / "run", max_steps=1, flush_denormal=flush).fit()
+        assert results["flush_denormal"] is flush
+        assert ((denormal * 1.0).item() == 0.0) is flush  # flushed: the CPU reads it as zero
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default, for the other tests

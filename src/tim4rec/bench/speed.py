@@ -10,7 +10,8 @@ by default: ML-1M's count) and measures, after warm-up, the median and spread of
 - peak memory above the process's baseline (max RSS on a CPU; ``max_memory_allocated`` on a GPU).
 
 Models run at their configured dropout and with every dropout set to 0 (PyTorch's fused attention
-leaves its fast path on a CPU when attention dropout is on). Results go to CSV, markdown and a
+leaves its fast path on a CPU when attention dropout is on). Denormal float32 numbers are flushed
+to zero as in training (``--keep-denormals`` measures without). Results go to CSV, markdown and a
 log-log PNG, with ratios against SASRec from the same run and the machine's load at start.
 """
 
@@ -42,11 +43,12 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_point(model_name: str, length: int, *, batch: int, items: int, dropout: bool, device: str, threads: int, warmup: int, repeats: int, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+def measure_point(model_name: str, length: int, *, batch: int, items: int, dropout: bool, device: str, threads: int, warmup: int, repeats: int, hyperparameters: dict[str, Any], flush_denormal: bool = True) -> dict[str, Any]:
     """One (model, length, dropout) point, in the calling process."""
     from tim4rec.models import create
 
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush_denormal)  # as the trainer does by default (config flush_denormal)
     torch.manual_seed(0)
     extra = dict(hyperparameters)
     if not dropout:
@@ -81,7 +83,7 @@ def measure_point(model_name: str, length: int, *, batch: int, items: int, dropo
         "model": model_name, "length": length, "dropout": "on" if dropout else "off", "batch": batch, "items": items,
         "train_s": train["median"], "train_min_s": train["min"], "train_max_s": train["max"],
         "infer_s": inference["median"], "infer_min_s": inference["min"], "infer_max_s": inference["max"],
-        "peak_mib": (peak - baseline) / 2**20, "repeats": repeats, "threads": threads, "device": device,
+        "peak_mib": (peak - baseline) / 2**20, "repeats": repeats, "threads": threads, "device": device, "flush_denormal": flush_denormal,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -123,13 +125,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def run(models: list[str], lengths: list[int], *, batch: int, items: int, dropouts: list[bool], device: str, threads: int, warmup: int, repeats: int, output: Path, memory_limit_gib: float | None, hyperparameters: dict[str, dict[str, Any]]) -> str:
+def run(models: list[str], lengths: list[int], *, batch: int, items: int, dropouts: list[bool], device: str, threads: int, warmup: int, repeats: int, output: Path, memory_limit_gib: float | None, hyperparameters: dict[str, dict[str, Any]], flush_denormal: bool = True) -> str:
     machine = machine_description(threads, device)
     rows = []
     for model in models:
         for dropout in dropouts:
             for length in lengths:
-                arguments = {"model_name": model, "length": length, "batch": batch, "items": items, "dropout": dropout, "device": device, "threads": threads, "warmup": warmup, "repeats": repeats, "hyperparameters": hyperparameters.get(model, {})}
+                arguments = {"model_name": model, "length": length, "batch": batch, "items": items, "dropout": dropout, "device": device, "threads": threads, "warmup": warmup, "repeats": repeats, "hyperparameters": hyperparameters.get(model, {}), "flush_denormal": flush_denormal}
                 row = _run_point_subprocess(arguments, memory_limit_gib)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
@@ -145,7 +147,7 @@ def run(models: list[str], lengths: list[int], *, batch: int, items: int, dropou
     plot(rows, output / "speed.png")
     columns = [("model", "model"), ("dropout", "dropout"), ("length", "L"), ("train_s", "train step s"), ("train_min_s", "min"), ("train_max_s", "max"), ("train_vs_sasrec", "x SASRec"), ("infer_s", "inference s"), ("infer_vs_sasrec", "x SASRec"), ("peak_mib", "peak MiB"), ("memory_vs_sasrec", "x SASRec"), ("error", "error")]
     text = (
-        f"# Speed and memory (batch {batch}, {items} items, {device}, {threads} thread(s))\n\n"
+        f"# Speed and memory (batch {batch}, {items} items, {device}, {threads} thread(s), denormals {'flushed to zero' if flush_denormal else 'kept'})\n\n"
         f"Machine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
     )
     (output / "speed.md").write_text(text)

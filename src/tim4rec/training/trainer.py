@@ -34,7 +34,7 @@ from tim4rec.models import create, model_class
 from tim4rec.training.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 
 #: config keys that may change when a run is resumed (limits, not the experiment)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "time_budget", "threads", "show_progress", "eval_batch_size", "output_dir", "data_cache", "_config_files"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "time_budget", "threads", "flush_denormal", "show_progress", "eval_batch_size", "output_dir", "data_cache", "_config_files"}
 
 
 def log(message: str) -> None:
@@ -86,6 +86,11 @@ class Trainer:
         config = self.config
         self.threads = resolve_threads(config.get("threads"))
         torch.set_num_threads(self.threads)
+        # Denormal float32 numbers (below 1.2e-38) take a slow path in the CPU's arithmetic. The
+        # SSD models' gradients decay through the state towards old positions and pass through
+        # that range: flushing them to zero (FTZ/DAZ, process-wide) made TiM4Rec's training step
+        # at L = 3200 about 2.5x faster (tim4rec bench speed), changing nothing above 1.2e-38.
+        torch.set_flush_denormal(self.config["flush_denormal"])
         cls = model_class(config["model"])
         self.interactions = interactions_from_config(config)
         self.hyperparameters = {key: config[key] for key in cls.hyperparameters}
@@ -209,6 +214,7 @@ class Trainer:
             "evaluated_users": len(self.test_samples),
             "seed": self.config["seed"],
             "threads": self.threads,
+            "flush_denormal": self.config["flush_denormal"],
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
             "epochs": history,
             "epochs_run": len(history),
