@@ -81,7 +81,7 @@ class MambaBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                          # (B, L, d_inner) each
-        x = F.silu(causal_conv(self.conv1d, x.transpose(1, 2))).transpose(1, 2)
+        x = F.silu(causal_conv(self.conv1d, x))
         dt, B, C = self._ssm_inputs(x)
         y = selective_scan(
             x.transpose(1, 2), dt.transpose(1, 2), self.A(), B.transpose(1, 2), C.transpose(1, 2),

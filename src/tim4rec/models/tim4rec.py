@@ -103,28 +103,34 @@ class TiSSD(nn.Module):
         """(H,) the negative decay rates, in at least float32."""
         return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
-    def _split(self, projected: torch.Tensor):
-        return torch.split(projected, [self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads], dim=-1)
+    def _project(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """in_proj, as three products with its row blocks: (..., d) -> z (..., d_in), xBC (..., d_in + 2N), dt (..., H).
+
+        Same numbers as splitting ``in_proj(hidden)``; the backward then needs no concatenation of
+        the three (B, L, .) gradients (about 5% of a training step at L = 3200 on a CPU).
+        """
+        sizes = [self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads]
+        return [F.linear(hidden, w, b) for w, b in zip(self.in_proj.weight.split(sizes), self.in_proj.bias.split(sizes))]
 
     def _time_factor(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Time path: tau -> (u (B, L, H) multiplying dt, tau' for the next layer)."""
         if self.time_mode == "paper":  # tau (B, H, L): MLP and gate over positions
             u = tau * self.mlp4time_scale(tau)
-            u = self.act(causal_conv(self.conv1d4time_1, u))
-            u = self.act(causal_conv(self.conv1d4time_2, u))  # (B, H, L)
+            u = self.act(causal_conv(self.conv1d4time_1, u.transpose(1, 2)))
+            u = self.act(causal_conv(self.conv1d4time_2, u))  # (B, L, H)
             gate = self.time_gate_residual(tau)
-            return u.transpose(1, 2), self.time_layer_norm(gate * tau + (1 - gate) * u)
+            return u, self.time_layer_norm(gate * tau + (1 - gate) * u.transpose(1, 2))
         # causal: tau (B, L, H): MLP and gate over heads, convolutions over positions
         u = tau * self.mlp4time_scale(tau)
-        u = self.act(causal_conv(self.conv1d4time_1, u.transpose(1, 2)))
-        u = self.act(causal_conv(self.conv1d4time_2, u)).transpose(1, 2)  # (B, L, H)
+        u = self.act(causal_conv(self.conv1d4time_1, u))
+        u = self.act(causal_conv(self.conv1d4time_2, u))  # (B, L, H)
         gate = self.time_gate_residual(tau)
         return u, self.time_layer_norm(gate * tau + (1 - gate) * u)
 
     def forward(self, hidden: torch.Tensor, tau: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, l, _ = hidden.shape
-        z, xBC, dt = self._split(self.in_proj(hidden))  # (B, L, d_in), (B, L, d_in + 2N), (B, L, H)
-        xBC = self.act(causal_conv(self.conv1d, xBC.transpose(1, 2)).transpose(1, 2))
+        z, xBC, dt = self._project(hidden)  # (B, L, d_in), (B, L, d_in + 2N), (B, L, H)
+        xBC = self.act(causal_conv(self.conv1d, xBC))  # (B, L, d_in + 2N)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         tau_next = None
         if self.time_mode != "none":
@@ -152,7 +158,7 @@ class TiSSD(nn.Module):
         """One event: hidden (B, d), tau (B, H) or None -> (out (B, d), tau' (B, H) or None, state)."""
         if self.time_mode == "paper":
             raise RuntimeError("paper mode mixes positions and cannot stream; use time_mode causal")
-        z, xBC, dt = self._split(self.in_proj(hidden))
+        z, xBC, dt = self._project(hidden)
         xBC, conv = causal_conv_step(self.conv1d, state["conv"], xBC)
         x, B, C = torch.split(self.act(xBC), [self.d_inner, self.d_state, self.d_state], dim=-1)
         new_state = {"conv": conv}
