@@ -51,7 +51,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "time_budget": None,  # seconds of training+validation wall time, across resumes
     "seed": 2020,
     "threads": None,  # None: every core this process may use
-    "flush_denormal": True,  # CPU: float32 values below 1.2e-38 count as 0 (see tim4rec.training.trainer)
+    "flush_denormal": True,  # CPU: denormal numbers (float32 < 1.2e-38) count as 0 while training (see training.trainer)
     "show_progress": True,
     "loss_type": "CE",
     "learner": "adam",

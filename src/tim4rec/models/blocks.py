@@ -97,11 +97,14 @@ class SelfAttention(nn.Module):
 def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """Depthwise causal convolution over time: x (B, L, C) -> (B, L, C), output t sees inputs <= t.
 
-    ``conv`` is a depthwise Conv1d (its weights (C, 1, K) and bias; its own padding is not used).
+    ``conv`` is a depthwise Conv1d, stride 1, dilation 1 (its weights (C, 1, K) and bias; its own
+    padding is not used).
     The input is left-padded with K-1 zero steps and run as a channels-last 2-d convolution: no
     transposed copies of x, and oneDNN's channels-last depthwise kernels (forward + backward about
     1.5x faster than Conv1d on (B, C, L) at B = 16, L = 3200, C = 192 on one CPU thread).
     """
+    if conv.stride != (1,) or conv.dilation != (1,) or conv.groups != conv.in_channels:
+        raise ValueError(f"causal_conv needs a depthwise Conv1d with stride 1 and dilation 1, got {conv}")
     k = conv.kernel_size[0]
     padded = F.pad(x, (0, 0, k - 1, 0)).transpose(1, 2).unsqueeze(2)   # (B, C, 1, L+K-1), channels-last strides
     out = F.conv2d(padded, conv.weight.unsqueeze(2), conv.bias, groups=conv.groups)  # (B, C, 1, L)

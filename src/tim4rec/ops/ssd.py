@@ -129,6 +129,7 @@ class _DecayedScores(torch.autograd.Function):
         return M
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # L is saved, not recomputed: no double backward
     def backward(ctx, grad_M: Tensor) -> tuple[Tensor, Tensor]:
         L, M = ctx.saved_tensors
         b, h, c, Q, _ = M.shape
