@@ -97,6 +97,16 @@ def _skip_and_gate(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None) -> 
     return y
 
 
+def _scaled_per_head(grouped: Tensor, scale: Tensor) -> Tensor:
+    """grouped (b, g, c, Q, k) times per-head scales (b, h, c, Q) -> (b, h, c, Q, k).
+
+    Head i reads group i // (h // g); the broadcast makes the per-head copy and the scaling one pass.
+    """
+    b, g, c, Q, k = grouped.shape
+    h = scale.shape[1]
+    return (grouped[:, :, None] * scale.view(b, g, h // g, c, Q, 1)).view(b, h, c, Q, k)
+
+
 class _DecayedScores(torch.autograd.Function):
     """M = L o tril(CB): the diagonal-block matrix of one chunk, for every head of a group.
 
@@ -162,8 +172,7 @@ def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Te
 
     # (2) chunk states from zero: S_k = sum_j exp(a_{j+1}+...+a_{Q-1}) Delta_j x_j B_j^T
     to_end = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))      # (b, h, c, Q)  a_{j+1}+...+a_{Q-1}
-    B_to_end = (Bg[:, :, None] * torch.exp(to_end).view(b, g, h // g, c, Q, 1)).view(b, h, c, Q, n)
-    states = X.transpose(-1, -2) @ B_to_end                               # (b, h, c, p, n)
+    states = X.transpose(-1, -2) @ _scaled_per_head(Bg, torch.exp(to_end))  # (b, h, c, p, n)
 
     # (3) state passing: S_in[k+1] = exp(a_0+...+a_{Q-1} of chunk k) S_in[k] + S_k,  S_in[0] = s
     acs = a.cumsum(dim=-1)                                                # (b, h, c, Q)
@@ -175,8 +184,7 @@ def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Te
     S_in = torch.stack(incoming, dim=2)                                   # (b, h, c, p, n)
 
     # (4) off-diagonal blocks: y_i = exp(a_0+...+a_i) S_in C_i
-    C_from_start = (Cg[:, :, None] * torch.exp(acs).view(b, g, h // g, c, Q, 1)).view(b, h, c, Q, n)
-    y_off = C_from_start @ S_in.transpose(-1, -2)                         # (b, h, c, Q, p)
+    y_off = _scaled_per_head(Cg, torch.exp(acs)) @ S_in.transpose(-1, -2)  # (b, h, c, Q, p)
 
     # (1) diagonal blocks: y_i += sum_{j<=i} (C_i . B_j) exp(a_{j+1}+...+a_i) Delta_j x_j
     M = _DecayedScores.apply(a, Cg @ Bg.transpose(-1, -2))                # (b, h, c, Q, Q)
