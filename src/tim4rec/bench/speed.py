@@ -46,9 +46,10 @@ def _max_rss_bytes() -> int:
 def measure_point(model_name: str, length: int, *, batch: int, items: int, dropout: bool, device: str, threads: int, warmup: int, repeats: int, hyperparameters: dict[str, Any], flush_denormal: bool = True) -> dict[str, Any]:
     """One (model, length, dropout) point, in the calling process."""
     from tim4rec.models import create
+    from tim4rec.training.trainer import set_flush_denormal
 
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(flush_denormal)  # as the trainer does by default (config flush_denormal)
+    flush_denormal = set_flush_denormal(flush_denormal)  # as the trainer does by default (config flush_denormal)
     torch.manual_seed(0)
     extra = dict(hyperparameters)
     if not dropout:

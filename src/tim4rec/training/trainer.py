@@ -41,6 +41,19 @@ def log(message: str) -> None:
     print(f"tim4rec: {message}", file=sys.stderr, flush=True)
 
 
+def set_flush_denormal(enabled: bool) -> bool:
+    """Turn the CPU's flush-to-zero of denormal numbers on or off (process-wide); True if it is now on.
+
+    Denormal numbers (float32 below 1.2e-38, float64 below 2.2e-308) take a slow path in the CPU's
+    arithmetic. The SSD models' gradients decay through the state towards old positions and pass
+    through that range: flushing them (FTZ/DAZ) made TiM4Rec's training step at L = 3200 3.4x
+    faster on one CPU thread (docs/benchmarks/denormals), changing no normal number. Where the CPU cannot
+    flush, this reports False.
+    """
+    accepted = torch.set_flush_denormal(enabled)
+    return enabled and accepted
+
+
 def resolve_threads(threads: int | None) -> int:
     if threads:
         return int(threads)
@@ -86,12 +99,7 @@ class Trainer:
         config = self.config
         self.threads = resolve_threads(config.get("threads"))
         torch.set_num_threads(self.threads)
-        # Denormal numbers (float32 below 1.2e-38, float64 below 2.2e-308) take a slow path in
-        # the CPU's arithmetic. The SSD models' gradients decay through the state towards old
-        # positions and pass through that range: flushing them to zero (the CPU's FTZ/DAZ flags,
-        # process-wide, for the duration of fit) made TiM4Rec's training step at L = 3200 about
-        # 2.5x faster here, changing no normal number. False where the CPU cannot flush.
-        self.flush_denormal = self.config["flush_denormal"] and torch.set_flush_denormal(True)
+        self.flush_denormal = set_flush_denormal(self.config["flush_denormal"])  # for the duration of fit
         cls = model_class(config["model"])
         self.interactions = interactions_from_config(config)
         self.hyperparameters = {key: config[key] for key in cls.hyperparameters}
@@ -289,7 +297,7 @@ class Trainer:
         try:
             return self._fit(resume)
         finally:
-            torch.set_flush_denormal(False)  # PyTorch's default again (set by _setup for this run)
+            set_flush_denormal(False)  # PyTorch's default again (set by _setup for this run)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         self.machine = machine()
