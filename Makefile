@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   trains TiM4Rec on MovieLens-100K (fetched on first use) and prints a metrics table
-#   make test   runs the test suite
+#   make test   checks lint and formatting (ruff), then runs the test suite
 # Both create .venv and install the package first (torch pinned by constraints.txt).
 
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo test lint install
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,5 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tim4rec train --model tim4rec --dataset ml-100k --output runs/demo-tim4rec-ml-100k-$$(date +%Y%m%d-%H%M%S) --set time_budget=240
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests docs
+	$(BIN)/ruff format --check src tests docs
+
+test: lint
 	$(BIN)/python -m pytest -q

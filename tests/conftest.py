@@ -11,7 +11,12 @@ import torch
 torch.set_num_threads(1)
 
 
-def write_inter(path: Path, rows: list[tuple], header: str = "user_id:token\titem_id:token\trating:float\ttimestamp:float", newline: str = "\n") -> Path:
+def write_inter(
+    path: Path,
+    rows: list[tuple],
+    header: str = "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+    newline: str = "\n",
+) -> Path:
     lines = [header] + ["\t".join(str(value) for value in row) for row in rows]
     path.write_bytes((newline.join(lines) + newline).encode("utf-8"))
     return path

@@ -10,7 +10,9 @@ from tests.conftest import write_inter
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tim4rec", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tim4rec", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
@@ -18,7 +20,10 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     [
         (["train", "--model", "nosuch", "--dataset", "ml-100k"], "unknown model 'nosuch'"),
         (["train", "--model", "sasrec", "--dataset", "nosuchdata"], "neither a named dataset"),
-        (["train", "--model", "sasrec", "--dataset", "ml-100k", "--set", "bogus_key=1"], "unknown config key 'bogus_key'"),
+        (
+            ["train", "--model", "sasrec", "--dataset", "ml-100k", "--set", "bogus_key=1"],
+            "unknown config key 'bogus_key'",
+        ),
         (["data", "stats", "nosuch.inter"], "nor an existing file"),
         (["evaluate", "nosuch.pt"], "no such checkpoint"),
     ],
@@ -51,8 +56,25 @@ def test_stats_and_train_and_evaluate(synthetic_inter: Path, tmp_path: Path):
     done = run("data", "stats", str(synthetic_inter))
     assert done.returncode == 0 and "users        30" in done.stdout
     output = tmp_path / "out"
-    done = run("train", "--model", "sasrec", "--dataset", str(synthetic_inter), "--output", str(output),
-               "--set", "epochs=1", "--set", "hidden_size=8", "--set", "n_heads=2", "--set", "MAX_ITEM_LIST_LENGTH=8", "--set", "threads=1")
+    done = run(
+        "train",
+        "--model",
+        "sasrec",
+        "--dataset",
+        str(synthetic_inter),
+        "--output",
+        str(output),
+        "--set",
+        "epochs=1",
+        "--set",
+        "hidden_size=8",
+        "--set",
+        "n_heads=2",
+        "--set",
+        "MAX_ITEM_LIST_LENGTH=8",
+        "--set",
+        "threads=1",
+    )
     assert done.returncode == 0, done.stderr
     assert "| test |" in done.stdout
     done = run("evaluate", str(output / "best.pt"))

@@ -8,7 +8,9 @@ from tim4rec.errors import ConfigError
 
 def test_layers_and_overrides(tmp_path: Path):
     (tmp_path / "a.yaml").write_text("model: sasrec\nlearning_rate: 0.01\nn_heads: 4\ngpu_id: '0'\n")
-    config, notices = load_config(config_files=[tmp_path / "a.yaml"], set_args=["learning_rate=5e-4", "topk=[5,10]", "valid_metric=NDCG@5"])
+    config, notices = load_config(
+        config_files=[tmp_path / "a.yaml"], set_args=["learning_rate=5e-4", "topk=[5,10]", "valid_metric=NDCG@5"]
+    )
     assert config["learning_rate"] == 5e-4 and config["n_heads"] == 4 and config["topk"] == [5, 10]
     assert "gpu_id" not in config and any("gpu_id" in notice for notice in notices)
 

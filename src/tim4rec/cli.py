@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tim4rec.errors import Tim4RecError
 
@@ -66,7 +67,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(f"dataset      {args.name} ({stats['source']})")
     before = stats["filtering"]["before"]
     print(f"before       {before['users']} users, {before['items']} items, {before['interactions']:,} interactions")
-    print(f"filtering    users {stats['filtering']['user_inter_num_interval']}, items {stats['filtering']['item_inter_num_interval']}")
+    print(
+        f"filtering    users {stats['filtering']['user_inter_num_interval']}, "
+        f"items {stats['filtering']['item_inter_num_interval']}"
+    )
     print(f"users        {stats['users']}")
     print(f"items        {stats['items']}")
     print(f"interactions {stats['interactions']:,}")
@@ -94,7 +98,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_checkpoint(args.checkpoint, split=args.split, mask_history=args.mask_history)
     from tim4rec.config import metric_names
 
-    print(_format_metrics_table({args.split: results["metrics"]}, results["config"]["topk"], metric_names(results["config"])))
+    print(
+        _format_metrics_table(
+            {args.split: results["metrics"]}, results["config"]["topk"], metric_names(results["config"])
+        )
+    )
     return 0
 
 
@@ -112,12 +120,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
             key, value = parse_override(assignment)
             overrides.setdefault(model, {})[key] = value
         dropouts = {"both": [True, False], "on": [True], "off": [False]}[args.dropout]
-        print(speed.run(args.models, args.lengths, batch=args.batch, items=args.items, dropouts=dropouts, device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats, output=Path(args.output), memory_limit_gib=args.memory_limit_gib, hyperparameters=overrides, flush_denormal=not args.keep_denormals))
+        print(
+            speed.run(
+                args.models,
+                args.lengths,
+                batch=args.batch,
+                items=args.items,
+                dropouts=dropouts,
+                device=args.device,
+                threads=args.threads,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                output=Path(args.output),
+                memory_limit_gib=args.memory_limit_gib,
+                hyperparameters=overrides,
+                flush_denormal=not args.keep_denormals,
+            )
+        )
         return 0
     if args.bench_command == "kernel":
         from tim4rec.bench import kernel
 
-        print(kernel.run(args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim, state=args.state, chunk=args.chunk, threads=args.threads, device=args.device, warmup=args.warmup, repeats=args.repeats, max_recurrent=args.max_recurrent, max_quadratic=args.max_quadratic, output=Path(args.output)))
+        print(
+            kernel.run(
+                args.lengths,
+                batch=args.batch,
+                heads=args.heads,
+                head_dim=args.head_dim,
+                state=args.state,
+                chunk=args.chunk,
+                threads=args.threads,
+                device=args.device,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                max_recurrent=args.max_recurrent,
+                max_quadratic=args.max_quadratic,
+                output=Path(args.output),
+            )
+        )
         return 0
     if args.bench_command == "quality":
         output = args.output or str(Path(args.plan).with_suffix(""))
@@ -128,7 +168,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tim4rec", description="Time-aware sequential recommendation: train, evaluate, benchmark.")
+    parser = argparse.ArgumentParser(
+        prog="tim4rec", description="Time-aware sequential recommendation: train, evaluate, benchmark."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="fetch a named dataset or show statistics")
@@ -151,13 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", help="model name (or 'model' in the config)")
     train.add_argument("--dataset", help="named dataset or file/folder (or 'dataset' in the config)")
     train.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
     train.add_argument("--output", help="output folder (default runs/<model>-<dataset>-seed<seed>)")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder")
 
     bench = commands.add_parser("bench", help="benchmarks that write tables and plots")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    speed = bench_commands.add_parser("speed", help="training-step and inference time and peak memory against sequence length")
+    speed = bench_commands.add_parser(
+        "speed", help="training-step and inference time and peak memory against sequence length"
+    )
     speed.add_argument("--models", nargs="+", default=["sasrec", "tim4rec", "ssd4rec", "mamba4rec"])
     speed.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 800, 3200])
     speed.add_argument("--batch", type=int, default=16)
@@ -167,9 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--threads", type=int, default=1)
     speed.add_argument("--warmup", type=int, default=2)
     speed.add_argument("--repeats", type=int, default=5)
-    speed.add_argument("--memory-limit-gib", type=float, default=16.0, help="address-space limit of each measuring subprocess")
-    speed.add_argument("--model-set", action="append", default=[], metavar="MODEL:KEY=VALUE", help="a hyper-parameter for one model (repeatable)")
-    speed.add_argument("--keep-denormals", action="store_true", help="do not flush denormal numbers to zero (training flushes them by default)")
+    speed.add_argument(
+        "--memory-limit-gib", type=float, default=16.0, help="address-space limit of each measuring subprocess"
+    )
+    speed.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="a hyper-parameter for one model (repeatable)",
+    )
+    speed.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="do not flush denormal numbers to zero (training flushes them by default)",
+    )
     speed.add_argument("--output", default="docs/benchmarks/speed")
     kernel = bench_commands.add_parser("kernel", help="SSD scan vs recurrence, quadratic form and the Mamba-1 scan")
     kernel.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "time_budget": None,  # seconds of training+validation wall time, across resumes
     "seed": 2020,
     "threads": None,  # None: every core this process may use
-    "flush_denormal": True,  # CPU: denormal numbers (float32 < 1.2e-38) count as 0 while training (see training.trainer)
+    "flush_denormal": True,  # CPU: denormal numbers (float32 < 1.2e-38) count as 0 while training
     "show_progress": True,
     "loss_type": "CE",
     "learner": "adam",
@@ -68,19 +69,71 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 #: keys of RecBole / reference YAML files that have no effect here
 IGNORED_KEYS = frozenset(
     {
-        "gpu_id", "use_gpu", "log_wandb", "wandb_project", "load_col", "unload_col", "unused_col",
-        "reproducibility", "eval_step", "train_from_scratch", "checkpoint_path", "checkpoint_dir",
-        "state", "data_path", "benchmark_filename", "field_separator", "seq_separator",
-        "save_dataset", "save_dataloaders", "dataset_save_path", "dataloaders_save_path", "log_root",
-        "NEG_PREFIX", "LABEL_FIELD", "ITEM_LIST_LENGTH_FIELD", "LIST_SUFFIX", "POSITION_FIELD",
-        "repeatable", "worker", "shuffle", "enable_amp", "enable_scaler", "nproc", "world_size",
-        "offset", "ip", "port", "local_rank", "metric_decimal_place", "valid_metric_bigger",
-        "eval_batch_size_per_gpu", "rm_dup_inter", "val_interval", "filter_inter_by_user_or_item",
-        "threshold", "discretization", "normalize_field", "normalize_all", "alias_of_user_id",
-        "alias_of_item_id", "preload_weight", "RATING_FIELD", "HEAD_ENTITY_ID_FIELD",
-        "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD", "kg_reverse_r",
-        "entity_kg_num_interval", "relation_kg_num_interval", "clip_grad_norm", "require_pow",
-        "log_interval", "numerical_features", "user_inter_num_interval_", "hidden_act_",
+        "gpu_id",
+        "use_gpu",
+        "log_wandb",
+        "wandb_project",
+        "load_col",
+        "unload_col",
+        "unused_col",
+        "reproducibility",
+        "eval_step",
+        "train_from_scratch",
+        "checkpoint_path",
+        "checkpoint_dir",
+        "state",
+        "data_path",
+        "benchmark_filename",
+        "field_separator",
+        "seq_separator",
+        "save_dataset",
+        "save_dataloaders",
+        "dataset_save_path",
+        "dataloaders_save_path",
+        "log_root",
+        "NEG_PREFIX",
+        "LABEL_FIELD",
+        "ITEM_LIST_LENGTH_FIELD",
+        "LIST_SUFFIX",
+        "POSITION_FIELD",
+        "repeatable",
+        "worker",
+        "shuffle",
+        "enable_amp",
+        "enable_scaler",
+        "nproc",
+        "world_size",
+        "offset",
+        "ip",
+        "port",
+        "local_rank",
+        "metric_decimal_place",
+        "valid_metric_bigger",
+        "eval_batch_size_per_gpu",
+        "rm_dup_inter",
+        "val_interval",
+        "filter_inter_by_user_or_item",
+        "threshold",
+        "discretization",
+        "normalize_field",
+        "normalize_all",
+        "alias_of_user_id",
+        "alias_of_item_id",
+        "preload_weight",
+        "RATING_FIELD",
+        "HEAD_ENTITY_ID_FIELD",
+        "TAIL_ENTITY_ID_FIELD",
+        "RELATION_ID_FIELD",
+        "ENTITY_ID_FIELD",
+        "kg_reverse_r",
+        "entity_kg_num_interval",
+        "relation_kg_num_interval",
+        "clip_grad_norm",
+        "require_pow",
+        "log_interval",
+        "numerical_features",
+        "user_inter_num_interval_",
+        "hidden_act_",
     }
 )
 
@@ -181,7 +234,7 @@ def load_config(
 
     config: dict[str, Any] = {}
     notices: list[str] = []
-    for source, layer in layers:
+    for _, layer in layers:
         config.update(cls.translate_config(dict(layer), notices))
     config["model"] = cls.name
     known = set(GLOBAL_DEFAULTS) | set(cls.hyperparameters)
@@ -192,20 +245,24 @@ def load_config(
             notices.append(f"ignored key '{key}' (from {_source_of(layers, key)}): it has no effect in tim4rec")
             del config[key]
             continue
-        raise ConfigError(
-            f"unknown config key '{key}' (from {_source_of(layers, key)}) for model '{cls.name}'"
-        )
+        raise ConfigError(f"unknown config key '{key}' (from {_source_of(layers, key)}) for model '{cls.name}'")
     validate(config)
-    config["_config_files"] = [source for source, _ in layers if source not in ("defaults", "config dict", "--set", "command line")]
+    config["_config_files"] = [
+        source for source, _ in layers if source not in ("defaults", "config dict", "--set", "command line")
+    ]
     return config, notices
 
 
 def validate(config: dict[str, Any]) -> None:
     """Reject settings tim4rec does not support, with a message naming the key."""
     if str(config.get("loss_type", "CE")).upper() != "CE":
-        raise ConfigError(f"loss_type: only 'CE' (cross-entropy over all items) is supported, got {config['loss_type']!r}")
+        raise ConfigError(
+            f"loss_type: only 'CE' (cross-entropy over all items) is supported, got {config['loss_type']!r}"
+        )
     if config.get("train_neg_sample_args") not in (None, {}, "None"):
-        raise ConfigError("train_neg_sample_args: negative sampling is not supported (CE over all items); set it to None")
+        raise ConfigError(
+            "train_neg_sample_args: negative sampling is not supported (CE over all items); set it to None"
+        )
     if str(config.get("learner", "adam")).lower() != "adam":
         raise ConfigError(f"learner: only 'adam' is supported, got {config['learner']!r}")
     eval_args = config.get("eval_args")
@@ -215,7 +272,8 @@ def validate(config: dict[str, Any]) -> None:
         split, order, mode = eval_args.get("split"), eval_args.get("order", "TO"), eval_args.get("mode", "full")
         if split not in (None, {"LS": "valid_and_test"}) or str(order).upper() != "TO" or str(mode).lower() != "full":
             raise ConfigError(
-                f"eval_args: only leave-one-out ({{'split': {{'LS': 'valid_and_test'}}, 'order': 'TO', 'mode': 'full'}}) is supported, got {eval_args}"
+                "eval_args: only leave-one-out ({'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'mode': 'full'}) "
+                f"is supported, got {eval_args}"
             )
     for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "stopping_step"):
         value = config.get(key)

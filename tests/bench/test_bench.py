@@ -39,7 +39,18 @@ def test_bad_plan(tmp_path: Path):
 
 
 def test_speed_point_measures_time_and_memory():
-    row = speed.measure_point("sasrec", 16, batch=2, items=50, dropout=False, device="cpu", threads=1, warmup=1, repeats=2, hyperparameters={"hidden_size": 8, "n_heads": 2, "inner_size": 16})
+    row = speed.measure_point(
+        "sasrec",
+        16,
+        batch=2,
+        items=50,
+        dropout=False,
+        device="cpu",
+        threads=1,
+        warmup=1,
+        repeats=2,
+        hyperparameters={"hidden_size": 8, "n_heads": 2, "inner_size": 16},
+    )
     assert row["train_s"] > 0 and row["infer_s"] > 0 and row["peak_mib"] >= 0
 
 
@@ -56,7 +67,21 @@ def test_kernel_forms_agree_and_table(tmp_path: Path):
     chunked = kernel.ssd_scan(x, dt, A, B, C, 8)
     torch.testing.assert_close(kernel.ssd_quadratic(x, dt, A, B, C), chunked)
     torch.testing.assert_close(kernel.ssd_recurrent(x, dt, A, B, C), chunked)
-    text = kernel.run([32, 64], batch=2, heads=2, head_dim=4, state=4, chunk=16, threads=1, device="cpu", warmup=1, repeats=1, max_recurrent=64, max_quadratic=64, output=tmp_path)
+    text = kernel.run(
+        [32, 64],
+        batch=2,
+        heads=2,
+        head_dim=4,
+        state=4,
+        chunk=16,
+        threads=1,
+        device="cpu",
+        warmup=1,
+        repeats=1,
+        max_recurrent=64,
+        max_quadratic=64,
+        output=tmp_path,
+    )
     assert "ssd_chunked" in text and "ssd_quadratic" in text and (tmp_path / "kernel.png").exists()
     assert kernel.chunked_forward_flops(1, 64, 1, 1, 1, 64) == 2.0 * (64 * 64 + 64 * 64 + 64 + 1 + 64)
 

@@ -28,7 +28,16 @@ def test_k_core_repeats_until_stable():
 
 
 def test_k_core_can_cascade_to_nothing():
-    rows = [("a", "x", 1), ("a", "y", 2), ("a", "x", 7), ("b", "x", 3), ("b", "z", 4), ("b", "y", 8), ("c", "z", 5), ("c", "y", 6)]
+    rows = [
+        ("a", "x", 1),
+        ("a", "y", 2),
+        ("a", "x", 7),
+        ("b", "x", 3),
+        ("b", "z", 4),
+        ("b", "y", 8),
+        ("c", "z", 5),
+        ("c", "y", 6),
+    ]
     kept, _ = k_core(frame(rows), (3, float("inf")), (2, float("inf")))
     assert len(kept) == 0
 
@@ -49,7 +58,9 @@ def test_recbole_time_order_uses_float32_rounding():
     # 1e9 + 1 and 1e9 + 30 are the same float32 number, so RecBole keeps file order.
     rows = [("u", "late", 1_000_000_030), ("u", "early", 1_000_000_001), ("u", "x", 1_000_001_000)]
     exact = build_interactions(frame(rows), user_inter_num_interval=None, item_inter_num_interval=None)
-    recbole = build_interactions(frame(rows), user_inter_num_interval=None, item_inter_num_interval=None, time_order="recbole")
+    recbole = build_interactions(
+        frame(rows), user_inter_num_interval=None, item_inter_num_interval=None, time_order="recbole"
+    )
     assert exact.item_tokens[exact.items].tolist() == ["early", "late", "x"]
     assert recbole.item_tokens[recbole.items].tolist() == ["late", "early", "x"]
     assert recbole.timestamps.tolist() == [1_000_000_030, 1_000_000_001, 1_000_001_000]  # kept exact

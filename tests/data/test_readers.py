@@ -3,9 +3,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import write_inter
 from tim4rec.data.readers import FieldNames, read_atomic, read_interactions, read_movielens, read_table
 from tim4rec.errors import DataError
-from tests.conftest import write_inter
 
 
 def test_atomic_crlf_and_lf_read_the_same(tmp_path: Path):
@@ -19,7 +19,11 @@ def test_atomic_crlf_and_lf_read_the_same(tmp_path: Path):
 
 
 def test_atomic_extra_columns_and_custom_field_names(tmp_path: Path):
-    path = write_inter(tmp_path / "d.inter", [("1", "k", "9", "10.0", "z")], header="session:token\tgood:token\textra:float\tt:float\tmore:token_seq")
+    path = write_inter(
+        tmp_path / "d.inter",
+        [("1", "k", "9", "10.0", "z")],
+        header="session:token\tgood:token\textra:float\tt:float\tmore:token_seq",
+    )
     frame = read_atomic(path, FieldNames("session", "good", "t"))
     assert frame.to_dict("records") == [{"user": "1", "item": "k", "timestamp": 10}]
 

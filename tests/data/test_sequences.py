@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.data.test_preprocess import frame
 from tim4rec.data.preprocess import build_interactions
 from tim4rec.data.sequences import SequenceData
-from tests.data.test_preprocess import frame
 
 
 def make(lengths, max_len):

@@ -1,9 +1,9 @@
 import torch
 
+from tests.data.test_preprocess import frame
 from tim4rec.data.preprocess import build_interactions
 from tim4rec.data.sequences import SequenceData
 from tim4rec.evaluation.evaluator import evaluate
-from tests.data.test_preprocess import frame
 
 
 class HistoryLover(torch.nn.Module):

@@ -1,7 +1,8 @@
 import math
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tim4rec.evaluation import full_ranking_metrics, target_ranks
 

@@ -37,7 +37,9 @@ def random_history(
     return items.masked_fill(padding, 0), lengths, times.masked_fill(padding, 0)
 
 
-def perturbed(model: torch.nn.Module, scale: float = 0.3, seed: int = 1, *, keep: tuple[str, ...] = ()) -> torch.nn.Module:
+def perturbed(
+    model: torch.nn.Module, scale: float = 0.3, seed: int = 1, *, keep: tuple[str, ...] = ()
+) -> torch.nn.Module:
     """Add ``scale`` * N(0, 1) noise to every parameter (except names ending with one of ``keep``,
     which draw no noise), so that every term matters; return the model in eval mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -71,7 +73,9 @@ def assert_streaming_matches_full(
             scores, state = model.step(state, items[:, t], timestamps[:, t])
             k = t + 1
             prefix = torch.arange(max_len) < k
-            full = model.full_sort_predict(torch.where(prefix, items, 0), torch.full((b,), k), torch.where(prefix, timestamps, 0))
+            full = model.full_sort_predict(
+                torch.where(prefix, items, 0), torch.full((b,), k), torch.where(prefix, timestamps, 0)
+            )
             rows = slice(None) if lengths is None else lengths > t
             torch.testing.assert_close(scores[rows], full[rows], rtol=rtol, atol=atol)
             streamed.append(scores)

@@ -53,7 +53,9 @@ def test_padding_content_does_not_influence_real_positions():
     padding = torch.arange(L)[None] >= lengths[:, None]
     noisy = torch.where(padding, torch.randint(1, N_ITEMS + 2, items.shape), items)
     with torch.no_grad():
-        torch.testing.assert_close(model.full_sort_predict(items, lengths, times), model.full_sort_predict(noisy, lengths, times))
+        torch.testing.assert_close(
+            model.full_sort_predict(items, lengths, times), model.full_sort_predict(noisy, lengths, times)
+        )
         clean_hidden, noisy_hidden = model(items, lengths, times), model(noisy, lengths, times)
     torch.testing.assert_close(clean_hidden[~padding], noisy_hidden[~padding])
 
@@ -83,7 +85,9 @@ def test_loss_is_recbole_cloze_objective(ft_ratio):
     model = small(ft_ratio=ft_ratio, mask_ratio=0.5).eval()  # eval: no dropout, so the two passes agree
     items, lengths, times = history(lengths=(10, 9, 8, 7))
     torch.manual_seed(3)
-    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3, 4])})
+    loss = model.calculate_loss(
+        {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3, 4])}
+    )
     expected = recbole_loss(model, items, lengths, times, ft_ratio, 0.5, seed=3)
     torch.testing.assert_close(loss, expected)
 
@@ -105,7 +109,9 @@ def test_target_is_not_used_and_gradient_flows():
     losses = []
     for target in (torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])):
         torch.manual_seed(11)
-        losses.append(model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": target}))
+        losses.append(
+            model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": target})
+        )
     torch.testing.assert_close(losses[0], losses[1])
     losses[0].backward()
     assert model.blocks[0].attention.query.weight.grad.abs().sum() > 0
@@ -115,6 +121,8 @@ def test_target_is_not_used_and_gradient_flows():
 def test_batch_without_scored_position_gives_zero_loss():
     model = small(ft_ratio=1.0)  # only position len - 1 is masked, and position 0 is never scored
     items, lengths, times = history(lengths=(1, 1))
-    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2])})
+    loss = model.calculate_loss(
+        {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2])}
+    )
     assert loss.item() == 0.0
     loss.backward()

@@ -64,14 +64,22 @@ def test_padding_slots_read_as_padding_whatever_they_hold():
         model.item_embedding.weight[0] += 1.0
         moved = model.full_sort_predict(items, lengths, times)
     torch.testing.assert_close(moved[0, 1:], clean[0, 1:])  # the full history has no padding slot
-    assert not torch.allclose(moved[1, 1:], clean[1, 1:]) and not torch.allclose(moved[2, 1:], clean[2, 1:])  # short ones do
+    assert not torch.allclose(moved[1, 1:], clean[1, 1:]) and not torch.allclose(
+        moved[2, 1:], clean[2, 1:]
+    )  # short ones do
+
 
 def test_regulariser_is_added_to_the_loss():
     items, lengths, times = history()
     batch = {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3])}
     plain = small(reg_weight=0.0).eval()
     regularised = small(reg_weight=1e-2).eval()  # same seed: same weights
-    weights = [regularised.item_embedding.weight, regularised.conv_v.weight, regularised.fc1.weight, regularised.fc2.weight]
+    weights = [
+        regularised.item_embedding.weight,
+        regularised.conv_v.weight,
+        regularised.fc1.weight,
+        regularised.fc2.weight,
+    ]
     weights += [conv.weight for conv in regularised.conv_h]
     expected = 1e-2 * sum(weight.norm(2) for weight in weights)
     with torch.no_grad():

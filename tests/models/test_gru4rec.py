@@ -20,9 +20,12 @@ def test_defaults_and_layout():
     shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     assert shapes == {
         "item_embedding.weight": (N_ITEMS + 1, 64),
-        "gru_layers.weight_ih_l0": (3 * 128, 64), "gru_layers.weight_hh_l0": (3 * 128, 128),
-        "gru_layers.weight_ih_l1": (3 * 128, 128), "gru_layers.weight_hh_l1": (3 * 128, 128),
-        "dense.weight": (64, 128), "dense.bias": (64,),
+        "gru_layers.weight_ih_l0": (3 * 128, 64),
+        "gru_layers.weight_hh_l0": (3 * 128, 128),
+        "gru_layers.weight_ih_l1": (3 * 128, 128),
+        "gru_layers.weight_hh_l1": (3 * 128, 128),
+        "dense.weight": (64, 128),
+        "dense.bias": (64,),
     }  # no GRU biases, as RecBole
 
 
@@ -45,7 +48,9 @@ def test_padding_content_does_not_change_scores():
     items, lengths, times = history()
     noisy = torch.where(torch.arange(L)[None] >= lengths[:, None], torch.randint(1, N_ITEMS + 1, items.shape), items)
     with torch.no_grad():
-        torch.testing.assert_close(model.full_sort_predict(items, lengths, times), model.full_sort_predict(noisy, lengths, times))
+        torch.testing.assert_close(
+            model.full_sort_predict(items, lengths, times), model.full_sort_predict(noisy, lengths, times)
+        )
 
 
 def test_streaming_equals_full_sort_predict():

@@ -23,7 +23,13 @@ def history(lengths=(12, 7, 1)):
 def reference_hidden(sd, item_seq, n_layers, eps):
     """The authors' equations with complex weights, a loop over time, in complex128 / float64."""
     sd = {k: v.double() for k, v in sd.items()}
-    x = F.layer_norm(sd["item_embedding.weight"][item_seq], sd["layer_norm.weight"].shape, sd["layer_norm.weight"], sd["layer_norm.bias"], eps)
+    x = F.layer_norm(
+        sd["item_embedding.weight"][item_seq],
+        sd["layer_norm.weight"].shape,
+        sd["layer_norm.weight"],
+        sd["layer_norm.bias"],
+        eps,
+    )
     for i in range(n_layers):
         p = f"blocks.{i}."
         nu, theta, gamma = (torch.exp(sd[p + "lru." + key]) for key in ("nu_log", "theta_log", "gamma_log"))
@@ -40,10 +46,14 @@ def reference_hidden(sd, item_seq, n_layers, eps):
         for t in range(x.shape[1]):
             state = lam * state + gamma * (x[:, t].to(torch.complex128) @ B.T + b)
             outs.append((state @ C.T).real + c)
-        y = F.layer_norm(x + torch.stack(outs, 1), x.shape[-1:], sd[p + "lru.layer_norm.weight"], sd[p + "lru.layer_norm.bias"], eps)
+        y = F.layer_norm(
+            x + torch.stack(outs, 1), x.shape[-1:], sd[p + "lru.layer_norm.weight"], sd[p + "lru.layer_norm.bias"], eps
+        )
         inner = F.gelu(y @ sd[p + "feed_forward.fc1.weight"].T + sd[p + "feed_forward.fc1.bias"])
         out = inner @ sd[p + "feed_forward.fc2.weight"].T + sd[p + "feed_forward.fc2.bias"]
-        x = F.layer_norm(y + out, y.shape[-1:], sd[p + "feed_forward.layer_norm.weight"], sd[p + "feed_forward.layer_norm.bias"], eps)
+        x = F.layer_norm(
+            y + out, y.shape[-1:], sd[p + "feed_forward.layer_norm.weight"], sd[p + "feed_forward.layer_norm.bias"], eps
+        )
     return x
 
 
@@ -78,7 +88,9 @@ def test_ring_initialisation_and_truncated_normal_weights():
         lam = block.lru.lambdas(torch.float64)
         assert lam.shape == (32,)
         assert lam.abs().min() >= 0.5 - 1e-6 and lam.abs().max() <= 0.9 + 1e-6
-        torch.testing.assert_close(torch.exp(block.lru.gamma_log).double(), torch.sqrt(1 - lam.abs() ** 2), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.exp(block.lru.gamma_log).double(), torch.sqrt(1 - lam.abs() ** 2), rtol=1e-5, atol=1e-6
+        )
         assert block.lru.in_proj.bias.abs().max() <= 0.04 and block.lru.in_proj.bias.abs().max() > 0
     assert model.item_embedding.weight.abs().max() <= 0.04
     assert torch.equal(model.layer_norm.weight, torch.ones(16))

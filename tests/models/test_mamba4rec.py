@@ -36,8 +36,8 @@ def _mamba_reference(h, sd, p, d_state):
     d_inner = sd[p + "out_proj.weight"].shape[1]
     dt_rank = sd[p + "dt_proj.weight"].shape[1]
     xz = h @ sd[p + "in_proj.weight"].T
-    x, z = xz[..., :d_inner], xz[..., d_inner:]                            # (B, L, d_inner)
-    weight, bias = sd[p + "conv1d.weight"], sd[p + "conv1d.bias"]           # (d_inner, 1, K), (d_inner,)
+    x, z = xz[..., :d_inner], xz[..., d_inner:]  # (B, L, d_inner)
+    weight, bias = sd[p + "conv1d.weight"], sd[p + "conv1d.bias"]  # (d_inner, 1, K), (d_inner,)
     k = weight.shape[-1]
     conv = torch.zeros_like(x) + bias
     for t in range(x.shape[1]):
@@ -47,8 +47,8 @@ def _mamba_reference(h, sd, p, d_state):
     x = F.silu(conv)
     x_dbl = x @ sd[p + "x_proj.weight"].T
     dt, B, C = x_dbl[..., :dt_rank], x_dbl[..., dt_rank : dt_rank + d_state], x_dbl[..., dt_rank + d_state :]
-    delta = F.softplus(dt @ sd[p + "dt_proj.weight"].T + sd[p + "dt_proj.bias"])   # (B, L, d_inner)
-    A = -torch.exp(sd[p + "A_log"])                                          # (d_inner, N)
+    delta = F.softplus(dt @ sd[p + "dt_proj.weight"].T + sd[p + "dt_proj.bias"])  # (B, L, d_inner)
+    A = -torch.exp(sd[p + "A_log"])  # (d_inner, N)
     state = torch.zeros(x.shape[0], d_inner, d_state, dtype=x.dtype)
     ys = []
     for t in range(x.shape[1]):
@@ -91,14 +91,25 @@ def test_embedding_dropout_comes_before_the_layer_norm():
 
 def test_layer_structure_and_parameter_count_of_the_mamba_block():
     model = create("mamba4rec", N_ITEMS, L)  # the defaults: d 64, 2 layers, N 32, K 4, expand 2
-    assert model.hyperparameters == {"hidden_size": 64, "num_layers": 2, "dropout_prob": 0.2, "d_state": 32, "d_conv": 4, "expand": 2}
+    assert model.hyperparameters == {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "dropout_prob": 0.2,
+        "d_state": 32,
+        "d_conv": 4,
+        "expand": 2,
+    }
     assert model.regime == "causal" and model.causal
     block = model.mamba_layers[0].mamba
     assert block.d_inner == 128 and block.dt_rank == 4
     assert block.in_proj.bias is None and block.x_proj.bias is None and block.out_proj.bias is None
     assert block.dt_proj.bias is not None and block.conv1d.bias is not None and block.conv1d.groups == 128
     # mamba-ssm's Mamba(d_model=64, d_state=32, d_conv=4, expand=2) has 38,784 parameters
-    assert sum(p.numel() for p in block.parameters()) == 64 * 256 + (128 * 4 + 128) + 128 * 68 + (4 * 128 + 128) + 128 * 32 + 128 + 128 * 64 == 38_784
+    assert (
+        sum(p.numel() for p in block.parameters())
+        == 64 * 256 + (128 * 4 + 128) + 128 * 68 + (4 * 128 + 128) + 128 * 32 + 128 + 128 * 64
+        == 38_784
+    )
     assert model.mamba_layers[0].ffn.fc1.out_features == 256
 
 
@@ -160,7 +171,13 @@ def test_trains_one_step():
 def test_packaged_configs(dataset, length, batch):
     config, _ = load_config(model="mamba4rec", dataset=dataset)
     assert config["MAX_ITEM_LIST_LENGTH"] == length and config["train_batch_size"] == batch
-    assert (config["num_layers"], config["d_state"], config["d_conv"], config["expand"], config["dropout_prob"]) == (2, 32, 4, 2, 0.2)
+    assert (config["num_layers"], config["d_state"], config["d_conv"], config["expand"], config["dropout_prob"]) == (
+        2,
+        32,
+        4,
+        2,
+        0.2,
+    )
     assert config["hidden_size"] == 64 and config["learning_rate"] == 0.001 and config["valid_metric"] == "NDCG@10"
 
 

@@ -1,6 +1,5 @@
 """TiM4Rec: paper-mode fidelity to the reference equations, streaming, config translation."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,6 @@ def reference_scores(sd, item_seq, item_seq_len, timestamps, *, n_layers, head_d
     sd = {k: v.double() for k, v in sd.items()}
     b, l = item_seq.shape
     h = _layer_norm(sd["item_embedding.weight"][item_seq], sd["in_layer_norm.weight"], sd["in_layer_norm.bias"], eps)
-    d = h.shape[-1]
     d_inner = sd["ssd_layers.0.ssd.out_proj.weight"].shape[1]
     n_heads = d_inner // head_dim
     if time_aware:
@@ -57,8 +55,14 @@ def reference_scores(sd, item_seq, item_seq_len, timestamps, *, n_layers, head_d
     for i in range(n_layers):
         p = f"ssd_layers.{i}.ssd."
         projected = _linear(h, sd, p + "in_proj")
-        z, xBC, dt = projected[..., :d_inner], projected[..., d_inner : 2 * d_inner + 2 * d_state], projected[..., 2 * d_inner + 2 * d_state :]
-        xBC = F.hardswish(_causal_conv_loop(xBC.transpose(1, 2), sd[p + "conv1d.weight"], sd[p + "conv1d.bias"]).transpose(1, 2))
+        z, xBC, dt = (
+            projected[..., :d_inner],
+            projected[..., d_inner : 2 * d_inner + 2 * d_state],
+            projected[..., 2 * d_inner + 2 * d_state :],
+        )
+        xBC = F.hardswish(
+            _causal_conv_loop(xBC.transpose(1, 2), sd[p + "conv1d.weight"], sd[p + "conv1d.bias"]).transpose(1, 2)
+        )
         x, B, C = xBC[..., :d_inner], xBC[..., d_inner : d_inner + d_state], xBC[..., d_inner + d_state :]
         if time_aware:
             scale = _linear(F.silu(_linear(tau, sd, p + "mlp4time_scale.1")), sd, p + "mlp4time_scale.3")
@@ -66,7 +70,9 @@ def reference_scores(sd, item_seq, item_seq_len, timestamps, *, n_layers, head_d
             u = F.hardswish(_causal_conv_loop(u, sd[p + "conv1d4time_1.weight"], sd[p + "conv1d4time_1.bias"]))
             u = F.hardswish(_causal_conv_loop(u, sd[p + "conv1d4time_2.weight"], sd[p + "conv1d4time_2.bias"]))
             gate = torch.sigmoid(_linear(tau, sd, p + "time_gate_residual.1"))
-            tau_next = _layer_norm(gate * tau + (1 - gate) * u, sd[p + "time_layer_norm.weight"], sd[p + "time_layer_norm.bias"], eps)
+            tau_next = _layer_norm(
+                gate * tau + (1 - gate) * u, sd[p + "time_layer_norm.weight"], sd[p + "time_layer_norm.bias"], eps
+            )
             dt = dt * u.transpose(1, 2)
         delta = F.softplus(dt + sd[p + "dt_bias"])  # (B, L, H)
         A = -torch.exp(sd[p + "A_log"])
@@ -82,9 +88,15 @@ def reference_scores(sd, item_seq, item_seq_len, timestamps, *, n_layers, head_d
         y = gated / torch.sqrt((gated**2).mean(-1, keepdim=True) + eps) * sd[p + "norm.weight"]
         out = _linear(y, sd, p + "out_proj")
         q = f"ssd_layers.{i}."
-        h = _layer_norm(out + h, sd[q + "layer_norm.weight"], sd[q + "layer_norm.bias"], eps) if n_layers > 1 else _layer_norm(out, sd[q + "layer_norm.weight"], sd[q + "layer_norm.bias"], eps)
+        h = (
+            _layer_norm(out + h, sd[q + "layer_norm.weight"], sd[q + "layer_norm.bias"], eps)
+            if n_layers > 1
+            else _layer_norm(out, sd[q + "layer_norm.weight"], sd[q + "layer_norm.bias"], eps)
+        )
         inner = F.hardswish(_linear(h, sd, q + "ffn.fc1"))
-        h = _layer_norm(_linear(inner, sd, q + "ffn.fc2") + h, sd[q + "ffn.layer_norm.weight"], sd[q + "ffn.layer_norm.bias"], 1e-12)
+        h = _layer_norm(
+            _linear(inner, sd, q + "ffn.fc2") + h, sd[q + "ffn.layer_norm.weight"], sd[q + "ffn.layer_norm.bias"], 1e-12
+        )
         if time_aware:
             tau = tau_next
     read = h[torch.arange(b), item_seq_len - 1]
@@ -95,11 +107,23 @@ def reference_scores(sd, item_seq, item_seq_len, timestamps, *, n_layers, head_d
 def test_matches_the_reference_equations(time_mode, n_layers):
     torch.manual_seed(0)
     eps = 1e-5
-    model = perturbed(create("tim4rec", N_ITEMS, L, **{**SMALL, "num_layers": n_layers}, time_mode=time_mode, norm_eps=eps).double())
+    model = perturbed(
+        create("tim4rec", N_ITEMS, L, **{**SMALL, "num_layers": n_layers}, time_mode=time_mode, norm_eps=eps).double()
+    )
     items, lengths, times = history()
     with torch.no_grad():
         ours = model.full_sort_predict(items, lengths, times)
-    expected = reference_scores(model.state_dict(), items, lengths, times, n_layers=n_layers, head_dim=8, d_state=6, eps=eps, time_aware=time_mode == "paper")
+    expected = reference_scores(
+        model.state_dict(),
+        items,
+        lengths,
+        times,
+        n_layers=n_layers,
+        head_dim=8,
+        d_state=6,
+        eps=eps,
+        time_aware=time_mode == "paper",
+    )
     torch.testing.assert_close(ours, expected, rtol=1e-7, atol=1e-7)
     # the check is sensitive: other gaps change the scores of the full-length row. (In padded rows
     # the gap 0 - t_{len-1} dominates the position-axis LayerNorm and nearly erases the real gaps:
@@ -114,20 +138,54 @@ def test_matches_the_reference_equations(time_mode, n_layers):
 def test_reference_module_names():
     keys = set(create("tim4rec", N_ITEMS, L, time_mode="paper").state_dict())
     expected = {
-        "item_embedding.weight", "in_layer_norm.weight", "in_layer_norm.bias", "layer_norm_time.weight", "layer_norm_time.bias",
+        "item_embedding.weight",
+        "in_layer_norm.weight",
+        "in_layer_norm.bias",
+        "layer_norm_time.weight",
+        "layer_norm_time.bias",
     }
     for i in range(2):
         ssd = f"ssd_layers.{i}.ssd."
-        expected |= {ssd + name for name in (
-            "in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "conv1d4time_1.weight", "conv1d4time_1.bias",
-            "conv1d4time_2.weight", "conv1d4time_2.bias", "mlp4time_scale.1.weight", "mlp4time_scale.1.bias",
-            "mlp4time_scale.3.weight", "mlp4time_scale.3.bias", "time_gate_residual.1.weight", "time_gate_residual.1.bias",
-            "time_layer_norm.weight", "time_layer_norm.bias", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight", "out_proj.bias",
-        )}
-        expected |= {f"ssd_layers.{i}.{name}" for name in (
-            "layer_norm.weight", "layer_norm.bias", "ffn.fc1.weight", "ffn.fc1.bias", "ffn.fc2.weight", "ffn.fc2.bias",
-            "ffn.layer_norm.weight", "ffn.layer_norm.bias",
-        )}
+        expected |= {
+            ssd + name
+            for name in (
+                "in_proj.weight",
+                "in_proj.bias",
+                "conv1d.weight",
+                "conv1d.bias",
+                "conv1d4time_1.weight",
+                "conv1d4time_1.bias",
+                "conv1d4time_2.weight",
+                "conv1d4time_2.bias",
+                "mlp4time_scale.1.weight",
+                "mlp4time_scale.1.bias",
+                "mlp4time_scale.3.weight",
+                "mlp4time_scale.3.bias",
+                "time_gate_residual.1.weight",
+                "time_gate_residual.1.bias",
+                "time_layer_norm.weight",
+                "time_layer_norm.bias",
+                "dt_bias",
+                "A_log",
+                "D",
+                "norm.weight",
+                "out_proj.weight",
+                "out_proj.bias",
+            )
+        }
+        expected |= {
+            f"ssd_layers.{i}.{name}"
+            for name in (
+                "layer_norm.weight",
+                "layer_norm.bias",
+                "ffn.fc1.weight",
+                "ffn.fc1.bias",
+                "ffn.fc2.weight",
+                "ffn.fc2.bias",
+                "ffn.layer_norm.weight",
+                "ffn.layer_norm.bias",
+            )
+        }
     assert keys == expected
     shapes = create("tim4rec", N_ITEMS, 200, time_mode="paper").state_dict()
     assert shapes["ssd_layers.0.ssd.in_proj.weight"].shape == (2 * 128 + 2 * 32 + 4, 64)

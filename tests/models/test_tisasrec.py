@@ -55,7 +55,10 @@ def test_scaled_mode_is_invariant_to_the_time_unit_and_origin():
         torch.manual_seed(0)
         model = perturbed(create("tisasrec", N_ITEMS, L, **{**SMALL, "time_span": 64}, time_interval_mode=mode))
         with torch.no_grad():
-            scores[mode] = model.full_sort_predict(items, lengths, times), model.full_sort_predict(items, lengths, moved)
+            scores[mode] = (
+                model.full_sort_predict(items, lengths, times),
+                model.full_sort_predict(items, lengths, moved),
+            )
     torch.testing.assert_close(*scores["scaled"], rtol=1e-5, atol=1e-5)
     assert (scores["raw_seconds"][0] - scores["raw_seconds"][1]).abs().max() > 1e-3  # the check can fail
 

@@ -14,7 +14,10 @@ def ring_lambdas(shape, generator, r_min=0.8, r_max=0.999):
 
 
 def complex_normal(shape, generator):
-    return torch.complex(torch.randn(shape, generator=generator, dtype=torch.float64), torch.randn(shape, generator=generator, dtype=torch.float64))
+    return torch.complex(
+        torch.randn(shape, generator=generator, dtype=torch.float64),
+        torch.randn(shape, generator=generator, dtype=torch.float64),
+    )
 
 
 def values_and_grads(scan, lambdas, inputs, weights, initial=None):
@@ -28,7 +31,9 @@ def values_and_grads(scan, lambdas, inputs, weights, initial=None):
     else:
         loss = (h * weights.to(h.dtype)).sum()
     loss.backward()
-    return h.detach(), [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]  # None: unused (L = 1)
+    return h.detach(), [
+        torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves
+    ]  # None: unused (L = 1)
 
 
 @pytest.mark.parametrize("length", [1, 2, 5, 16, 37, 200])
@@ -60,7 +65,9 @@ def test_initial_state(time_varying):
     lambdas = ring_lambdas((1, length, n) if time_varying else (n,), generator)
     inputs, initial = complex_normal((b, length, n), generator), complex_normal((b, n), generator)
     weights = complex_normal((b, length, n), generator)
-    h32, grads32 = values_and_grads(lru_scan, lambdas.to(torch.complex64), inputs.to(torch.complex64), weights, initial.to(torch.complex64))
+    h32, grads32 = values_and_grads(
+        lru_scan, lambdas.to(torch.complex64), inputs.to(torch.complex64), weights, initial.to(torch.complex64)
+    )
     h64, grads64 = values_and_grads(lru_scan_reference, lambdas, inputs, weights, initial)
     torch.testing.assert_close(h32, h64.to(torch.complex64), rtol=1e-4, atol=1e-4)
     for ours, expected in zip(grads32, grads64):

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
 from tests.ops.helpers import assert_close_scaled
+from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
 
 torch.set_num_threads(1)
 
@@ -43,8 +43,20 @@ def reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     return y, h
 
 
-def make_inputs(b=2, d=3, n=4, l=13, *, D=False, z=False, delta_bias=False, delta_softplus=False, init=False,
-                dtype=torch.float32, seed=0):
+def make_inputs(
+    b=2,
+    d=3,
+    n=4,
+    l=13,
+    *,
+    D=False,
+    z=False,
+    delta_bias=False,
+    delta_softplus=False,
+    init=False,
+    dtype=torch.float32,
+    seed=0,
+):
     """Random inputs: (positional args u, delta, A, B, C) and keyword args for selective_scan."""
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
@@ -142,8 +154,9 @@ def test_gradcheck_float64(name):
     def fn(*tensors):
         u, delta, A, B, C = tensors[:5]
         extra = dict(zip(names, tensors[5:]))
-        y, last = selective_scan(u, delta, A, B, C, delta_softplus=kw["delta_softplus"], return_last_state=True,
-                                 chunk_size=chunk, **extra)
+        y, last = selective_scan(
+            u, delta, A, B, C, delta_softplus=kw["delta_softplus"], return_last_state=True, chunk_size=chunk, **extra
+        )
         return y, last
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -167,16 +180,16 @@ def test_half_inputs_computed_in_float32(dtype):
     kw = {k: (v.to(dtype) if torch.is_tensor(v) else v) for k, v in kw.items()}
     y, last = selective_scan(*args, return_last_state=True, chunk_size=chunk, **kw)
     assert y.dtype == dtype and last.dtype == torch.float32
-    y_ref, last_ref = reference(*args, **kw)   # same (rounded) inputs, float64 math
+    y_ref, last_ref = reference(*args, **kw)  # same (rounded) inputs, float64 math
     assert_close_scaled(last, last_ref, 1e-4)  # the state is float32: only float32 rounding
-    assert_close_scaled(y, y_ref, 1e-2)        # y is rounded to the half dtype at the end
+    assert_close_scaled(y, y_ref, 1e-2)  # y is rounded to the half dtype at the end
 
 
 def test_strong_decay_is_finite_and_exact():
     """Delta A down to -100 per step (exp underflows to 0 in float32): no inf, no nan, still exact."""
     args, kw, _ = _split(dict(l=40, d=4, n=8))
     u, delta, A, B, C = args
-    delta = delta * 40.0                                         # Delta up to 32, A down to -3
+    delta = delta * 40.0  # Delta up to 32, A down to -3
     leaves = _leaves([u, delta, A, B, C], {})
     y, last = selective_scan(*leaves, return_last_state=True, chunk_size=16)
     y_ref, last_ref = reference(*leaves)
@@ -198,13 +211,21 @@ def test_chunk_size_invariance_and_sensitivity():
         assert_close_scaled(s, s1, 1e-5)
     # that tolerance is far below the effect of each ingredient
     scale = y1.abs().max()
-    variants = {"no D": {**kw, "D": None}, "no z": {**kw, "z": None}, "no init": {**kw, "initial_state": None},
-                "no softplus": {**kw, "delta_softplus": False}, "no bias": {**kw, "delta_bias": None}}
+    variants = {
+        "no D": {**kw, "D": None},
+        "no z": {**kw, "z": None},
+        "no init": {**kw, "initial_state": None},
+        "no softplus": {**kw, "delta_softplus": False},
+        "no bias": {**kw, "delta_bias": None},
+    }
     for name, changed in variants.items():
         assert (selective_scan(*args, **changed) - y1).abs().max() > 1e-2 * scale, name
     u, delta, A, B, C = args
-    for name, changed in {"A": (u, delta, 1.1 * A, B, C), "B<->C": (u, delta, A, C, B),
-                          "shift u": (u.roll(1, dims=2), delta, A, B, C)}.items():
+    for name, changed in {
+        "A": (u, delta, 1.1 * A, B, C),
+        "B<->C": (u, delta, A, C, B),
+        "shift u": (u.roll(1, dims=2), delta, A, B, C),
+    }.items():
         assert (selective_scan(*changed, **kw) - y1).abs().max() > 1e-2 * scale, name
 
 
@@ -216,7 +237,9 @@ def test_step_repeated_equals_scan():
     step_kw = {k: kw[k] for k in ("D", "delta_bias", "delta_softplus")}
     ys = []
     for t in range(u.shape[-1]):
-        y, state = selective_scan_step(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], z=kw["z"][..., t], **step_kw)
+        y, state = selective_scan_step(
+            state, u[..., t], delta[..., t], A, B[..., t], C[..., t], z=kw["z"][..., t], **step_kw
+        )
         ys.append(y)
     assert_close_scaled(torch.stack(ys, dim=-1), y_scan, 1e-5)
     assert_close_scaled(state, last_scan, 1e-5)

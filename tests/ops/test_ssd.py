@@ -8,17 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.ops.helpers import assert_close_scaled
 from tim4rec.ops import ssd as ssd_module
 from tim4rec.ops.ssd import ssd_scan, ssd_step
-from tests.ops.helpers import assert_close_scaled
 
 torch.set_num_threads(1)
 
 INF_LIMIT = (0.0, math.inf)
 
 
-def reference(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-              dt_limit=INF_LIMIT, initial_states=None):
+def reference(
+    x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=INF_LIMIT, initial_states=None
+):
     """Plain loop over t in float64, returns (y (b, l, h, p), final state (b, h, p, n)).
 
     S_t = exp(Delta_t A) S_{t-1} + Delta_t x_t B_t^T,   y_t = S_t C_t (+ D x_t) (* silu z_t).
@@ -33,13 +34,13 @@ def reference(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False
     if tuple(dt_limit) != INF_LIMIT:
         delta = delta.clamp(*dt_limit)
     group_of_head = torch.arange(h) // (h // g)
-    Bh, Ch = B[:, :, group_of_head], C[:, :, group_of_head]                 # (b, l, h, n)
+    Bh, Ch = B[:, :, group_of_head], C[:, :, group_of_head]  # (b, l, h, n)
     S = torch.zeros(b, h, p, n, dtype=torch.float64) if S is None else S
     ys = []
     for t in range(l):
-        decay = torch.exp(delta[:, t] * A)                                 # (b, h)
+        decay = torch.exp(delta[:, t] * A)  # (b, h)
         S = decay[:, :, None, None] * S + (delta[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
-        y = (S * Ch[:, t, :, None, :]).sum(-1)                             # (b, h, p)
+        y = (S * Ch[:, t, :, None, :]).sum(-1)  # (b, h, p)
         if D is not None:
             y = y + (D[:, None] if D.dim() == 1 else D) * x[:, t]
         if z is not None:
@@ -48,8 +49,22 @@ def reference(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False
     return torch.stack(ys, dim=1), S
 
 
-def make_inputs(b=2, l=13, h=2, p=3, g=1, n=4, *, dtype=torch.float32, D=None, z=False, dt_bias=False,
-                dt_softplus=False, init=False, seed=0):
+def make_inputs(
+    b=2,
+    l=13,
+    h=2,
+    p=3,
+    g=1,
+    n=4,
+    *,
+    dtype=torch.float32,
+    D=None,
+    z=False,
+    dt_bias=False,
+    dt_softplus=False,
+    init=False,
+    seed=0,
+):
     """Random inputs; returns (positional args, keyword args) for ssd_scan minus chunk_size."""
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
@@ -90,8 +105,9 @@ CASES = {
     "softplus": dict(dt_softplus=True),
     "dt_limit": dict(dt_limit=(0.15, 0.4)),
     "dt_limit_softplus": dict(dt_softplus=True, dt_bias=True, dt_limit=(0.2, 0.5)),
-    "everything": dict(h=4, g=2, l=19, chunk=8, D="chan", z=True, dt_bias=True, dt_softplus=True,
-                       dt_limit=(0.05, 2.0), init=True),
+    "everything": dict(
+        h=4, g=2, l=19, chunk=8, D="chan", z=True, dt_bias=True, dt_softplus=True, dt_limit=(0.05, 2.0), init=True
+    ),
 }
 
 
@@ -119,7 +135,7 @@ def test_scan_matches_reference_float32(name):
 @pytest.mark.parametrize("chunks_per_block", [1, 2, 3])
 def test_blocks_of_chunks_match_reference(monkeypatch, chunks_per_block):
     """Small block budget: several blocks of chunks, state carried between them, padded last block."""
-    args, kw, chunk = _split(CASES["everything"])           # b=2, h=4, l=19, chunk 8 -> 3 chunks
+    args, kw, chunk = _split(CASES["everything"])  # b=2, h=4, l=19, chunk 8 -> 3 chunks
     monkeypatch.setattr(ssd_module, "_BLOCK_ELEMS", chunks_per_block * 2 * 4 * chunk * chunk)
     leaves = [t.requires_grad_() for t in args + [v for v in kw.values() if torch.is_tensor(v)]]
     y, final = ssd_scan(*args, chunk, return_final_states=True, **kw)
@@ -168,7 +184,7 @@ def test_half_inputs_computed_in_float32(dtype):
     assert y.dtype == dtype and final.dtype == torch.float32
     y_ref, final_ref = reference(*args, **kw)  # same (rounded) inputs, float64 math
     assert_close_scaled(final, final_ref, 1e-4)  # state is float32: only float32 rounding
-    assert_close_scaled(y, y_ref, 1e-2)          # y is rounded to the half dtype at the end
+    assert_close_scaled(y, y_ref, 1e-2)  # y is rounded to the half dtype at the end
 
 
 def test_chunk_size_invariance_and_sensitivity():
@@ -190,8 +206,11 @@ def test_chunk_size_invariance_and_sensitivity():
     for name, kv in variants.items():
         assert (ssd_scan(*args, 4, **kv) - y4).abs().max() > 1e-2 * scale, name
     x, dt, A, B, C = args
-    for name, changed in {"A": (x, dt, 1.1 * A, B, C), "B<->C": (x, dt, A, C, B),
-                          "shift x": (x.roll(1, dims=1), dt, A, B, C)}.items():
+    for name, changed in {
+        "A": (x, dt, 1.1 * A, B, C),
+        "B<->C": (x, dt, A, C, B),
+        "shift x": (x.roll(1, dims=1), dt, A, B, C),
+    }.items():
         assert (ssd_scan(*changed, 4, **kw) - y4).abs().max() > 1e-2 * scale, name
 
 
@@ -206,8 +225,9 @@ def test_gradients_match_reference(name):
     leaves = args + [v for v in kw.values() if torch.is_tensor(v)]
     gen = torch.Generator().manual_seed(1)
     gy = torch.randn(args[0].shape, generator=gen, dtype=torch.float64)
-    gs = torch.randn(args[0].shape[0], args[0].shape[2], args[0].shape[3], args[3].shape[-1],
-                     generator=gen, dtype=torch.float64)
+    gs = torch.randn(
+        args[0].shape[0], args[0].shape[2], args[0].shape[3], args[3].shape[-1], generator=gen, dtype=torch.float64
+    )
 
     def grads(fn, **extra):
         y, s = fn(*args, **extra, **kw)
@@ -229,14 +249,39 @@ def test_gradients_match_reference(name):
 
 @pytest.mark.parametrize("chunk", [2, 4])
 def test_gradcheck(chunk):
-    args, kw = make_inputs(b=1, l=5, h=4, p=2, g=2, n=3, dtype=torch.float64, D="head", z=True,
-                           dt_bias=True, dt_softplus=True, init=True, seed=3)
+    args, kw = make_inputs(
+        b=1,
+        l=5,
+        h=4,
+        p=2,
+        g=2,
+        n=3,
+        dtype=torch.float64,
+        D="head",
+        z=True,
+        dt_bias=True,
+        dt_softplus=True,
+        init=True,
+        seed=3,
+    )
     names = ["D", "z", "dt_bias", "initial_states"]
     tensors = [t.requires_grad_() for t in args + [kw[k] for k in names]]
 
     def fn(x, dt, A, B, C, D, z, dt_bias, init):
-        return ssd_scan(x, dt, A, B, C, chunk, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
-                        initial_states=init, return_final_states=True)
+        return ssd_scan(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            chunk,
+            D=D,
+            z=z,
+            dt_bias=dt_bias,
+            dt_softplus=True,
+            initial_states=init,
+            return_final_states=True,
+        )
 
     assert torch.autograd.gradcheck(fn, tensors)
 
@@ -247,8 +292,14 @@ def test_gradcheck_D_per_channel_and_step():
     assert torch.autograd.gradcheck(lambda *t: ssd_scan(*t[:5], 2, D=t[5]), tensors)
     x, dt, A, B, C = (t.detach() for t in args)
     state = torch.randn(1, 2, 2, 2, dtype=torch.float64, requires_grad=True)
-    step_in = [state, x[:, 0].requires_grad_(), dt[:, 0].requires_grad_(), A.requires_grad_(),
-               B[:, 0].requires_grad_(), C[:, 0].requires_grad_()]
+    step_in = [
+        state,
+        x[:, 0].requires_grad_(),
+        dt[:, 0].requires_grad_(),
+        A.requires_grad_(),
+        B[:, 0].requires_grad_(),
+        C[:, 0].requires_grad_(),
+    ]
     assert torch.autograd.gradcheck(lambda *t: ssd_step(*t, D=kw["D"].detach()), step_in)
 
 
@@ -276,8 +327,7 @@ def test_large_dt_no_nan_gradients():
     dt[:, ::3] = 1e4  # Delta A ~ -1e4: exp underflows to exactly 0
     dt[:, 1] = 80.0
     leaves = [t.requires_grad_() for t in (x, dt, A, B, C, kw["D"], kw["dt_bias"])]
-    y, s = ssd_scan(x, dt, A, B, C, 8, D=kw["D"], dt_bias=kw["dt_bias"], dt_softplus=True,
-                    return_final_states=True)
+    y, s = ssd_scan(x, dt, A, B, C, 8, D=kw["D"], dt_bias=kw["dt_bias"], dt_softplus=True, return_final_states=True)
     y_ref, s_ref = reference(x, dt, A, B, C, D=kw["D"], dt_bias=kw["dt_bias"], dt_softplus=True)
     assert_close_scaled(y, y_ref, 1e-4)
     grads = torch.autograd.grad(y.square().sum() + s.square().sum(), leaves)
@@ -305,8 +355,21 @@ def test_step_shapes_and_dtypes():
     assert new_state.shape == (2, 4, 3, 4) and new_state.dtype == torch.float32
 
 
-@pytest.mark.parametrize("bad", ["g_not_dividing", "dt_shape", "A_shape", "C_shape", "D_shape", "z_shape",
-                                 "bias_shape", "init_shape", "x_ndim", "chunk"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "g_not_dividing",
+        "dt_shape",
+        "A_shape",
+        "C_shape",
+        "D_shape",
+        "z_shape",
+        "bias_shape",
+        "init_shape",
+        "x_ndim",
+        "chunk",
+    ],
+)
 def test_scan_shape_errors(bad):
     args, kw = make_inputs(h=4, g=2, p=3, n=4)
     x, dt, A, B, C = args

@@ -9,14 +9,25 @@ from tim4rec.config import load_config
 from tim4rec.training.trainer import Trainer
 
 TINY = {
-    "model": "sasrec", "hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1,
-    "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 64, "epochs": 3, "stopping_step": 10,
-    "show_progress": False, "threads": 1, "seed": 7,
+    "model": "sasrec",
+    "hidden_size": 16,
+    "n_heads": 2,
+    "inner_size": 32,
+    "n_layers": 1,
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "train_batch_size": 64,
+    "epochs": 3,
+    "stopping_step": 10,
+    "show_progress": False,
+    "threads": 1,
+    "seed": 7,
 }
 
 
 def test_one_epoch_on_a_real_slice(ml100k_slice: Path, tmp_path: Path):
-    results = tim4rec.train({**TINY, "dataset": str(ml100k_slice), "epochs": 1, "train_regime": "prefix"}, output_dir=tmp_path / "run")
+    results = tim4rec.train(
+        {**TINY, "dataset": str(ml100k_slice), "epochs": 1, "train_regime": "prefix"}, output_dir=tmp_path / "run"
+    )
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "finished"
     assert saved["test"] == results["test"]
@@ -98,10 +109,25 @@ def test_every_model_trains_one_epoch_on_a_real_slice(name: str, ml100k_slice: P
     from tim4rec.models import model_defaults
 
     defaults = model_defaults(name)
-    small = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "n_heads": 2, "head_dim": 8, "d_state": 8, "num_layers": 1, "n_layers": 1}
+    small = {
+        "hidden_size": 16,
+        "embedding_size": 16,
+        "inner_size": 32,
+        "n_heads": 2,
+        "head_dim": 8,
+        "d_state": 8,
+        "num_layers": 1,
+        "n_layers": 1,
+    }
     config = {
-        "model": name, "dataset": str(ml100k_slice), "epochs": 1, "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 128,
-        "show_progress": False, "threads": 1, **{k: v for k, v in small.items() if k in defaults},
+        "model": name,
+        "dataset": str(ml100k_slice),
+        "epochs": 1,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "train_batch_size": 128,
+        "show_progress": False,
+        "threads": 1,
+        **{k: v for k, v in small.items() if k in defaults},
     }
     results = tim4rec.train(config, output_dir=tmp_path / name)
     assert results["status"] == "finished" and results["epochs_run"] == 1
@@ -110,7 +136,9 @@ def test_every_model_trains_one_epoch_on_a_real_slice(name: str, ml100k_slice: P
 
 def test_resuming_a_run_whose_limit_is_spent_trains_nothing(synthetic_inter: Path, tmp_path: Path):
     first = _trainer(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix").fit()
-    again = _trainer(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix").fit(resume=True)
+    again = _trainer(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix").fit(
+        resume=True
+    )
     assert again["steps"] == first["steps"] == 3
     assert again["epochs"] == first["epochs"] and again["test"] == first["test"]
 

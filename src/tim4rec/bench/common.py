@@ -6,8 +6,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -49,6 +50,7 @@ def time_call(function: Callable[[], Any], *, warmup: int, repeats: int, device:
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     """``columns`` = [(key, header)]; floats printed with 4 significant digits."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"

@@ -19,8 +19,10 @@ state passing), divided by the measured forward time; the machine's float32 matm
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,14 +32,14 @@ from tim4rec.ops import ssd_scan, ssd_step
 
 def ssd_quadratic(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """The SSD as one (l, l) masked matrix per head. x (b, l, h, p), dt (b, l, h), B, C (b, l, 1, n)."""
-    a = (dt * A).permute(0, 2, 1)                                       # (b, h, l)
+    a = (dt * A).permute(0, 2, 1)  # (b, h, l)
     cumulative = a.cumsum(-1)
-    exponent = cumulative[..., :, None] - cumulative[..., None, :]     # (b, h, l, l)  sum_{j<k<=i} a_k
+    exponent = cumulative[..., :, None] - cumulative[..., None, :]  # (b, h, l, l)  sum_{j<k<=i} a_k
     mask = torch.ones(a.shape[-1], a.shape[-1], dtype=torch.bool, device=x.device).tril()
     decay = exponent.masked_fill(~mask, float("-inf")).exp()
-    scores = C[:, :, 0] @ B[:, :, 0].transpose(1, 2)                     # (b, l, l)
-    xd = (x * dt[..., None]).permute(0, 2, 1, 3)                         # (b, h, l, p)
-    return ((decay * scores[:, None]) @ xd).permute(0, 2, 1, 3)          # (b, l, h, p)
+    scores = C[:, :, 0] @ B[:, :, 0].transpose(1, 2)  # (b, l, l)
+    xd = (x * dt[..., None]).permute(0, 2, 1, 3)  # (b, h, l, p)
+    return ((decay * scores[:, None]) @ xd).permute(0, 2, 1, 3)  # (b, l, h, p)
 
 
 def ssd_recurrent(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -53,13 +55,17 @@ def ssd_recurrent(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
 def chunked_forward_flops(b: int, l: int, h: int, p: int, n: int, Q: int, g: int = 1) -> float:
     chunks = -(-l // Q)
     macs = (
-        g * chunks * Q * Q * n          # C B^T per chunk and group
-        + h * chunks * Q * Q * p        # masked (Q, Q) product with x
-        + h * chunks * Q * p * n        # chunk states
-        + h * chunks * p * n            # state passing
-        + h * chunks * Q * p * n        # inter-chunk outputs
+        g * chunks * Q * Q * n  # C B^T per chunk and group
+        + h * chunks * Q * Q * p  # masked (Q, Q) product with x
+        + h * chunks * Q * p * n  # chunk states
+        + h * chunks * p * n  # state passing
+        + h * chunks * Q * p * n  # inter-chunk outputs
     )
     return 2.0 * b * macs
+
+
+def _forward_backward(x, dt, A, B, C, chunk: int) -> None:
+    ssd_scan(x, dt, A, B, C, chunk).sum().backward()
 
 
 def matmul_gflops(threads: int, device: str, size: int = 1024) -> float:
@@ -70,7 +76,22 @@ def matmul_gflops(threads: int, device: str, size: int = 1024) -> float:
     return 2 * size**3 / timing["median"] / 1e9
 
 
-def run(lengths: list[int], *, batch: int, heads: int, head_dim: int, state: int, chunk: int, threads: int, device: str, warmup: int, repeats: int, max_recurrent: int, max_quadratic: int, output: Path) -> str:
+def run(
+    lengths: list[int],
+    *,
+    batch: int,
+    heads: int,
+    head_dim: int,
+    state: int,
+    chunk: int,
+    threads: int,
+    device: str,
+    warmup: int,
+    repeats: int,
+    max_recurrent: int,
+    max_quadratic: int,
+    output: Path,
+) -> str:
     torch.set_num_threads(threads)
     machine = machine_description(threads, device)
     matmul = matmul_gflops(threads, device)
@@ -88,30 +109,42 @@ def run(lengths: list[int], *, batch: int, heads: int, head_dim: int, state: int
         B = torch.randn(b, l, 1, n, generator=generator).to(device)
         C = torch.randn(b, l, 1, n, generator=generator).to(device)
         flops = chunked_forward_flops(b, l, h, p, n, chunk)
-        methods: dict[str, Callable[[], Any]] = {"ssd_chunked": lambda: ssd_scan(x, dt, A, B, C, chunk)}
+        methods: dict[str, Callable[[], Any]] = {"ssd_chunked": partial(ssd_scan, x, dt, A, B, C, chunk)}
         if l <= max_quadratic:
-            methods["ssd_quadratic"] = lambda: ssd_quadratic(x, dt, A, B, C)
+            methods["ssd_quadratic"] = partial(ssd_quadratic, x, dt, A, B, C)
         if l <= max_recurrent:
-            methods["ssd_recurrent"] = lambda: ssd_recurrent(x, dt, A, B, C)
+            methods["ssd_recurrent"] = partial(ssd_recurrent, x, dt, A, B, C)
         if selective_scan is not None:
             d = h * p
             u = x.reshape(b, l, d).transpose(1, 2).contiguous()
             delta = dt.repeat_interleave(p, dim=2).transpose(1, 2).contiguous()
             A1 = A.repeat_interleave(p)[:, None].expand(d, n).contiguous()
             B1, C1 = B[:, :, 0].transpose(1, 2).contiguous(), C[:, :, 0].transpose(1, 2).contiguous()
-            methods["mamba1_scan"] = lambda: selective_scan(u, delta, A1, B1, C1)
+            methods["mamba1_scan"] = partial(selective_scan, u, delta, A1, B1, C1)
         for name, forward in methods.items():
-            timing = time_call(forward, warmup=warmup if name != "ssd_recurrent" else 1, repeats=repeats if name != "ssd_recurrent" else 2, device=device)
-            row = {"method": name, "length": l, "forward_s": timing["median"], "forward_min_s": timing["min"], "forward_max_s": timing["max"]}
+            timing = time_call(
+                forward,
+                warmup=warmup if name != "ssd_recurrent" else 1,
+                repeats=repeats if name != "ssd_recurrent" else 2,
+                device=device,
+            )
+            row = {
+                "method": name,
+                "length": l,
+                "forward_s": timing["median"],
+                "forward_min_s": timing["min"],
+                "forward_max_s": timing["max"],
+            }
             if name == "ssd_chunked":
                 row["gflops"] = flops / timing["median"] / 1e9
                 row["matmul_fraction"] = row["gflops"] / matmul
                 leaves = [t.detach().requires_grad_() for t in (x, dt, B, C)]
-
-                def forward_backward() -> None:
-                    ssd_scan(leaves[0], leaves[1], A, leaves[2], leaves[3], chunk).sum().backward()
-
-                backward = time_call(forward_backward, warmup=warmup, repeats=repeats, device=device)
+                backward = time_call(
+                    partial(_forward_backward, *leaves[:2], A, *leaves[2:], chunk),
+                    warmup=warmup,
+                    repeats=repeats,
+                    device=device,
+                )
                 row["fwd_bwd_s"] = backward["median"]
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -121,9 +154,20 @@ def run(lengths: list[int], *, batch: int, heads: int, head_dim: int, state: int
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / "kernel.csv")
     _plot(rows, output / "kernel.png")
-    columns = [("method", "method"), ("length", "l"), ("forward_s", "forward s"), ("forward_min_s", "min"), ("forward_max_s", "max"), ("vs_chunked", "x chunked"), ("fwd_bwd_s", "fwd+bwd s"), ("gflops", "GFLOP/s"), ("matmul_fraction", "of matmul")]
+    columns = [
+        ("method", "method"),
+        ("length", "l"),
+        ("forward_s", "forward s"),
+        ("forward_min_s", "min"),
+        ("forward_max_s", "max"),
+        ("vs_chunked", "x chunked"),
+        ("fwd_bwd_s", "fwd+bwd s"),
+        ("gflops", "GFLOP/s"),
+        ("matmul_fraction", "of matmul"),
+    ]
     text = (
-        f"# SSD kernel (b={batch}, h={heads}, p={head_dim}, n={state}, chunk {chunk}, {device}, {threads} thread(s))\n\n"
+        f"# SSD kernel (b={batch}, h={heads}, p={head_dim}, n={state}, chunk {chunk}, {device}, "
+        f"{threads} thread(s))\n\n"
         f"float32 matmul (1024 x 1024) in this run: {matmul:.1f} GFLOP/s\n\nMachine: {json.dumps(machine)}\n\n"
         + markdown_table(rows, columns)
     )

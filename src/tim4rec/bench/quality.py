@@ -26,8 +26,9 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tim4rec.config import load_config, read_yaml
 from tim4rec.errors import ConfigError
@@ -89,7 +90,9 @@ def _claim(folder: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_plan(plan_path: str | Path, output: str | Path, *, only: list[str] | None = None, deadline: float | None = None) -> None:
+def run_plan(
+    plan_path: str | Path, output: str | Path, *, only: list[str] | None = None, deadline: float | None = None
+) -> None:
     plan = read_plan(plan_path)
     output = Path(output)
     started = time.monotonic()
@@ -156,7 +159,13 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"test_{metric}"], row[f"test_{metric}_std"] = _mean_spread([r["test"][metric] for r in runs])
         per_epoch = [r["seconds_per_epoch"] for r in runs if r["seconds_per_epoch"]]
         # a run stopped inside its first epoch: extrapolate the epoch's time from the part done
-        estimated = [e["train_seconds"] / e["fraction"] for r in runs if not r["seconds_per_epoch"] for e in r["epochs"][-1:] if e.get("fraction")]
+        estimated = [
+            e["train_seconds"] / e["fraction"]
+            for r in runs
+            if not r["seconds_per_epoch"]
+            for e in r["epochs"][-1:]
+            if e.get("fraction")
+        ]
         row["seconds_per_epoch"], row["seconds_per_epoch_std"] = _mean_spread(per_epoch + estimated)
         row["seconds_per_epoch_estimated"] = bool(estimated)
         row["best_epoch"] = [r["best_epoch"] for r in runs]
@@ -176,18 +185,24 @@ def markdown(summary: list[dict[str, Any]], title: str, dataset: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Dataset `{dataset}`; test metrics at the best validation epoch (NDCG@10); mean ± sample standard deviation over seeds.",
+        f"Dataset `{dataset}`; test metrics at the best validation epoch (NDCG@10); "
+        "mean ± sample standard deviation over seeds.",
         "",
-        "| run | model | regime | seeds | " + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in TABLE_METRICS)
+        "| run | model | regime | seeds | "
+        + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in TABLE_METRICS)
         + " | s/epoch | best epoch | epochs | stopped by |",
         "|" + "---|" * (len(TABLE_METRICS) + 8),
     ]
     for row in summary:
-        stopped = ", ".join(s if s != "time_budget" else f"time budget ({', '.join(f'{b:.0f} s' for b in row['budget'])})" for s in row["stopped_by"])
+        stopped = ", ".join(
+            s if s != "time_budget" else f"time budget ({', '.join(f'{b:.0f} s' for b in row['budget'])})"
+            for s in row["stopped_by"]
+        )
         lines.append(
             f"| {row['run']} | {row['model']} | {row['regime']} | {', '.join(map(str, row['seeds']))} | "
             + " | ".join(_cell(row, f"test_{m}") for m in TABLE_METRICS)
-            + f" | {row['seconds_per_epoch']:.1f}{' (est.)' if row['seconds_per_epoch_estimated'] else ''} | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped} |"
+            + f" | {row['seconds_per_epoch']:.1f}{' (est.)' if row['seconds_per_epoch_estimated'] else ''}"
+            + f" | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped} |"
         )
     return "\n".join(lines) + "\n"
 

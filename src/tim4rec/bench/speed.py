@@ -36,14 +36,31 @@ DEFAULT_LENGTHS = (50, 200, 800, 3200)
 def _dropout_free(name: str) -> dict[str, Any]:
     from tim4rec.models import model_defaults
 
-    return {key: 0.0 for key, value in model_defaults(name).items() if ("dropout" in key or "drop_out" in key) and isinstance(value, float)}
+    return {
+        key: 0.0
+        for key, value in model_defaults(name).items()
+        if ("dropout" in key or "drop_out" in key) and isinstance(value, float)
+    }
 
 
 def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_point(model_name: str, length: int, *, batch: int, items: int, dropout: bool, device: str, threads: int, warmup: int, repeats: int, hyperparameters: dict[str, Any], flush_denormal: bool = True) -> dict[str, Any]:
+def measure_point(
+    model_name: str,
+    length: int,
+    *,
+    batch: int,
+    items: int,
+    dropout: bool,
+    device: str,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    hyperparameters: dict[str, Any],
+    flush_denormal: bool = True,
+) -> dict[str, Any]:
     """One (model, length, dropout) point, in the calling process."""
     from tim4rec.models import create
     from tim4rec.training.trainer import set_flush_denormal
@@ -81,10 +98,22 @@ def measure_point(model_name: str, length: int, *, batch: int, items: int, dropo
     inference = time_call(infer, warmup=warmup, repeats=repeats, device=device)
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _max_rss_bytes()
     return {
-        "model": model_name, "length": length, "dropout": "on" if dropout else "off", "batch": batch, "items": items,
-        "train_s": train["median"], "train_min_s": train["min"], "train_max_s": train["max"],
-        "infer_s": inference["median"], "infer_min_s": inference["min"], "infer_max_s": inference["max"],
-        "peak_mib": (peak - baseline) / 2**20, "repeats": repeats, "threads": threads, "device": device, "flush_denormal": flush_denormal,
+        "model": model_name,
+        "length": length,
+        "dropout": "on" if dropout else "off",
+        "batch": batch,
+        "items": items,
+        "train_s": train["median"],
+        "train_min_s": train["min"],
+        "train_max_s": train["max"],
+        "infer_s": inference["median"],
+        "infer_min_s": inference["min"],
+        "infer_max_s": inference["max"],
+        "peak_mib": (peak - baseline) / 2**20,
+        "repeats": repeats,
+        "threads": threads,
+        "device": device,
+        "flush_denormal": flush_denormal,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -96,7 +125,12 @@ def _run_point_subprocess(arguments: dict[str, Any], memory_limit_gib: float | N
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
-        return {"model": arguments["model_name"], "length": arguments["length"], "dropout": "on" if arguments["dropout"] else "off", "error": tail[:200]}
+        return {
+            "model": arguments["model_name"],
+            "length": arguments["length"],
+            "dropout": "on" if arguments["dropout"] else "off",
+            "error": tail[:200],
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -107,13 +141,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (model, dropout) in sorted({(r["model"], r["dropout"]) for r in rows if "train_s" in r}):
-        points = sorted((r for r in rows if r["model"] == model and r["dropout"] == dropout and "train_s" in r), key=lambda r: r["length"])
+    for model, dropout in sorted({(r["model"], r["dropout"]) for r in rows if "train_s" in r}):
+        points = sorted(
+            (r for r in rows if r["model"] == model and r["dropout"] == dropout and "train_s" in r),
+            key=lambda r: r["length"],
+        )
         style = "-" if dropout == "off" else "--"
         label = f"{model} (dropout {dropout})"
         time_axis.plot([p["length"] for p in points], [p["train_s"] for p in points], style, marker="o", label=label)
-        memory_axis.plot([p["length"] for p in points], [max(p["peak_mib"], 1e-3) for p in points], style, marker="o", label=label)
-    for axis, title, unit in ((time_axis, "training step", "seconds"), (memory_axis, "peak memory above baseline", "MiB")):
+        memory_axis.plot(
+            [p["length"] for p in points], [max(p["peak_mib"], 1e-3) for p in points], style, marker="o", label=label
+        )
+    for axis, title, unit in (
+        (time_axis, "training step", "seconds"),
+        (memory_axis, "peak memory above baseline", "MiB"),
+    ):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("sequence length")
@@ -126,13 +168,40 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def run(models: list[str], lengths: list[int], *, batch: int, items: int, dropouts: list[bool], device: str, threads: int, warmup: int, repeats: int, output: Path, memory_limit_gib: float | None, hyperparameters: dict[str, dict[str, Any]], flush_denormal: bool = True) -> str:
+def run(
+    models: list[str],
+    lengths: list[int],
+    *,
+    batch: int,
+    items: int,
+    dropouts: list[bool],
+    device: str,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    output: Path,
+    memory_limit_gib: float | None,
+    hyperparameters: dict[str, dict[str, Any]],
+    flush_denormal: bool = True,
+) -> str:
     machine = machine_description(threads, device)
     rows = []
     for model in models:
         for dropout in dropouts:
             for length in lengths:
-                arguments = {"model_name": model, "length": length, "batch": batch, "items": items, "dropout": dropout, "device": device, "threads": threads, "warmup": warmup, "repeats": repeats, "hyperparameters": hyperparameters.get(model, {}), "flush_denormal": flush_denormal}
+                arguments = {
+                    "model_name": model,
+                    "length": length,
+                    "batch": batch,
+                    "items": items,
+                    "dropout": dropout,
+                    "device": device,
+                    "threads": threads,
+                    "warmup": warmup,
+                    "repeats": repeats,
+                    "hyperparameters": hyperparameters.get(model, {}),
+                    "flush_denormal": flush_denormal,
+                }
                 row = _run_point_subprocess(arguments, memory_limit_gib)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
@@ -146,9 +215,23 @@ def run(models: list[str], lengths: list[int], *, batch: int, items: int, dropou
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / "speed.csv")
     plot(rows, output / "speed.png")
-    columns = [("model", "model"), ("dropout", "dropout"), ("length", "L"), ("train_s", "train step s"), ("train_min_s", "min"), ("train_max_s", "max"), ("train_vs_sasrec", "x SASRec"), ("infer_s", "inference s"), ("infer_vs_sasrec", "x SASRec"), ("peak_mib", "peak MiB"), ("memory_vs_sasrec", "x SASRec"), ("error", "error")]
+    columns = [
+        ("model", "model"),
+        ("dropout", "dropout"),
+        ("length", "L"),
+        ("train_s", "train step s"),
+        ("train_min_s", "min"),
+        ("train_max_s", "max"),
+        ("train_vs_sasrec", "x SASRec"),
+        ("infer_s", "inference s"),
+        ("infer_vs_sasrec", "x SASRec"),
+        ("peak_mib", "peak MiB"),
+        ("memory_vs_sasrec", "x SASRec"),
+        ("error", "error"),
+    ]
     text = (
-        f"# Speed and memory (batch {batch}, {items} items, {device}, {threads} thread(s), denormals {'flushed to zero' if flush_denormal else 'kept'})\n\n"
+        f"# Speed and memory (batch {batch}, {items} items, {device}, {threads} thread(s), "
+        f"denormals {'flushed to zero' if flush_denormal else 'kept'})\n\n"
         f"Machine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
     )
     (output / "speed.md").write_text(text)

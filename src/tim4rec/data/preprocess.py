@@ -94,7 +94,7 @@ def parse_interval(text: str | int | None, key: str) -> tuple[float, float]:
         return float(text), math.inf
     match = _INTERVAL.match(str(text))
     if not match:
-        raise ConfigError(f"{key}: expected an interval like \"[5,inf)\", got {text!r}")
+        raise ConfigError(f'{key}: expected an interval like "[5,inf)", got {text!r}')
     left, low, high, right = match.groups()
     try:
         lo = float(low) if low.strip() else 0.0
@@ -108,7 +108,9 @@ def parse_interval(text: str | int | None, key: str) -> tuple[float, float]:
     return lo, hi
 
 
-def k_core(raw: pd.DataFrame, user_bounds: tuple[float, float], item_bounds: tuple[float, float]) -> tuple[pd.DataFrame, int]:
+def k_core(
+    raw: pd.DataFrame, user_bounds: tuple[float, float], item_bounds: tuple[float, float]
+) -> tuple[pd.DataFrame, int]:
     """Drop users and items whose counts fall outside their bounds, repeated until stable.
 
     Returns the kept rows (file order kept) and the number of rounds it took.

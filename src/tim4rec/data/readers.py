@@ -69,15 +69,14 @@ def _require_columns(path: Path, present: list[str], fields: FieldNames) -> None
     for key, name in (("USER_ID_FIELD", fields.user), ("ITEM_ID_FIELD", fields.item), ("TIME_FIELD", fields.time)):
         if name not in present:
             raise DataError(
-                f"{path}: no column '{name}' ({key}); the file has columns {present}. "
-                f"Set {key} to the right name."
+                f"{path}: no column '{name}' ({key}); the file has columns {present}. Set {key} to the right name."
             )
 
 
 def read_atomic(path: str | Path, fields: FieldNames = FieldNames()) -> pd.DataFrame:
     """Read a RecBole atomic ``.inter`` file (tab-separated, header ``name:type``, LF or CRLF)."""
     path = Path(path)
-    with open(path, "r", encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8", newline="") as handle:
         header = handle.readline().rstrip("\r\n")
     if not header.strip():
         raise DataError(f"{path}: the file is empty (no header line)")

@@ -19,8 +19,8 @@ Validation and test batches are identical in both regimes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch

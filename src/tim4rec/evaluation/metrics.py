@@ -12,7 +12,7 @@ each averaged over rows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,7 +25,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     A NaN target score gets the worst rank, I; NaN scores of other items are ignored.
     """
     if scores.dim() != 2 or targets.dim() != 1 or scores.shape[0] != targets.shape[0]:
-        raise ValueError(f"expected scores (U, I) and targets (U,), got {tuple(scores.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected scores (U, I) and targets (U,), got {tuple(scores.shape)} and {tuple(targets.shape)}"
+        )
     target_scores = scores.gather(1, targets[:, None])  # (U, 1)
     higher = (scores > target_scores).sum(dim=1)
     equal = (scores == target_scores).sum(dim=1) - 1  # other items tied with the target
@@ -33,7 +35,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(target_scores[:, 0]), torch.full_like(ranks, scores.shape[1]), ranks)
 
 
-def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = (10, 20, 50), names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
+def metrics_from_ranks(
+    ranks: torch.Tensor, ks: Sequence[int] = (10, 20, 50), names: Sequence[str] = METRIC_NAMES
+) -> dict[str, float]:
     """Mean hit/ndcg/mrr at each k from ranks (U,)."""
     ranks = ranks.to(torch.float64)
     result: dict[str, float] = {}

@@ -66,13 +66,17 @@ class SequentialRecommender(nn.Module):
         """
         return self.gather_last(self.forward(item_seq, item_seq_len, timestamps), item_seq_len)
 
-    def full_sort_predict(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    def full_sort_predict(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
         return self.item_scores(self.readout(item_seq, item_seq_len, timestamps))
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
         if target.dim() == 1:  # prefix: one target per row, read at len - 1
-            return F.cross_entropy(self.full_sort_predict(batch["item_seq"], batch["item_seq_len"], batch["timestamps"]), target)
+            return F.cross_entropy(
+                self.full_sort_predict(batch["item_seq"], batch["item_seq_len"], batch["timestamps"]), target
+            )
         hidden = self.forward(batch["item_seq"], batch["item_seq_len"], batch["timestamps"])
         positions = target > 0  # causal windows: every real position
         return F.cross_entropy(self.item_scores(hidden[positions]), target[positions])

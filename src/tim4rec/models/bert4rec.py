@@ -44,9 +44,20 @@ from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
 
 class BERT4RecBlock(nn.Module):
-    def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+    ):
         super().__init__()
-        self.attention = SelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps, causal=False)
+        self.attention = SelfAttention(
+            hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps, causal=False
+        )
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
 
     def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
@@ -71,7 +82,23 @@ class BERT4Rec(SequentialRecommender):
         "ft_ratio": 0.5,  # RecBole 1.2's default: the share of fine-tuning (mask-the-last) batches
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, n_layers: int, n_heads: int, hidden_size: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float, initializer_range: float, mask_ratio: float, ft_ratio: float):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        n_layers: int,
+        n_heads: int,
+        hidden_size: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+        initializer_range: float,
+        mask_ratio: float,
+        ft_ratio: float,
+    ):
         super().__init__(n_items, max_seq_length)
         self.mask_ratio = mask_ratio
         self.ft_ratio = ft_ratio
@@ -82,7 +109,9 @@ class BERT4Rec(SequentialRecommender):
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout_prob)
         self.blocks = nn.ModuleList(
-            BERT4RecBlock(hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps)
+            BERT4RecBlock(
+                hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps
+            )
             for _ in range(n_layers)
         )
         self.output_ffn = nn.Linear(hidden_size, hidden_size)
@@ -115,7 +144,9 @@ class BERT4Rec(SequentialRecommender):
         new_len = torch.where(full, item_seq_len, item_seq_len + 1)
         return shifted.scatter(1, (new_len - 1)[:, None], self.mask_token), new_len
 
-    def full_sort_predict(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    def full_sort_predict(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
         masked_seq, masked_len = self.append_mask(item_seq, item_seq_len)
         hidden = self.forward(masked_seq, masked_len, timestamps)
         return self.item_scores(self.gather_last(hidden, masked_len))  # (B, n_items + 1)

@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh, "hardswish": nn.Hardswish}
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "swish": nn.SiLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "hardswish": nn.Hardswish,
+}
 
 
 def activation(name: str) -> nn.Module:
@@ -34,7 +41,15 @@ class FeedForward(nn.Module):
     in RecBole's transformer and equal to the outer dropout in TiM4Rec.
     """
 
-    def __init__(self, hidden_size: int, inner_size: int, dropout: float, act: str = "gelu", layer_norm_eps: float = 1e-12, inner_dropout: float = 0.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        inner_size: int,
+        dropout: float,
+        act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        inner_dropout: float = 0.0,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, inner_size)
         self.act = activation(act)
@@ -56,7 +71,15 @@ class SelfAttention(nn.Module):
     padding mask ``real`` (B, L) bool so that every query attends to the real keys only.
     """
 
-    def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float, dropout: float, layer_norm_eps: float = 1e-12, causal: bool = True):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        attn_dropout: float,
+        dropout: float,
+        layer_norm_eps: float = 1e-12,
+        causal: bool = True,
+    ):
         super().__init__()
         if hidden_size % n_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
@@ -74,7 +97,9 @@ class SelfAttention(nn.Module):
         b, l, d = x.shape
         return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, query_positions: torch.Tensor | None = None, real: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, L, d) -> (B, L, d); with ``query_positions`` (B,) only those rows: (B, 1, d) (causal only)."""
         k, v = self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.attn_dropout if self.training else 0.0
@@ -82,14 +107,20 @@ class SelfAttention(nn.Module):
             if real is None:
                 raise ValueError("a bidirectional SelfAttention needs the key padding mask `real`")
             rows = x
-            attended = F.scaled_dot_product_attention(self._heads(self.query(x)), k, v, attn_mask=real[:, None, None, :], dropout_p=dropout)
+            attended = F.scaled_dot_product_attention(
+                self._heads(self.query(x)), k, v, attn_mask=real[:, None, None, :], dropout_p=dropout
+            )
         elif query_positions is None:
             rows = x
-            attended = F.scaled_dot_product_attention(self._heads(self.query(x)), k, v, is_causal=True, dropout_p=dropout)
+            attended = F.scaled_dot_product_attention(
+                self._heads(self.query(x)), k, v, is_causal=True, dropout_p=dropout
+            )
         else:  # one query per sequence, seeing the keys at positions <= its own
             rows = x.gather(1, query_positions.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))  # (B, 1, d)
             visible = torch.arange(x.shape[1], device=x.device)[None, :] <= query_positions[:, None]  # (B, L)
-            attended = F.scaled_dot_product_attention(self._heads(self.query(rows)), k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout)
+            attended = F.scaled_dot_product_attention(
+                self._heads(self.query(rows)), k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout
+            )
         merged = attended.transpose(1, 2).reshape(rows.shape)  # (B, rows, d)
         return self.layer_norm(rows + self.dropout(self.out(merged)))
 
@@ -106,9 +137,9 @@ def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     if conv.stride != (1,) or conv.dilation != (1,) or conv.groups != conv.in_channels:
         raise ValueError(f"causal_conv needs a depthwise Conv1d with stride 1 and dilation 1, got {conv}")
     k = conv.kernel_size[0]
-    padded = F.pad(x, (0, 0, k - 1, 0)).transpose(1, 2).unsqueeze(2)   # (B, C, 1, L+K-1), channels-last strides
+    padded = F.pad(x, (0, 0, k - 1, 0)).transpose(1, 2).unsqueeze(2)  # (B, C, 1, L+K-1), channels-last strides
     out = F.conv2d(padded, conv.weight.unsqueeze(2), conv.bias, groups=conv.groups)  # (B, C, 1, L)
-    return out.squeeze(2).transpose(1, 2)                                # (B, L, C)
+    return out.squeeze(2).transpose(1, 2)  # (B, L, C)
 
 
 def causal_conv_step(conv: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,14 +57,26 @@ class Caser(SequentialRecommender):
         "reg_weight": 1e-4,
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, embedding_size: int, nv: int, nh: int, dropout_prob: float, reg_weight: float):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        embedding_size: int,
+        nv: int,
+        nh: int,
+        dropout_prob: float,
+        reg_weight: float,
+    ):
         super().__init__(n_items, max_seq_length)
         if nv < 1 or nh < 1:
             raise ValueError(f"Caser needs nv >= 1 and nh >= 1, got nv={nv}, nh={nh}")
         self.embedding_size, self.nv, self.nh, self.reg_weight = embedding_size, nv, nh, reg_weight
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
         self.conv_v = nn.Conv2d(1, nv, kernel_size=(max_seq_length, 1))
-        self.conv_h = nn.ModuleList(nn.Conv2d(1, nh, kernel_size=(height, embedding_size)) for height in range(1, max_seq_length + 1))
+        self.conv_h = nn.ModuleList(
+            nn.Conv2d(1, nh, kernel_size=(height, embedding_size)) for height in range(1, max_seq_length + 1)
+        )
         self.fc1 = nn.Linear(nv * embedding_size + nh * max_seq_length, embedding_size)
         self.fc2 = nn.Linear(embedding_size, embedding_size)
         self.dropout = nn.Dropout(dropout_prob)
@@ -95,7 +107,9 @@ class Caser(SequentialRecommender):
         """The (B, d) representation broadcast to (B, L, d) (a view; every position holds it)."""
         return self.encode(item_seq, item_seq_len)[:, None, :].expand(-1, item_seq.shape[1], -1)
 
-    def full_sort_predict(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    def full_sort_predict(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
         return self.item_scores(self.encode(item_seq, item_seq_len))  # (B, n_items + 1)
 
     def reg_loss(self) -> torch.Tensor:

@@ -35,7 +35,16 @@ class GRU4Rec(SequentialRecommender):
         "dropout_prob": 0.4,
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, embedding_size: int, hidden_size: int, num_layers: int, dropout_prob: float):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        embedding_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout_prob: float,
+    ):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
         self.emb_dropout = nn.Dropout(dropout_prob)
@@ -57,7 +66,9 @@ class GRU4Rec(SequentialRecommender):
         layers, hidden = self.gru_layers.num_layers, self.gru_layers.hidden_size
         return {"hidden": torch.zeros(layers, batch_size, hidden, device=weight.device, dtype=weight.dtype)}
 
-    def step(self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def step(
+        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
         embedded = self.emb_dropout(self.item_embedding(item_ids))[:, None, :]  # (B, 1, embedding_size)
         output, hidden = self.gru_layers(embedded, state["hidden"])  # (B, 1, hidden), (layers, B, hidden)

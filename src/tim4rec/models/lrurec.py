@@ -102,10 +102,20 @@ class LRULayer(nn.Module):
 class LRUBlock(nn.Module):
     """LRU layer then the position-wise feed-forward (both post-norm residual)."""
 
-    def __init__(self, hidden_size: int, dropout_prob: float, attn_dropout_prob: float, r_min: float, r_max: float, layer_norm_eps: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        dropout_prob: float,
+        attn_dropout_prob: float,
+        r_min: float,
+        r_max: float,
+        layer_norm_eps: float,
+    ):
         super().__init__()
         self.lru = LRULayer(hidden_size, attn_dropout_prob, r_min, r_max, layer_norm_eps)
-        self.feed_forward = FeedForward(hidden_size, 4 * hidden_size, dropout_prob, "gelu", layer_norm_eps, inner_dropout=dropout_prob)
+        self.feed_forward = FeedForward(
+            hidden_size, 4 * hidden_size, dropout_prob, "gelu", layer_norm_eps, inner_dropout=dropout_prob
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
         return self.feed_forward(self.lru(x))
@@ -129,14 +139,27 @@ class LRURec(SequentialRecommender):
         "layer_norm_eps": 1e-5,  # PyTorch's default, as in the authors' code
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, hidden_size: int, n_layers: int, dropout_prob: float, attn_dropout_prob: float, r_min: float, r_max: float, layer_norm_eps: float):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        hidden_size: int,
+        n_layers: int,
+        dropout_prob: float,
+        attn_dropout_prob: float,
+        r_min: float,
+        r_max: float,
+        layer_norm_eps: float,
+    ):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
         self.dropout = nn.Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.blocks = nn.ModuleList(
-            LRUBlock(hidden_size, dropout_prob, attn_dropout_prob, r_min, r_max, layer_norm_eps) for _ in range(n_layers)
+            LRUBlock(hidden_size, dropout_prob, attn_dropout_prob, r_min, r_max, layer_norm_eps)
+            for _ in range(n_layers)
         )
         self._init_weights()
 
@@ -164,7 +187,9 @@ class LRURec(SequentialRecommender):
         weight = self.item_embedding.weight
         return {"layers": [block.lru.init_state(batch_size, weight.device, weight.dtype) for block in self.blocks]}
 
-    def step(self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def step(
+        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         layers = []

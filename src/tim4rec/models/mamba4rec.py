@@ -66,8 +66,8 @@ class MambaBlock(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         # S4D-real initialisation: A[d, n] = -(n + 1) for every channel d
         a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(a_log)                     # (d_inner, d_state)
-        self.D = nn.Parameter(torch.ones(self.d_inner))      # (d_inner,)
+        self.A_log = nn.Parameter(a_log)  # (d_inner, d_state)
+        self.D = nn.Parameter(torch.ones(self.d_inner))  # (d_inner,)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def A(self) -> torch.Tensor:
@@ -77,17 +77,24 @@ class MambaBlock(nn.Module):
     def _ssm_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (..., d_inner) after the convolution -> dt (..., d_inner) before bias and softplus, B, C (..., d_state)."""
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), B, C      # the dt bias is added inside the scan
+        return F.linear(dt, self.dt_proj.weight), B, C  # the dt bias is added inside the scan
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)                          # (B, L, d_inner) each
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, d_inner) each
         x = F.silu(causal_conv(self.conv1d, x))
         dt, B, C = self._ssm_inputs(x)
         y = selective_scan(
-            x.transpose(1, 2), dt.transpose(1, 2), self.A(), B.transpose(1, 2), C.transpose(1, 2),
-            D=self.D, z=z.transpose(1, 2), delta_bias=self.dt_proj.bias, delta_softplus=True,
-        )                                                                     # (B, d_inner, L)
-        return self.out_proj(y.transpose(1, 2))                              # (B, L, d)
+            x.transpose(1, 2),
+            dt.transpose(1, 2),
+            self.A(),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D=self.D,
+            z=z.transpose(1, 2),
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+        )  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2))  # (B, L, d)
 
     # -- streaming --------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -96,14 +103,25 @@ class MambaBlock(nn.Module):
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
         }
 
-    def step(self, hidden: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(
+        self, hidden: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One event: hidden (B, d) -> (out (B, d), new state)."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)                          # (B, d_inner) each
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, d_inner) each
         x, conv = causal_conv_step(self.conv1d, state["conv"], x)
         x = F.silu(x)
         dt, B, C = self._ssm_inputs(x)
         y, ssm = selective_scan_step(
-            state["ssm"], x, dt, self.A(), B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+            state["ssm"],
+            x,
+            dt,
+            self.A(),
+            B,
+            C,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
         )
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 
@@ -126,8 +144,10 @@ class MambaLayer(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
         return self._after_mamba(self.mamba(hidden), hidden)
 
-    def step(self, hidden: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out, state = self.mamba.step(hidden, state)                          # (B, d)
+    def step(
+        self, hidden: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out, state = self.mamba.step(hidden, state)  # (B, d)
         return self._after_mamba(out, hidden), state
 
 
@@ -144,7 +164,18 @@ class Mamba4Rec(SequentialRecommender):
         "expand": 2,
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, hidden_size: int, num_layers: int, dropout_prob: float, d_state: int, d_conv: int, expand: int):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        hidden_size: int,
+        num_layers: int,
+        dropout_prob: float,
+        d_state: int,
+        d_conv: int,
+        expand: int,
+    ):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=1e-12)
@@ -166,7 +197,9 @@ class Mamba4Rec(SequentialRecommender):
         device = self.item_embedding.weight.device
         return {"layers": [layer.mamba.init_state(batch_size, device) for layer in self.mamba_layers]}
 
-    def step(self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def step(
+        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
 
         Timestamps are accepted for the common streaming interface and not used.

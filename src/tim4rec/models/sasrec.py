@@ -13,11 +13,20 @@ import torch
 from torch import nn
 
 from tim4rec.models.base import SequentialRecommender
-from tim4rec.models.blocks import SelfAttention, FeedForward, init_normal_
+from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
 
 class SASRecBlock(nn.Module):
-    def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+    ):
         super().__init__()
         self.attention = SelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
@@ -43,14 +52,30 @@ class SASRec(SequentialRecommender):
         "initializer_range": 0.02,
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, hidden_size: int, n_layers: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float, initializer_range: float):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        hidden_size: int,
+        n_layers: int,
+        n_heads: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+        initializer_range: float,
+    ):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout_prob)
         self.blocks = nn.ModuleList(
-            SASRecBlock(hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps)
+            SASRecBlock(
+                hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps
+            )
             for _ in range(n_layers)
         )
         self.apply(lambda module: init_normal_(module, initializer_range))

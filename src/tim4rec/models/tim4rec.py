@@ -71,7 +71,20 @@ class TiSSD(nn.Module):
     ``tau`` is (B, H, L) in paper mode, (B, L, H) in causal mode, None in none mode.
     """
 
-    def __init__(self, d_model: int, seq_len: int, d_state: int, d_conv: int, expand: int, head_dim: int, chunk_size: int, time_drop_out: float, time_mode: str, p2p_residual: bool, norm_eps: float):
+    def __init__(
+        self,
+        d_model: int,
+        seq_len: int,
+        d_state: int,
+        d_conv: int,
+        expand: int,
+        head_dim: int,
+        chunk_size: int,
+        time_drop_out: float,
+        time_mode: str,
+        p2p_residual: bool,
+        norm_eps: float,
+    ):
         super().__init__()
         self.d_inner = expand * d_model
         if self.d_inner % head_dim:
@@ -88,8 +101,12 @@ class TiSSD(nn.Module):
             self.conv1d4time_1 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
             self.conv1d4time_2 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
             features = seq_len if time_mode == "paper" else h  # the axis the time MLP and gate act on
-            self.mlp4time_scale = nn.Sequential(nn.Dropout(time_drop_out), nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features))
-            self.time_gate_residual = nn.Sequential(nn.Dropout(time_drop_out), nn.Linear(features, features if p2p_residual else 1), nn.Sigmoid())
+            self.mlp4time_scale = nn.Sequential(
+                nn.Dropout(time_drop_out), nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features)
+            )
+            self.time_gate_residual = nn.Sequential(
+                nn.Dropout(time_drop_out), nn.Linear(features, features if p2p_residual else 1), nn.Sigmoid()
+            )
             self.time_layer_norm = nn.LayerNorm(features, eps=norm_eps)
         # Mamba-2 initialisation: dt log-uniform in [1e-3, 1e-1] (floor 1e-4) through softplus^-1, A ~ U(1, 16)
         dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
@@ -110,7 +127,9 @@ class TiSSD(nn.Module):
         the three (B, L, .) gradients (about 5% of a training step at L = 3200 on a CPU).
         """
         sizes = [self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads]
-        return [F.linear(hidden, w, b) for w, b in zip(self.in_proj.weight.split(sizes), self.in_proj.bias.split(sizes))]
+        return [
+            F.linear(hidden, w, b) for w, b in zip(self.in_proj.weight.split(sizes), self.in_proj.bias.split(sizes))
+        ]
 
     def _time_factor(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Time path: tau -> (u (B, L, H) multiplying dt, tau' for the next layer)."""
@@ -137,8 +156,15 @@ class TiSSD(nn.Module):
             u, tau_next = self._time_factor(tau)
             dt = dt * u
         y = ssd_scan(
-            x.reshape(b, l, self.n_heads, self.head_dim), dt, self.A(),
-            B[:, :, None, :], C[:, :, None, :], self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            x.reshape(b, l, self.n_heads, self.head_dim),
+            dt,
+            self.A(),
+            B[:, :, None, :],
+            C[:, :, None, :],
+            self.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
         )  # (B, L, H, P)
         return self.out_proj(self.norm(y.reshape(b, l, self.d_inner), z)), tau_next
 
@@ -172,8 +198,15 @@ class TiSSD(nn.Module):
             tau_next = self.time_layer_norm(gate * tau + (1 - gate) * u)
             dt = dt * u
         y, new_state["ssm"] = ssd_step(
-            state["ssm"], x.reshape(-1, self.n_heads, self.head_dim), dt, self.A(),
-            B[:, None, :], C[:, None, :], D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            state["ssm"],
+            x.reshape(-1, self.n_heads, self.head_dim),
+            dt,
+            self.A(),
+            B[:, None, :],
+            C[:, None, :],
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
         )
         return self.out_proj(self.norm(y.reshape(-1, self.d_inner), z)), tau_next, new_state
 
@@ -181,14 +214,27 @@ class TiSSD(nn.Module):
 class TiSSDLayer(nn.Module):
     """TiSSD, dropout and a post-norm residual (none with a single layer), then the FFN."""
 
-    def __init__(self, d_model: int, num_layers: int, dropout: float, is_ffn: bool, inner_size: int, norm_eps: float, **ssd_args: Any):
+    def __init__(
+        self,
+        d_model: int,
+        num_layers: int,
+        dropout: float,
+        is_ffn: bool,
+        inner_size: int,
+        norm_eps: float,
+        **ssd_args: Any,
+    ):
         super().__init__()
         self.residual = num_layers > 1
         self.ssd = TiSSD(d_model, norm_eps=norm_eps, **ssd_args)
         self.dropout = nn.Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=norm_eps)
         # the reference's FFN LayerNorm eps is 1e-12 whatever norm_eps says
-        self.ffn = FeedForward(d_model, inner_size, dropout, "hardswish", layer_norm_eps=1e-12, inner_dropout=dropout) if is_ffn else None
+        self.ffn = (
+            FeedForward(d_model, inner_size, dropout, "hardswish", layer_norm_eps=1e-12, inner_dropout=dropout)
+            if is_ffn
+            else None
+        )
 
     def _after_ssd(self, out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         out = self.layer_norm(self.dropout(out) + hidden if self.residual else self.dropout(out))
@@ -233,7 +279,27 @@ class TiM4Rec(SequentialRecommender):
                 notices.append(f"is_time: {is_time} read as time_mode: {layer['time_mode']}")
         return layer
 
-    def __init__(self, n_items: int, max_seq_length: int, *, hidden_size: int, num_layers: int, dropout_prob: float, time_drop_out: float, d_state: int, d_conv: int, expand: int, head_dim: int, chunk_size: int, is_ffn: bool, inner_size: int | None, p2p_residual: bool, norm_eps: float, is_kai_ming_init: bool, time_mode: str):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        hidden_size: int,
+        num_layers: int,
+        dropout_prob: float,
+        time_drop_out: float,
+        d_state: int,
+        d_conv: int,
+        expand: int,
+        head_dim: int,
+        chunk_size: int,
+        is_ffn: bool,
+        inner_size: int | None,
+        p2p_residual: bool,
+        norm_eps: float,
+        is_kai_ming_init: bool,
+        time_mode: str,
+    ):
         super().__init__(n_items, max_seq_length)
         if time_mode not in TIME_MODES:
             raise ConfigError(f"time_mode: expected one of {TIME_MODES}, got {time_mode!r}")
@@ -251,9 +317,21 @@ class TiM4Rec(SequentialRecommender):
         self.dropout = nn.Dropout(dropout_prob)
         self.ssd_layers = nn.ModuleList(
             TiSSDLayer(
-                hidden_size, num_layers, dropout_prob, is_ffn, inner_size or 4 * hidden_size, norm_eps,
-                seq_len=max_seq_length, d_state=d_state, d_conv=d_conv, expand=expand, head_dim=head_dim,
-                chunk_size=chunk_size, time_drop_out=time_drop_out, time_mode=time_mode, p2p_residual=p2p_residual,
+                hidden_size,
+                num_layers,
+                dropout_prob,
+                is_ffn,
+                inner_size or 4 * hidden_size,
+                norm_eps,
+                seq_len=max_seq_length,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                head_dim=head_dim,
+                chunk_size=chunk_size,
+                time_drop_out=time_drop_out,
+                time_mode=time_mode,
+                p2p_residual=p2p_residual,
             )
             for _ in range(num_layers)
         )
@@ -314,12 +392,16 @@ class TiM4Rec(SequentialRecommender):
             "seen": torch.zeros(batch_size, dtype=torch.bool, device=device),
         }
 
-    def step(self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def step(
+        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
         hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         tau = None
         if self.time_mode == "causal":
-            gaps = torch.where(state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps))
+            gaps = torch.where(
+                state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps)
+            )
             tau = self._encode_gap(gaps)
         layers = []
         for layer, layer_state in zip(self.ssd_layers, state["layers"]):

@@ -98,8 +98,19 @@ class TimeAwareSelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, n, d) -> (B, heads, n, d / heads)
         return x.reshape(*x.shape[:-1], self.n_heads, self.head_size).transpose(-3, -2)
 
-    def forward(self, x: torch.Tensor, intervals: torch.Tensor, pos_key: torch.Tensor, pos_value: torch.Tensor, interval_key: torch.Tensor, interval_value: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d); intervals (B, L, L) long in [0, S]; pos_* (B or 1, L, d); interval_* (B or 1, S+1, d) -> (B, L, d)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        intervals: torch.Tensor,
+        pos_key: torch.Tensor,
+        pos_value: torch.Tensor,
+        interval_key: torch.Tensor,
+        interval_value: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (B, L, d); intervals (B, L, L) long in [0, S]; pos_* (B or 1, L, d); interval_* (B or 1, S+1, d).
+
+        Returns (B, L, d).
+        """
         b, l, _ = x.shape
         q = self._heads(self.query(x))  # (B, h, L, dh)
         k = self._heads(self.key(x)) + self._heads(pos_key)
@@ -118,9 +129,20 @@ class TimeAwareSelfAttention(nn.Module):
 
 
 class TiSASRecBlock(nn.Module):
-    def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+    ):
         super().__init__()
-        self.attention = TimeAwareSelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
+        self.attention = TimeAwareSelfAttention(
+            hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps
+        )
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
 
     def forward(self, x: torch.Tensor, *time_and_position: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
@@ -145,7 +167,23 @@ class TiSASRec(SequentialRecommender):
         "time_interval_mode": "scaled",
     }
 
-    def __init__(self, n_items: int, max_seq_length: int, *, hidden_size: int, n_layers: int, n_heads: int, inner_size: int, hidden_dropout_prob: float, attn_dropout_prob: float, hidden_act: str, layer_norm_eps: float, initializer_range: float, time_span: int, time_interval_mode: str):
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_length: int,
+        *,
+        hidden_size: int,
+        n_layers: int,
+        n_heads: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+        initializer_range: float,
+        time_span: int,
+        time_interval_mode: str,
+    ):
         super().__init__(n_items, max_seq_length)
         if time_interval_mode not in TIME_INTERVAL_MODES:
             raise ConfigError(f"time_interval_mode: expected one of {TIME_INTERVAL_MODES}, got {time_interval_mode!r}")
@@ -161,7 +199,9 @@ class TiSASRec(SequentialRecommender):
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout_prob)
         self.blocks = nn.ModuleList(
-            TiSASRecBlock(hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps)
+            TiSASRecBlock(
+                hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps
+            )
             for _ in range(n_layers)
         )
         self.apply(lambda module: init_normal_(module, initializer_range))

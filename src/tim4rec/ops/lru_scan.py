@@ -72,7 +72,9 @@ def lru_scan_reference(lambdas: Tensor, inputs: Tensor, initial: Tensor | None =
     """The same recurrence as :func:`lru_scan` by a plain loop over time (for tests and checks)."""
     dtype = torch.promote_types(lambdas.dtype, inputs.dtype)
     time_varying = lambdas.dim() == inputs.dim()
-    state = torch.zeros_like(inputs[:, 0], dtype=dtype) if initial is None else initial.to(dtype).expand_as(inputs[:, 0])
+    state = (
+        torch.zeros_like(inputs[:, 0], dtype=dtype) if initial is None else initial.to(dtype).expand_as(inputs[:, 0])
+    )
     states = []
     for t in range(inputs.shape[1]):
         multiplier = lambdas[:, t] if time_varying else lambdas

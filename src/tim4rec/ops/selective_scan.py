@@ -72,8 +72,17 @@ def _skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> 
     return y
 
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                  z: Tensor | None, delta_bias: Tensor | None, state: Tensor | None) -> None:
+def _check_shapes(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    state: Tensor | None,
+) -> None:
     """Validate the scan's (u: (b, d, l)) or the step's (u: (b, d)) shapes; raise ValueError."""
     if A.dim() != 2 or A.is_complex():
         raise ValueError(f"A must be a real (d, n) tensor, got shape {tuple(A.shape)} and dtype {A.dtype}")
@@ -81,8 +90,14 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     n = A.shape[1]
     rest = tuple(u.shape[2:])  # (l,) for the scan, () for the step
     expect = {
-        "delta": (delta, (b, d, *rest)), "A": (A, (d, n)), "B": (B, (b, n, *rest)), "C": (C, (b, n, *rest)),
-        "D": (D, (d,)), "z": (z, (b, d, *rest)), "delta_bias": (delta_bias, (d,)), "state": (state, (b, d, n)),
+        "delta": (delta, (b, d, *rest)),
+        "A": (A, (d, n)),
+        "B": (B, (b, n, *rest)),
+        "C": (C, (b, n, *rest)),
+        "D": (D, (d,)),
+        "z": (z, (b, d, *rest)),
+        "delta_bias": (delta_bias, (d,)),
+        "state": (state, (b, d, n)),
     }
     for name, (t, shape) in expect.items():
         if t is not None and tuple(t.shape) != shape:
@@ -110,7 +125,7 @@ def _doubling_scan(a: Tensor, x: Tensor, reverse: bool = False) -> Tensor:
         if reverse:  # h_t += (a_{t+1} ... a_{t+s}) h_{t+s} for t < T - s; a[j] holds a_j ... a_{j+s-1}
             x_new[T - s :].copy_(x[T - s :])
             torch.addcmul(x[: T - s], a[1 : T - s + 1], x[s:], out=x_new[: T - s])
-        else:        # h_t += (a_t ... a_{t-s+1}) h_{t-s} for t >= s;  a[j] holds a_j ... a_{j-s+1}
+        else:  # h_t += (a_t ... a_{t-s+1}) h_{t-s} for t >= s;  a[j] holds a_j ... a_{j-s+1}
             x_new[:s].copy_(x[:s])
             torch.addcmul(x[s:], a[s:], x[: T - s], out=x_new[s:])
         if 2 * s < T:  # the window products are needed by a further round
@@ -132,9 +147,9 @@ def _chunk_states(h_in: Tensor, delta: Tensor, du: Tensor, A: Tensor, B: Tensor)
 
     delta, du = Delta * u: (q, b, d); A (d, n); B (q, b, n).
     """
-    a = torch.exp(delta[..., None] * A)                  # (q, b, d, n)  exp(Delta_t A) in (0, 1]
-    x = du[..., None] * B[:, :, None, :]                 # (q, b, d, n)  Delta_t B_t u_t
-    x[0].addcmul_(a[0], h_in)                            # the incoming state enters through step 0
+    a = torch.exp(delta[..., None] * A)  # (q, b, d, n)  exp(Delta_t A) in (0, 1]
+    x = du[..., None] * B[:, :, None, :]  # (q, b, d, n)  Delta_t B_t u_t
+    x[0].addcmul_(a[0], h_in)  # the incoming state enters through step 0
     return a, _doubling_scan(a, x)
 
 
@@ -156,7 +171,7 @@ class _SelectiveScanCore(torch.autograd.Function):
             part = slice(t0, min(t0 + chunk, l))
             boundary.append(h)
             _, H = _chunk_states(h, delta[part], du[part], A, B[part])
-            y[part] = (H @ C[part][..., None]).squeeze(-1)                # (q, b, d): sum over n
+            y[part] = (H @ C[part][..., None]).squeeze(-1)  # (q, b, d): sum over n
             h = H[-1].clone()
         ctx.chunk = chunk
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(boundary))
@@ -178,22 +193,22 @@ class _SelectiveScanCore(torch.autograd.Function):
             part = slice(starts[k], min(starts[k] + chunk, l))
             h_in, gy = boundary[k], grad_y[part]
             a, H = _chunk_states(h_in, delta[part], du[part], A, B[part])
-            grad_C[part] = (gy[..., None, :] @ H).squeeze(-2)                 # (q, b, n)  sum_d gy H
-            g = gy[..., None] * C[part][:, :, None, :]                        # (q, b, d, n)  dL/dh_t, direct
+            grad_C[part] = (gy[..., None, :] @ H).squeeze(-2)  # (q, b, n)  sum_d gy H
+            g = gy[..., None] * C[part][:, :, None, :]  # (q, b, d, n)  dL/dh_t, direct
             if carry is not None:
                 g[-1] += carry
-            G = _doubling_scan(a, g, reverse=True)                             # (q, b, d, n)  total dL/dh_t
-            carry = a[0] * G[0]                                                # into the previous chunk
+            G = _doubling_scan(a, g, reverse=True)  # (q, b, d, n)  total dL/dh_t
+            carry = a[0] * G[0]  # into the previous chunk
             # dL/d(Delta_t A) = G_t a_t h_{t-1}
-            grad_dA = torch.empty_like(a)                                      # (q, b, d, n)
+            grad_dA = torch.empty_like(a)  # (q, b, d, n)
             torch.mul(a[0], h_in, out=grad_dA[0])
             torch.mul(a[1:], H[:-1], out=grad_dA[1:])
             grad_dA.mul_(G)
-            GB = (G @ B[part][..., None]).squeeze(-1)                          # (q, b, d)  sum_n G B
+            GB = (G @ B[part][..., None]).squeeze(-1)  # (q, b, d)  sum_n G B
             grad_u[part] = GB * delta[part]
             grad_delta[part] = GB * u[part] + (grad_dA * A).sum(-1)
-            grad_A += grad_dA.mul_(delta[part][..., None]).sum((0, 1))         # grad_dA is spent here
-            grad_B[part] = (du[part][..., None, :] @ G).squeeze(-2)            # (q, b, n)  sum_d G Delta u
+            grad_A += grad_dA.mul_(delta[part][..., None]).sum((0, 1))  # grad_dA is spent here
+            grad_B[part] = (du[part][..., None, :] @ G).squeeze(-2)  # (q, b, n)  sum_d G Delta u
         return grad_u, grad_delta, grad_A, grad_B, grad_C, carry, None
 
 
@@ -214,9 +229,19 @@ def _cuda_kernel():
 
 
 def selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False, *,
-    initial_state: Tensor | None = None, return_last_state: bool = False, chunk_size: int = 8,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 8,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked selective scan (semantics of mamba-ssm ``selective_scan_fn``, one group).
 
@@ -247,16 +272,29 @@ def selective_scan(
     time_major = lambda t: t.to(cdt).permute(2, 0, 1).contiguous()  # noqa: E731  (b, ., l) -> (l, b, .)
     delta = _step_size(delta, delta_bias, delta_softplus, cdt)
     y, last = _SelectiveScanCore.apply(
-        time_major(u), time_major(delta), A.to(cdt).contiguous(), time_major(B), time_major(C),
-        h0.contiguous(), int(chunk_size),
+        time_major(u),
+        time_major(delta),
+        A.to(cdt).contiguous(),
+        time_major(B),
+        time_major(C),
+        h0.contiguous(),
+        int(chunk_size),
     )
-    y = _skip_and_gate(y.permute(1, 2, 0), u, D, z).to(u.dtype)             # (b, d, l)
+    y = _skip_and_gate(y.permute(1, 2, 0), u, D, z).to(u.dtype)  # (b, d, l)
     return (y, last) if return_last_state else y
 
 
 def selective_scan_step(
-    state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+    state: Tensor,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One step of the recurrence (streaming inference); same semantics as :func:`selective_scan`.
 
@@ -269,9 +307,9 @@ def selective_scan_step(
         raise ValueError(f"u must be (b, d), got shape {tuple(u.shape)}")
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, state)
     cdt = _compute_dtype(u)
-    delta = _step_size(delta, delta_bias, delta_softplus, cdt)              # (b, d)
-    decay = torch.exp(delta[..., None] * A.to(cdt))                         # (b, d, n)
-    du = delta * u.to(cdt)                                                  # (b, d)
+    delta = _step_size(delta, delta_bias, delta_softplus, cdt)  # (b, d)
+    decay = torch.exp(delta[..., None] * A.to(cdt))  # (b, d, n)
+    du = delta * u.to(cdt)  # (b, d)
     new_state = state.to(cdt) * decay + du[..., None] * B.to(cdt)[:, None, :]
-    y = (new_state @ C.to(cdt)[..., None]).squeeze(-1)                      # (b, d)
+    y = (new_state @ C.to(cdt)[..., None]).squeeze(-1)  # (b, d)
     return _skip_and_gate(y, u, D, z).to(u.dtype), new_state

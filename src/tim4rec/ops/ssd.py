@@ -68,15 +68,27 @@ def _expand_groups(t: Tensor, nheads: int, dim: int) -> Tensor:
 
 
 def _check_shapes(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-    D: Tensor | None, z: Tensor | None, dt_bias: Tensor | None, state: Tensor | None,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    dt_bias: Tensor | None,
+    state: Tensor | None,
 ) -> None:
     """Validate shapes for the scan (x: (b, l, h, p)) or the step (x: (b, h, p)); raise ValueError."""
     *bl, h, p = x.shape
     g, n = B.shape[-2:]
     expect = {
-        "dt": (dt, (*bl, h)), "A": (A, (h,)), "B": (B, (*bl, g, n)), "C": (C, (*bl, g, n)),
-        "z": (z, tuple(x.shape)), "dt_bias": (dt_bias, (h,)), "initial state": (state, (bl[0], h, p, n)),
+        "dt": (dt, (*bl, h)),
+        "A": (A, (h,)),
+        "B": (B, (*bl, g, n)),
+        "C": (C, (*bl, g, n)),
+        "z": (z, tuple(x.shape)),
+        "dt_bias": (dt_bias, (h,)),
+        "initial state": (state, (bl[0], h, p, n)),
     }
     for name, (t, shape) in expect.items():
         if t is not None and tuple(t.shape) != shape:
@@ -129,10 +141,10 @@ class _DecayedScores(torch.autograd.Function):
     def forward(ctx, a: Tensor, CB: Tensor) -> Tensor:
         b, h, c, Q = a.shape
         g = CB.shape[1]
-        below = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)           # k > j
-        factors = torch.where(below, a.exp()[..., :, None], 1.0)                        # [k, j] = exp(a_k) if k > j, else 1
-        L = factors.cumprod(dim=-2)                                                     # [i, j] = prod_{j<k<=i} exp(a_k); 1 above the diagonal
-        CB = CB.tril()                                                                  # zero above the diagonal
+        below = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)  # k > j
+        factors = torch.where(below, a.exp()[..., :, None], 1.0)  # [k, j] = exp(a_k) if k > j, else 1
+        L = factors.cumprod(dim=-2)  # [i, j] = prod_{j<k<=i} exp(a_k); 1 above the diagonal
+        CB = CB.tril()  # zero above the diagonal
         M = (L.view(b, g, h // g, c, Q, Q) * CB[:, :, None]).view(b, h, c, Q, Q)
         ctx.save_for_backward(L, M)
         ctx.groups = g
@@ -144,10 +156,10 @@ class _DecayedScores(torch.autograd.Function):
         L, M = ctx.saved_tensors
         b, h, c, Q, _ = M.shape
         g = ctx.groups
-        G = grad_M * M                                                                  # (b, h, c, Q, Q), 0 above the diagonal
-        grad_prefix = G.sum(dim=-1) - G.sum(dim=-2)                                     # (b, h, c, Q)
-        grad_a = grad_prefix.flip(-1).cumsum(-1).flip(-1)                               # (b, h, c, Q)
-        grad_CB = (grad_M * L).view(b, g, h // g, c, Q, Q).sum(dim=2).tril()           # (b, g, c, Q, Q)
+        G = grad_M * M  # (b, h, c, Q, Q), 0 above the diagonal
+        grad_prefix = G.sum(dim=-1) - G.sum(dim=-2)  # (b, h, c, Q)
+        grad_a = grad_prefix.flip(-1).cumsum(-1).flip(-1)  # (b, h, c, Q)
+        grad_CB = (grad_M * L).view(b, g, h // g, c, Q, Q).sum(dim=2).tril()  # (b, g, c, Q, Q)
         return grad_a, grad_CB
 
 
@@ -159,44 +171,54 @@ def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Te
     """
     b, m, h, p = x.shape
     g, n = B.shape[-2:]
-    c = -(-m // Q)                                                        # number of chunks
-    xd = x * delta[..., None]                                             # (b, m, h, p)  Delta_t x_t
-    a = delta * A                                                         # (b, m, h)     a_t = Delta_t A <= 0
+    c = -(-m // Q)  # number of chunks
+    xd = x * delta[..., None]  # (b, m, h, p)  Delta_t x_t
+    a = delta * A  # (b, m, h)     a_t = Delta_t A <= 0
     if c * Q > m:  # pad the tail with Delta = 0 steps: decay 1, input 0, so the state passes unchanged
         xd, B, C = (F.pad(t, (0, 0, 0, 0, 0, c * Q - m)) for t in (xd, B, C))
         a = F.pad(a, (0, 0, 0, c * Q - m))
-    X = xd.view(b, c, Q, h, p).permute(0, 3, 1, 2, 4).contiguous()      # (b, h, c, Q, p)
-    a = a.view(b, c, Q, h).permute(0, 3, 1, 2)                            # (b, h, c, Q)
-    Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)                     # (b, g, c, Q, n)
-    Cg = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)                     # (b, g, c, Q, n)
+    X = xd.view(b, c, Q, h, p).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, Q, p)
+    a = a.view(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, n)
+    Cg = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, n)
 
     # (2) chunk states from zero: S_k = sum_j exp(a_{j+1}+...+a_{Q-1}) Delta_j x_j B_j^T
-    to_end = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))      # (b, h, c, Q)  a_{j+1}+...+a_{Q-1}
+    to_end = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))  # (b, h, c, Q)  a_{j+1}+...+a_{Q-1}
     states = X.transpose(-1, -2) @ _scaled_per_head(Bg, torch.exp(to_end))  # (b, h, c, p, n)
 
     # (3) state passing: S_in[k+1] = exp(a_0+...+a_{Q-1} of chunk k) S_in[k] + S_k,  S_in[0] = s
-    acs = a.cumsum(dim=-1)                                                # (b, h, c, Q)
-    chunk_decay = torch.exp(acs[..., -1])                                 # (b, h, c)
+    acs = a.cumsum(dim=-1)  # (b, h, c, Q)
+    chunk_decay = torch.exp(acs[..., -1])  # (b, h, c)
     incoming = []
     for decay_k, state_k in zip(chunk_decay.unbind(2), states.unbind(2)):  # unbind: linear-cost backward
         incoming.append(s)
-        s = s * decay_k[:, :, None, None] + state_k                       # (b, h, p, n)
-    S_in = torch.stack(incoming, dim=2)                                   # (b, h, c, p, n)
+        s = s * decay_k[:, :, None, None] + state_k  # (b, h, p, n)
+    S_in = torch.stack(incoming, dim=2)  # (b, h, c, p, n)
 
     # (4) off-diagonal blocks: y_i = exp(a_0+...+a_i) S_in C_i
     y_off = _scaled_per_head(Cg, torch.exp(acs)) @ S_in.transpose(-1, -2)  # (b, h, c, Q, p)
 
     # (1) diagonal blocks: y_i += sum_{j<=i} (C_i . B_j) exp(a_{j+1}+...+a_i) Delta_j x_j
-    M = _DecayedScores.apply(a, Cg @ Bg.transpose(-1, -2))                # (b, h, c, Q, Q)
+    M = _DecayedScores.apply(a, Cg @ Bg.transpose(-1, -2))  # (b, h, c, Q, Q)
     y = torch.baddbmm(y_off.view(-1, Q, p), M.view(-1, Q, Q), X.view(-1, Q, p)).view(b, h, c, Q, p)
-    return y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :m], s   # (b, m, h, p), (b, h, p, n)
+    return y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :m], s  # (b, m, h, p), (b, h, p, n)
 
 
 def ssd_scan(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, *,
-    D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
-    dt_softplus: bool = False, dt_limit: tuple[float, float] = _NO_LIMIT,
-    initial_states: Tensor | None = None, return_final_states: bool = False,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    *,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_LIMIT,
+    initial_states: Tensor | None = None,
+    return_final_states: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked SSD scan (semantics of mamba-ssm ``mamba_chunk_scan_combined``).
 
@@ -217,27 +239,36 @@ def ssd_scan(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     b, l, h, p = x.shape
     n, Q, cdt = B.shape[-1], int(chunk_size), _compute_dtype(x)
-    delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)          # (b, l, h)
+    delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (b, l, h)
     s = x.new_zeros(b, h, p, n, dtype=cdt) if initial_states is None else initial_states.to(cdt)
 
     # Run the chunks in blocks whose (b, h, chunks, Q, Q) intermediates hold ~_BLOCK_ELEMS numbers:
     # they stay cache-sized and reusable by the allocator, so time stays linear in l. The state is
     # carried across blocks; split (not slicing) keeps the backward linear too.
-    m = Q * max(1, _BLOCK_ELEMS // (b * h * Q * Q))                       # steps per block
+    m = Q * max(1, _BLOCK_ELEMS // (b * h * Q * Q))  # steps per block
     parts = [t.split(m, dim=1) if l > 0 else () for t in (x, delta, B, C)]
     zs = z.split(m, dim=1) if z is not None and l > 0 else [None] * len(parts[0])
-    ys = [x.new_empty(b, 0, h, p, dtype=cdt)]                             # l = 0: empty y, state unchanged
+    ys = [x.new_empty(b, 0, h, p, dtype=cdt)]  # l = 0: empty y, state unchanged
     for x_k, delta_k, B_k, C_k, z_k in zip(*parts, zs):
         y_k, s = _ssd_chunks(x_k.to(cdt), delta_k, A.to(cdt), B_k.to(cdt), C_k.to(cdt), s, Q)
-        ys.append(_skip_and_gate(y_k, x_k, D, z_k))                      # (b, m, h, p)
-    y = torch.cat(ys, dim=1).to(x.dtype)                                  # (b, l, h, p)
+        ys.append(_skip_and_gate(y_k, x_k, D, z_k))  # (b, m, h, p)
+    y = torch.cat(ys, dim=1).to(x.dtype)  # (b, l, h, p)
     return (y, s) if return_final_states else y
 
 
 def ssd_step(
-    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
-    D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
-    dt_softplus: bool = False, dt_limit: tuple[float, float] = _NO_LIMIT,
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_LIMIT,
 ) -> tuple[Tensor, Tensor]:
     """One step of the SSD recurrence (streaming inference); same semantics as ``ssd_scan``.
 
@@ -252,11 +283,11 @@ def ssd_step(
     _check_shapes(x, dt, A, B, C, D, z, dt_bias, state)
     h = x.shape[1]
     cdt = _compute_dtype(x)
-    delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)          # (b, h)
-    decay = torch.exp(delta * A.to(cdt))                                  # (b, h)
-    Bh = _expand_groups(B.to(cdt), h, 1)                                  # (b, h, n)
-    Ch = _expand_groups(C.to(cdt), h, 1)                                  # (b, h, n)
-    xd = x.to(cdt) * delta[..., None]                                     # (b, h, p)
+    delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (b, h)
+    decay = torch.exp(delta * A.to(cdt))  # (b, h)
+    Bh = _expand_groups(B.to(cdt), h, 1)  # (b, h, n)
+    Ch = _expand_groups(C.to(cdt), h, 1)  # (b, h, n)
+    xd = x.to(cdt) * delta[..., None]  # (b, h, p)
     new_state = state.to(cdt) * decay[..., None, None] + xd[..., :, None] * Bh[..., None, :]  # (b, h, p, n)
-    y = (new_state @ Ch[..., :, None]).squeeze(-1)                        # (b, h, p)
+    y = (new_state @ Ch[..., :, None]).squeeze(-1)  # (b, h, p)
     return _skip_and_gate(y, x, D, z).to(x.dtype), new_state

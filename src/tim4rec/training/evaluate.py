@@ -38,7 +38,12 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", mask_history: 
         raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
     data = SequenceData(interactions, saved["max_seq_length"])
     metrics = evaluate(
-        model, data, data.evaluation_samples(split), batch_size=config["eval_batch_size"], ks=config["topk"],
-        metric_names=metric_names(config), mask_history=config["mask_history"] if mask_history is None else mask_history,
+        model,
+        data,
+        data.evaluation_samples(split),
+        batch_size=config["eval_batch_size"],
+        ks=config["topk"],
+        metric_names=metric_names(config),
+        mask_history=config["mask_history"] if mask_history is None else mask_history,
     )
     return {"metrics": metrics, "config": config, "epoch": saved["epoch"]}

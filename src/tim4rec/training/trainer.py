@@ -19,8 +19,9 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,18 @@ from tim4rec.models import create, model_class
 from tim4rec.training.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 
 #: config keys that may change when a run is resumed (limits, not the experiment)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "time_budget", "threads", "flush_denormal", "show_progress", "eval_batch_size", "output_dir", "data_cache", "_config_files"}
+RESUMABLE_CHANGES = {
+    "epochs",
+    "max_steps",
+    "time_budget",
+    "threads",
+    "flush_denormal",
+    "show_progress",
+    "eval_batch_size",
+    "output_dir",
+    "data_cache",
+    "_config_files",
+}
 
 
 def log(message: str) -> None:
@@ -82,13 +94,20 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load]}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in load],
+    }
 
 
 class Trainer:
     """Runs one experiment described by a merged config (see :mod:`tim4rec.config`)."""
 
-    def __init__(self, config: dict[str, Any], output_dir: str | Path | None = None, *, notices: list[str] | None = None):
+    def __init__(
+        self, config: dict[str, Any], output_dir: str | Path | None = None, *, notices: list[str] | None = None
+    ):
         self.config = dict(config)
         self.output_dir = Path(output_dir or config.get("output_dir") or default_output_dir(config))
         self.notices = list(notices or [])
@@ -107,25 +126,43 @@ class Trainer:
         self.model = create(cls.name, self.interactions.n_items, config["MAX_ITEM_LIST_LENGTH"], **self.hyperparameters)
         self.regime = config.get("train_regime") or self.model.regime
         if self.regime == "causal" and not self.model.causal:
-            raise ConfigError(f"train_regime: model '{cls.name}' (as configured) is not causal, so it trains only in the prefix regime")
+            raise ConfigError(
+                f"train_regime: model '{cls.name}' (as configured) is not causal, "
+                "so it trains only in the prefix regime"
+            )
         self.data = SequenceData(self.interactions, config["MAX_ITEM_LIST_LENGTH"])
         self.train_samples = self.data.train_samples(self.regime)
         self.target_counts = {
-            regime: self.data.n_targets(self.data.train_samples(regime) if regime != self.regime else self.train_samples)
+            regime: self.data.n_targets(
+                self.data.train_samples(regime) if regime != self.regime else self.train_samples
+            )
             for regime in ("prefix", "causal")
         }
         # train_batch_size counts training targets: a causal batch holds about as many targets
         # (windows x L) as a prefix batch holds samples, so both regimes take similar steps.
-        self.batch_rows = config["train_batch_size"] if self.regime == "prefix" else max(1, round(config["train_batch_size"] / config["MAX_ITEM_LIST_LENGTH"]))
+        self.batch_rows = (
+            config["train_batch_size"]
+            if self.regime == "prefix"
+            else max(1, round(config["train_batch_size"] / config["MAX_ITEM_LIST_LENGTH"]))
+        )
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"]
+        )
         self.ks = list(config["topk"])
         self.metric_names = metric_names(config)
         self.valid_key = valid_metric_key(config)
         self.state: dict[str, Any] = {
-            "epoch": 0, "step": 0, "elapsed": 0.0, "best_score": -math.inf, "best_epoch": None,
-            "best_valid": None, "epochs_since_best": 0, "history": [], "stopped_by": None,
+            "epoch": 0,
+            "step": 0,
+            "elapsed": 0.0,
+            "best_score": -math.inf,
+            "best_epoch": None,
+            "best_valid": None,
+            "epochs_since_best": 0,
+            "history": [],
+            "stopped_by": None,
         }
 
     @staticmethod
@@ -191,7 +228,8 @@ class Trainer:
         checkpoint = load_checkpoint(self.checkpoint_path)
         saved = checkpoint["config"]
         changed = sorted(
-            key for key in set(saved) | set(self.config)
+            key
+            for key in set(saved) | set(self.config)
             if key not in RESUMABLE_CHANGES and saved.get(key) != self.config.get(key)
         )
         if changed:
@@ -245,7 +283,10 @@ class Trainer:
         config = self.config
         if config.get("max_steps") and self.state["step"] >= config["max_steps"]:
             return "max_steps"
-        if config.get("time_budget") and self.state["elapsed"] + (time.perf_counter() - started) >= config["time_budget"]:
+        if (
+            config.get("time_budget")
+            and self.state["elapsed"] + (time.perf_counter() - started) >= config["time_budget"]
+        ):
             return "time_budget"
         return None
 
@@ -257,8 +298,14 @@ class Trainer:
         n_batches = math.ceil(len(self.train_samples) / self.batch_rows)
         batches = self.data.iterate(self.train_samples, self.batch_rows, generator=generator)
         progress = tqdm(
-            batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
-            disable=not config.get("show_progress", True) or None, file=sys.stderr,
+            batches,
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not config.get("show_progress", True) or None,
+            file=sys.stderr,
         )
         self.model.train()
         started = time.perf_counter()
@@ -270,12 +317,16 @@ class Trainer:
             self.optimizer.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise Tim4RecError(f"epoch {epoch}, step {self.state['step'] + 1}: the loss is {value}; lower learning_rate")
+                raise Tim4RecError(
+                    f"epoch {epoch}, step {self.state['step'] + 1}: the loss is {value}; lower learning_rate"
+                )
             total_loss += value
             n_steps += 1
             n_samples += len(batch["item_seq"])
             self.state["step"] += 1
-            progress.set_postfix(loss=f"{total_loss / n_steps:.4f}", samples_s=f"{n_samples / (time.perf_counter() - started):.0f}")
+            progress.set_postfix(
+                loss=f"{total_loss / n_steps:.4f}", samples_s=f"{n_samples / (time.perf_counter() - started):.0f}"
+            )
             limit = self._limit_reached(started)
             if limit:
                 self.state["stopped_by"] = limit
@@ -284,12 +335,25 @@ class Trainer:
         progress.close()
         seconds = time.perf_counter() - started
         self.state["elapsed"] += seconds
-        return {"epoch": epoch, "loss": total_loss / max(1, n_steps), "steps": n_steps, "train_seconds": seconds, "samples_per_second": n_samples / seconds if seconds else None, "partial": partial, "fraction": n_steps / n_batches}
+        return {
+            "epoch": epoch,
+            "loss": total_loss / max(1, n_steps),
+            "steps": n_steps,
+            "train_seconds": seconds,
+            "samples_per_second": n_samples / seconds if seconds else None,
+            "partial": partial,
+            "fraction": n_steps / n_batches,
+        }
 
     def _evaluate(self, samples) -> dict[str, float]:
         return evaluate(
-            self.model, self.data, samples, batch_size=self.config["eval_batch_size"], ks=self.ks,
-            metric_names=self.metric_names, mask_history=bool(self.config.get("mask_history")),
+            self.model,
+            self.data,
+            samples,
+            batch_size=self.config["eval_batch_size"],
+            ks=self.ks,
+            metric_names=self.metric_names,
+            mask_history=bool(self.config.get("mask_history")),
         )
 
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
@@ -305,13 +369,16 @@ class Trainer:
         if resume:
             self._resume()
         elif self.checkpoint_path.exists() or self.results_path.exists():
-            raise Tim4RecError(f"{self.output_dir} already holds a run; pass --resume to continue it or choose another --output")
+            raise Tim4RecError(
+                f"{self.output_dir} already holds a run; pass --resume to continue it or choose another --output"
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         config = self.config
         log(
-            f"{config['model']} on {self.interactions.source}: {self.interactions.n_users} users, {self.interactions.n_items} items, "
-            f"{self.interactions.n_interactions} interactions; regime {self.regime} ({self.target_counts[self.regime]} targets in "
-            f"{len(self.train_samples)} samples); {self.threads} threads; output {self.output_dir}"
+            f"{config['model']} on {self.interactions.source}: {self.interactions.n_users} users, "
+            f"{self.interactions.n_items} items, {self.interactions.n_interactions} interactions; "
+            f"regime {self.regime} ({self.target_counts[self.regime]} targets in {len(self.train_samples)} samples); "
+            f"{self.threads} threads; output {self.output_dir}"
         )
         for notice in self.notices:
             log(notice)
@@ -349,7 +416,11 @@ class Trainer:
                 log(
                     f"epoch {epoch}: loss {entry['loss']:.4f}, {entry['train_seconds']:.1f} s train "
                     f"({entry['samples_per_second']:.0f} samples/s), valid {self.valid_key} {score:.4f}"
-                    + (" (best)" if improved else f" (best {self.state['best_score']:.4f} at epoch {self.state['best_epoch']})")
+                    + (
+                        " (best)"
+                        if improved
+                        else f" (best {self.state['best_score']:.4f} at epoch {self.state['best_epoch']})"
+                    )
                     + (f"; stopped by {self.state['stopped_by']}" if self.state["stopped_by"] else "")
                 )
                 if self.epoch_end_hook is not None:
@@ -370,5 +441,8 @@ class Trainer:
         test = self._evaluate(self.test_samples)
         results = self.results("finished", test)
         write_json_atomic(results, self.results_path)
-        log(f"best epoch {self.state['best_epoch']} of {self.state['epoch']} ({self.state['stopped_by']}); results in {self.results_path}")
+        log(
+            f"best epoch {self.state['best_epoch']} of {self.state['epoch']} ({self.state['stopped_by']}); "
+            f"results in {self.results_path}"
+        )
         return results
