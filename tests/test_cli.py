@@ -25,7 +25,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
             "unknown config key 'bogus_key'",
         ),
         (["data", "stats", "nosuch.inter"], "nor an existing file"),
-        (["evaluate", "nosuch.pt"], "no such checkpoint"),
+        (["evaluate", "nosuch.pt"], "no such saved model"),
     ],
 )
 def test_errors_are_one_line(args, message):

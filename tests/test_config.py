@@ -11,8 +11,8 @@ def test_layers_and_overrides(tmp_path: Path):
     config, notices = load_config(
         config_files=[tmp_path / "a.yaml"], set_args=["learning_rate=5e-4", "topk=[5,10]", "valid_metric=NDCG@5"]
     )
-    assert config["learning_rate"] == 5e-4 and config["n_heads"] == 4 and config["topk"] == [5, 10]
-    assert "gpu_id" not in config and any("gpu_id" in notice for notice in notices)
+    assert config.learning_rate == 5e-4 and config.hyperparameters["n_heads"] == 4 and config.topk == [5, 10]
+    assert "gpu_id" not in config.to_dict() and any("gpu_id" in notice for notice in notices)
 
 
 def test_unknown_key_is_named(tmp_path: Path):

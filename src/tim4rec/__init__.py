@@ -12,8 +12,7 @@ See :mod:`tim4rec.models` for the model contract and :mod:`tim4rec.evaluation` f
 from typing import Any
 
 from tim4rec import errors
-
-__version__ = "0.1.0"
+from tim4rec.version import __version__
 
 
 def train(config: dict[str, Any], **options: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tim4rec.data.preprocess import FIVE_CORE
 from tim4rec.errors import Tim4RecError
 
 
@@ -30,10 +31,10 @@ def _format_metrics_table(rows: dict[str, dict[str, float]], ks: Sequence[int], 
 
 
 def _print_results(results: dict[str, Any]) -> None:
-    from tim4rec.config import metric_names
+    from tim4rec.config import Config
 
-    config = results["config"]
-    names, ks = metric_names(config), config["topk"]
+    config = Config.from_dict(results["config"])
+    names, ks = config.metric_names, config.topk
     print(
         f"\n{results['model']} on {results['dataset']} ({results['regime']} regime, seed {results['seed']}, "
         f"{results['threads']} threads): best epoch {results['best_epoch']} of {results['epochs_run']}, "
@@ -84,25 +85,20 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tim4rec.config import load_config
-    from tim4rec.training.trainer import Trainer
+    from tim4rec.training.api import run
 
     config, notices = load_config(model=args.model, dataset=args.dataset, config_files=args.config, set_args=args.set)
-    results = Trainer(config, args.output, notices=notices).fit(resume=args.resume)
+    results = run(config, output_dir=args.output, resume=args.resume, notices=notices)
     _print_results(results)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tim4rec.training.evaluate import evaluate_checkpoint
+    from tim4rec.evaluation import evaluate_saved_model
 
-    results = evaluate_checkpoint(args.checkpoint, split=args.split, mask_history=args.mask_history)
-    from tim4rec.config import metric_names
-
-    print(
-        _format_metrics_table(
-            {args.split: results["metrics"]}, results["config"]["topk"], metric_names(results["config"])
-        )
-    )
+    results = evaluate_saved_model(args.checkpoint, split=args.split, mask_history=args.mask_history)
+    config = results["config"]
+    print(_format_metrics_table({args.split: results["metrics"]}, config.topk, config.metric_names))
     return 0
 
 
@@ -184,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--user-field", default="user_id")
     stats.add_argument("--item-field", default="item_id")
     stats.add_argument("--time-field", default="timestamp")
-    stats.add_argument("--user-interval", default="[5,inf)", help="RecBole's user_inter_num_interval")
-    stats.add_argument("--item-interval", default="[5,inf)", help="RecBole's item_inter_num_interval")
+    stats.add_argument("--user-interval", default=FIVE_CORE, help="RecBole's user_inter_num_interval")
+    stats.add_argument("--item-interval", default=FIVE_CORE, help="RecBole's item_inter_num_interval")
     stats.add_argument("--time-order", default="exact", choices=["exact", "recbole"])
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
 

@@ -1,12 +1,17 @@
-"""Configuration: flat YAML files with RecBole's key names, merged with overrides.
+"""Configuration: flat YAML files with RecBole's key names, read once into a typed :class:`Config`.
 
 Layers, later ones winning:
 
-1. global defaults (below) and the model's hyper-parameter defaults;
+1. the settings' defaults (the :class:`Config` fields below) and the model's hyper-parameter defaults;
 2. the packaged config for the model and dataset, ``tim4rec/configs/<model>/<dataset>.yaml``,
    when one exists (so ``--model tim4rec --dataset ml-1m`` means the published setting);
 3. the user's ``--config`` files, in order;
 4. a dict given to :func:`tim4rec.train`, then ``--set key=value`` overrides (values are YAML).
+
+Every setting is declared once, as a field of :class:`Config` with its type, default and parser;
+:func:`load_config` merges the layers, parses each value (a wrong type or range is a
+:class:`~tim4rec.errors.ConfigError` naming the key and where the value came from), and returns
+the finished object. Nothing downstream applies defaults again.
 
 Keys that mean nothing here but appear in RecBole or reference YAML files (``gpu_id``,
 ``log_wandb``, ...) are accepted with a one-line notice. Any other unknown key is an error that
@@ -16,130 +21,292 @@ through its ``translate_config`` hook.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tim4rec.data.batches import REGIMES
+from tim4rec.data.preprocess import FIVE_CORE, TIME_ORDERS, parse_interval
+from tim4rec.data.split import SPLITS
 from tim4rec.errors import ConfigError
 from tim4rec.models import model_class
 
-GLOBAL_DEFAULTS: dict[str, Any] = {
-    "model": None,
-    "dataset": None,
-    # data
-    "USER_ID_FIELD": "user_id",
-    "ITEM_ID_FIELD": "item_id",
-    "TIME_FIELD": "timestamp",
-    "user_inter_num_interval": "[5,inf)",
-    "item_inter_num_interval": "[5,inf)",
-    "time_order": "exact",  # "exact" (int64 seconds) or "recbole" (float32 ordering, RecBole 1.2)
-    "MAX_ITEM_LIST_LENGTH": 50,
-    "data_cache": None,
-    "output_dir": None,  # None: runs/<model>-<dataset>-seed<seed>
-    # training
-    "train_regime": None,  # None: the model's own regime
-    "epochs": 300,
-    "train_batch_size": 256,
-    "learning_rate": 1e-3,
-    "weight_decay": 0.0,
-    "stopping_step": 10,
-    "max_steps": None,
-    "time_budget": None,  # seconds of training+validation wall time, across resumes
-    "seed": 2020,
-    "threads": None,  # None: every core this process may use
-    "flush_denormal": True,  # CPU: denormal numbers (float32 < 1.2e-38) count as 0 while training
-    "show_progress": True,
-    "loss_type": "CE",
-    "learner": "adam",
-    "train_neg_sample_args": None,
-    # evaluation
-    "eval_batch_size": 1024,
-    "topk": [10, 20, 50],
-    "metrics": ["Hit", "NDCG", "MRR"],
-    "valid_metric": "NDCG@10",
-    "mask_history": False,
-    "eval_args": None,
-}
+METRIC_ALIASES = {"hit": "hit", "hr": "hit", "ndcg": "ndcg", "mrr": "mrr"}
+LEAVE_ONE_OUT_EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"}
 
 #: keys of RecBole / reference YAML files that have no effect here
 IGNORED_KEYS = frozenset(
     {
-        "gpu_id",
-        "use_gpu",
-        "log_wandb",
-        "wandb_project",
-        "load_col",
-        "unload_col",
-        "unused_col",
-        "reproducibility",
-        "eval_step",
-        "train_from_scratch",
-        "checkpoint_path",
-        "checkpoint_dir",
-        "state",
-        "data_path",
-        "benchmark_filename",
-        "field_separator",
-        "seq_separator",
-        "save_dataset",
-        "save_dataloaders",
-        "dataset_save_path",
-        "dataloaders_save_path",
-        "log_root",
-        "NEG_PREFIX",
-        "LABEL_FIELD",
-        "ITEM_LIST_LENGTH_FIELD",
-        "LIST_SUFFIX",
-        "POSITION_FIELD",
-        "repeatable",
-        "worker",
-        "shuffle",
-        "enable_amp",
-        "enable_scaler",
-        "nproc",
-        "world_size",
-        "offset",
-        "ip",
-        "port",
-        "local_rank",
-        "metric_decimal_place",
-        "valid_metric_bigger",
-        "eval_batch_size_per_gpu",
-        "rm_dup_inter",
-        "val_interval",
-        "filter_inter_by_user_or_item",
-        "threshold",
-        "discretization",
-        "normalize_field",
-        "normalize_all",
-        "alias_of_user_id",
-        "alias_of_item_id",
-        "preload_weight",
-        "RATING_FIELD",
-        "HEAD_ENTITY_ID_FIELD",
-        "TAIL_ENTITY_ID_FIELD",
-        "RELATION_ID_FIELD",
-        "ENTITY_ID_FIELD",
-        "kg_reverse_r",
-        "entity_kg_num_interval",
-        "relation_kg_num_interval",
-        "clip_grad_norm",
-        "require_pow",
-        "log_interval",
-        "numerical_features",
-        "user_inter_num_interval_",
-        "hidden_act_",
+        "gpu_id", "use_gpu", "log_wandb", "wandb_project", "load_col", "unload_col", "unused_col",
+        "reproducibility", "eval_step", "train_from_scratch", "checkpoint_path", "checkpoint_dir",
+        "state", "data_path", "benchmark_filename", "field_separator", "seq_separator",
+        "save_dataset", "save_dataloaders", "dataset_save_path", "dataloaders_save_path", "log_root",
+        "NEG_PREFIX", "LABEL_FIELD", "ITEM_LIST_LENGTH_FIELD", "LIST_SUFFIX", "POSITION_FIELD",
+        "repeatable", "worker", "shuffle", "enable_amp", "enable_scaler", "nproc", "world_size",
+        "offset", "ip", "port", "local_rank", "metric_decimal_place", "valid_metric_bigger",
+        "eval_batch_size_per_gpu", "rm_dup_inter", "val_interval", "filter_inter_by_user_or_item",
+        "threshold", "discretization", "normalize_field", "normalize_all", "alias_of_user_id",
+        "alias_of_item_id", "preload_weight", "RATING_FIELD", "HEAD_ENTITY_ID_FIELD",
+        "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD", "kg_reverse_r",
+        "entity_kg_num_interval", "relation_kg_num_interval", "clip_grad_norm", "require_pow",
+        "log_interval", "numerical_features", "user_inter_num_interval_", "hidden_act_",
     }
-)
-
-METRIC_ALIASES = {"hit": "hit", "hr": "hit", "ndcg": "ndcg", "mrr": "mrr"}
+)  # fmt: skip
 
 
+# -- value parsers: (key, value) -> the parsed value, or ConfigError --------------------------------------------
+Parser = Callable[[str, Any], Any]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text(key: str, value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def optional(parser: Parser) -> Parser:
+    def parse(key: str, value: Any) -> Any:
+        return None if value is None else parser(key, value)
+
+    return parse
+
+
+def boolean(key: str, value: Any) -> bool:
+    """``true``/``false`` (YAML reads ``yes``/``no`` as these too); any other value is an error."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def nonnegative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def positive_number(key: str, value: Any) -> float:
+    if not _is_number(value) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
+    return value
+
+
+def nonnegative_number(key: str, value: Any) -> float:
+    if not _is_number(value) or value < 0:
+        raise ConfigError(f"{key}: expected a non-negative number, got {value!r}")
+    return value
+
+
+def number(key: str, value: Any) -> float:
+    if not _is_number(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return value
+
+
+def fraction(key: str, value: Any) -> float:
+    """A probability or share, 0 <= value < 1 (a dropout of 1 would drop everything)."""
+    if not _is_number(value) or not 0 <= value < 1:
+        raise ConfigError(f"{key}: expected a number in [0, 1), got {value!r}")
+    return value
+
+
+def choice(*options: str) -> Parser:
+    def parse(key: str, value: Any) -> str:
+        if value not in options:
+            raise ConfigError(f"{key}: expected one of {list(options)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def interval(key: str, value: Any) -> str | int | None:
+    parse_interval(value, key)  # raises ConfigError when malformed
+    return value
+
+
+def cutoffs(key: str, value: Any) -> list[int]:
+    values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(values, list) and values and all(positive_int(key, k) for k in values)):
+        raise ConfigError(f"{key}: expected a positive integer or a list of them, got {value!r}")
+    return list(values)
+
+
+def metric_list(key: str, value: Any) -> list[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"{key}: expected a metric name or a list of them, got {value!r}")
+    for name in names:
+        if METRIC_ALIASES.get(str(name).lower()) is None:
+            raise ConfigError(f"{key}: unsupported metric {name!r}; supported: Hit, NDCG, MRR")
+    return list(names)
+
+
+def only(expected: Any, why: str) -> Parser:
+    """A RecBole key whose only supported value is ``expected`` (case-insensitive for strings)."""
+
+    def parse(key: str, value: Any) -> Any:
+        same = str(value).lower() == str(expected).lower() if isinstance(expected, str) else value == expected
+        if not same:
+            raise ConfigError(f"{key}: {why}, got {value!r}")
+        return value
+
+    return parse
+
+
+def no_negative_sampling(key: str, value: Any) -> None:
+    if value not in (None, {}, "None"):
+        raise ConfigError(f"{key}: negative sampling is not supported (CE over all items); set it to None")
+    return None
+
+
+def recbole_eval_args(key: str, value: Any) -> dict | None:
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    split, order, mode = value.get("split"), value.get("order", "TO"), value.get("mode", "full")
+    if (
+        split not in (None, LEAVE_ONE_OUT_EVAL_ARGS["split"])
+        or str(order).upper() != "TO"
+        or str(mode).lower() != "full"
+    ):
+        raise ConfigError(f"{key}: only leave-one-out ({LEAVE_ONE_OUT_EVAL_ARGS}) is supported, got {value}")
+    return value
+
+
+def _setting(default: Any, parse: Parser, *, resumable: bool = False) -> Any:
+    """A config field: its default, its parser and whether ``--resume`` may change it (a limit, not the experiment)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"parse": parse, "resumable": resumable})
+    return field(default=default, metadata={"parse": parse, "resumable": resumable})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run, parsed; the model's hyper-parameters in ``hyperparameters``."""
+
+    model: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = _setting(None, optional(text))
+    # data
+    USER_ID_FIELD: str = _setting("user_id", text)
+    ITEM_ID_FIELD: str = _setting("item_id", text)
+    TIME_FIELD: str = _setting("timestamp", text)
+    user_inter_num_interval: str | int | None = _setting(FIVE_CORE, interval)
+    item_inter_num_interval: str | int | None = _setting(FIVE_CORE, interval)
+    time_order: str = _setting("exact", choice(*TIME_ORDERS))  # "recbole": float32 ordering, as RecBole 1.2
+    split: str = _setting("leave_one_out", choice(*SPLITS))
+    temporal_cut: float | None = _setting(None, optional(number))  # unix seconds; None: the quantile below
+    temporal_cut_quantile: float = _setting(0.9, fraction)
+    MAX_ITEM_LIST_LENGTH: int = _setting(50, positive_int)
+    data_cache: str | None = _setting(None, optional(text), resumable=True)
+    output_dir: str | None = _setting(None, optional(text), resumable=True)  # None: runs/<model>-<dataset>-seed<seed>
+    # training
+    train_regime: str | None = _setting(None, optional(choice(*REGIMES)))  # None: the model's own regime
+    epochs: int = _setting(300, positive_int, resumable=True)
+    train_batch_size: int = _setting(256, positive_int)
+    learning_rate: float = _setting(1e-3, nonnegative_number)
+    weight_decay: float = _setting(0.0, nonnegative_number)
+    stopping_step: int = _setting(10, positive_int)
+    max_steps: int | None = _setting(None, optional(positive_int), resumable=True)
+    time_budget: float | None = _setting(None, optional(positive_number), resumable=True)  # s, across resumes
+    seed: int = _setting(2020, nonnegative_int)
+    device: str = _setting("auto", text, resumable=True)  # auto, cpu, cuda, cuda:N
+    threads: int | None = _setting(None, optional(positive_int), resumable=True)  # None: every usable core
+    flush_denormal: bool = _setting(True, boolean, resumable=True)  # CPU: float32 < 1.2e-38 read as 0 in training
+    show_progress: bool = _setting(True, boolean, resumable=True)
+    loss_type: str = _setting("CE", only("CE", "only 'CE' (cross-entropy over all items) is supported"))
+    learner: str = _setting("adam", only("adam", "only 'adam' is supported"))
+    train_neg_sample_args: None = _setting(None, no_negative_sampling)
+    # evaluation
+    eval_batch_size: int = _setting(1024, positive_int, resumable=True)
+    topk: list[int] = _setting([10, 20, 50], cutoffs)
+    metrics: list[str] = _setting(["Hit", "NDCG", "MRR"], metric_list)
+    valid_metric: str = _setting("NDCG@10", text)
+    mask_history: bool = _setting(False, boolean)
+    eval_args: dict | None = _setting(None, recbole_eval_args)
+    # where the values came from (not settings)
+    config_files: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        self.valid_key  # noqa: B018 -- checks valid_metric against metrics and topk
+
+    # -- derived values ------------------------------------------------------------------------------------------
+    @property
+    def max_seq_length(self) -> int:
+        return self.MAX_ITEM_LIST_LENGTH
+
+    @property
+    def metric_names(self) -> list[str]:
+        """``["hit", "ndcg", "mrr"]``: the metrics' canonical names."""
+        return [METRIC_ALIASES[str(name).lower()] for name in self.metrics]
+
+    @property
+    def valid_key(self) -> str:
+        """``"NDCG@10"`` -> ``"ndcg@10"``, checked against metrics and topk."""
+        name, _, k = str(self.valid_metric).partition("@")
+        key = METRIC_ALIASES.get(name.lower())
+        if key is None or not k.isdigit():
+            raise ConfigError(f"valid_metric: expected like 'NDCG@10', got {self.valid_metric!r}")
+        if key not in self.metric_names or int(k) not in self.topk:
+            raise ConfigError(
+                f"valid_metric {self.valid_metric!r} is not among metrics {self.metrics} at topk {self.topk}"
+            )
+        return f"{key}@{int(k)}"
+
+    # -- conversions ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The flat key -> value form of the YAML files (hyper-parameters beside the settings)."""
+        flat = {"model": self.model}
+        flat.update({f.name: getattr(self, f.name) for f in _SETTING_FIELDS})
+        flat.update(self.hyperparameters)
+        return flat
+
+    @classmethod
+    def from_dict(cls, flat: dict[str, Any]) -> Config:
+        """Parse a flat dict that :meth:`to_dict` wrote (a saved model's or checkpoint's config)."""
+        config, _ = load_config(overrides=flat, use_packaged=False)
+        return config
+
+    def changed_for_resume(self, saved: Config) -> list[str]:
+        """Keys whose values differ from ``saved`` and may not change when a run is resumed."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        resumable = {f.name for f in _SETTING_FIELDS if f.metadata["resumable"]}
+        return sorted(k for k in set(mine) | set(theirs) if k not in resumable and mine.get(k) != theirs.get(k))
+
+
+_SETTING_FIELDS = tuple(f for f in dataclasses.fields(Config) if "parse" in f.metadata)
+SETTINGS = {f.name: f for f in _SETTING_FIELDS}
+
+
+def setting_default(name: str) -> Any:
+    """The default value of a global setting."""
+    f = SETTINGS[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+# -- reading files and overrides --------------------------------------------------------------------------------
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -170,6 +337,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -198,24 +367,24 @@ def _source_of(layers: list[tuple[str, dict]], key: str) -> str:
 def load_config(
     *,
     model: str | None = None,
-    dataset: str | None = None,
-    config_files: Iterable[str | Path] = (),
+    dataset: str | os.PathLike | None = None,
+    config_files: Iterable[str | os.PathLike] = (),
     overrides: dict[str, Any] | None = None,
     set_args: Iterable[str] = (),
     use_packaged: bool = True,
-) -> tuple[dict[str, Any], list[str]]:
-    """Merge all layers into one flat config; returns (config, notices)."""
+) -> tuple[Config, list[str]]:
+    """Merge all layers into one :class:`Config`; returns (config, notices)."""
     user_layers: list[tuple[str, dict]] = [(str(path), read_yaml(path)) for path in config_files]
     if overrides:
-        user_layers.append(("config dict", {key: _numbers(value) for key, value in overrides.items()}))
+        user_layers.append(("config dict", {str(key): _numbers(value) for key, value in overrides.items()}))
     set_layer = dict(parse_override(text) for text in set_args)
     if set_layer:
         user_layers.append(("--set", set_layer))
-    explicit = {}
+    explicit: dict[str, Any] = {}
     if model:
         explicit["model"] = model
     if dataset:
-        explicit["dataset"] = dataset
+        explicit["dataset"] = os.fspath(dataset)
     if explicit:
         user_layers.append(("command line", explicit))
 
@@ -225,100 +394,37 @@ def load_config(
     name = merged_user.get("model")
     if not name:
         raise ConfigError("no model given: pass --model NAME or set 'model' in the config")
-    cls = model_class(str(name))
-    layers: list[tuple[str, dict]] = [("defaults", {**GLOBAL_DEFAULTS, **cls.hyperparameters})]
-    packaged = packaged_config(cls.name, merged_user.get("dataset")) if use_packaged else None
-    if packaged is not None:
+    if not isinstance(name, str):
+        raise ConfigError(f"model: expected a model name, got {name!r}")
+    cls = model_class(name)
+    dataset_name = merged_user.get("dataset")
+    packaged = packaged_config(cls.name, dataset_name if isinstance(dataset_name, str) else None)
+    layers: list[tuple[str, dict]] = [("defaults", dict(cls.hyperparameters))]
+    if use_packaged and packaged is not None:
         layers.append((str(packaged), read_yaml(packaged)))
     layers += user_layers
 
-    config: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     notices: list[str] = []
     for _, layer in layers:
-        config.update(cls.translate_config(dict(layer), notices))
-    config["model"] = cls.name
-    known = set(GLOBAL_DEFAULTS) | set(cls.hyperparameters)
-    for key in list(config):
-        if key in known:
-            continue
-        if key in IGNORED_KEYS:
+        values.update(cls.translate_config(dict(layer), notices))
+    values.pop("model", None)
+    settings: dict[str, Any] = {}
+    hyperparameters: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SETTINGS:
+            try:
+                settings[key] = SETTINGS[key].metadata["parse"](key, value)
+            except ConfigError as error:
+                raise ConfigError(f"{error} (from {_source_of(layers, key)})") from None
+        elif key in cls.hyperparameters:
+            hyperparameters[key] = value
+        elif key in IGNORED_KEYS:
             notices.append(f"ignored key '{key}' (from {_source_of(layers, key)}): it has no effect in tim4rec")
-            del config[key]
-            continue
-        raise ConfigError(f"unknown config key '{key}' (from {_source_of(layers, key)}) for model '{cls.name}'")
-    validate(config)
-    config["_config_files"] = [
+        else:
+            raise ConfigError(f"unknown config key '{key}' (from {_source_of(layers, key)}) for model '{cls.name}'")
+    sources = tuple(
         source for source, _ in layers if source not in ("defaults", "config dict", "--set", "command line")
-    ]
+    )
+    config = Config(model=cls.name, hyperparameters=hyperparameters, config_files=sources, **settings)
     return config, notices
-
-
-def validate(config: dict[str, Any]) -> None:
-    """Reject settings tim4rec does not support, with a message naming the key."""
-    if str(config.get("loss_type", "CE")).upper() != "CE":
-        raise ConfigError(
-            f"loss_type: only 'CE' (cross-entropy over all items) is supported, got {config['loss_type']!r}"
-        )
-    if config.get("train_neg_sample_args") not in (None, {}, "None"):
-        raise ConfigError(
-            "train_neg_sample_args: negative sampling is not supported (CE over all items); set it to None"
-        )
-    if str(config.get("learner", "adam")).lower() != "adam":
-        raise ConfigError(f"learner: only 'adam' is supported, got {config['learner']!r}")
-    eval_args = config.get("eval_args")
-    if eval_args:
-        if not isinstance(eval_args, dict):
-            raise ConfigError(f"eval_args: expected a mapping, got {eval_args!r}")
-        split, order, mode = eval_args.get("split"), eval_args.get("order", "TO"), eval_args.get("mode", "full")
-        if split not in (None, {"LS": "valid_and_test"}) or str(order).upper() != "TO" or str(mode).lower() != "full":
-            raise ConfigError(
-                "eval_args: only leave-one-out ({'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'mode': 'full'}) "
-                f"is supported, got {eval_args}"
-            )
-    for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH", "stopping_step"):
-        value = config.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
-    for key in ("learning_rate", "weight_decay"):
-        if not isinstance(config.get(key), (int, float)) or config[key] < 0:
-            raise ConfigError(f"{key}: expected a non-negative number, got {config.get(key)!r}")
-    for key in ("max_steps", "time_budget", "threads"):
-        value = config.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-            raise ConfigError(f"{key}: expected a positive number or null, got {value!r}")
-    if not isinstance(config.get("flush_denormal"), bool):
-        raise ConfigError(f"flush_denormal: expected true or false, got {config.get('flush_denormal')!r}")
-    if config.get("train_regime") not in (None, "prefix", "causal"):
-        raise ConfigError(f"train_regime: expected 'prefix', 'causal' or null, got {config['train_regime']!r}")
-    metric_names(config)
-    topk = config.get("topk")
-    if isinstance(topk, int):
-        config["topk"] = [topk]
-    elif not (isinstance(topk, list) and topk and all(isinstance(k, int) and k > 0 for k in topk)):
-        raise ConfigError(f"topk: expected a positive integer or a list of them, got {topk!r}")
-    valid_metric_key(config)
-
-
-def metric_names(config: dict[str, Any]) -> list[str]:
-    names = config.get("metrics")
-    if isinstance(names, str):
-        names = [names]
-    result = []
-    for name in names or []:
-        key = METRIC_ALIASES.get(str(name).lower())
-        if key is None:
-            raise ConfigError(f"metrics: unsupported metric {name!r}; supported: Hit, NDCG, MRR")
-        result.append(key)
-    return result
-
-
-def valid_metric_key(config: dict[str, Any]) -> str:
-    """``"NDCG@10"`` -> ``"ndcg@10"``, checked against metrics and topk."""
-    text = str(config.get("valid_metric", "NDCG@10"))
-    name, _, k = text.partition("@")
-    key = METRIC_ALIASES.get(name.lower())
-    if key is None or not k.isdigit():
-        raise ConfigError(f"valid_metric: expected like 'NDCG@10', got {text!r}")
-    if key not in metric_names(config) or int(k) not in config["topk"]:
-        raise ConfigError(f"valid_metric {text!r} is not among metrics {config['metrics']} at topk {config['topk']}")
-    return f"{key}@{int(k)}"

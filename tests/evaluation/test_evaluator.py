@@ -1,8 +1,9 @@
 import torch
 
 from tests.data.test_preprocess import frame
+from tim4rec.data.batches import SequenceData
 from tim4rec.data.preprocess import build_interactions
-from tim4rec.data.sequences import SequenceData
+from tim4rec.data.split import LeaveOneOut
 from tim4rec.evaluation.evaluator import evaluate
 
 
@@ -25,7 +26,7 @@ def test_padding_never_ranked_and_history_masking():
     # one user: a b c d e f ; test target f, history a..e all scored 2.0, f scored 0 like the rest
     rows = [("u", item, t) for t, item in enumerate("abcdef")] + [("v", item, t) for t, item in enumerate("fedcbg")]
     data = build_interactions(frame(rows), user_inter_num_interval=None, item_inter_num_interval=None)
-    sequences = SequenceData(data, max_seq_length=10)
+    sequences = SequenceData(data, LeaveOneOut()(data), max_seq_length=10)
     model = HistoryLover(data.n_items)
     test = sequences.evaluation_samples("test")
     plain = evaluate(model, sequences, test, ks=(1, 10))

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.models.helpers import random_history
+from tim4rec.data.batches import Batch
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 10
@@ -85,9 +86,7 @@ def test_loss_is_recbole_cloze_objective(ft_ratio):
     model = small(ft_ratio=ft_ratio, mask_ratio=0.5).eval()  # eval: no dropout, so the two passes agree
     items, lengths, times = history(lengths=(10, 9, 8, 7))
     torch.manual_seed(3)
-    loss = model.calculate_loss(
-        {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3, 4])}
-    )
+    loss = model.calculate_loss(Batch("prefix", items, lengths, times, torch.tensor([1, 2, 3, 4])))
     expected = recbole_loss(model, items, lengths, times, ft_ratio, 0.5, seed=3)
     torch.testing.assert_close(loss, expected)
 
@@ -109,9 +108,7 @@ def test_target_is_not_used_and_gradient_flows():
     losses = []
     for target in (torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])):
         torch.manual_seed(11)
-        losses.append(
-            model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": target})
-        )
+        losses.append(model.calculate_loss(Batch("prefix", items, lengths, times, target)))
     torch.testing.assert_close(losses[0], losses[1])
     losses[0].backward()
     assert model.blocks[0].attention.query.weight.grad.abs().sum() > 0
@@ -121,8 +118,6 @@ def test_target_is_not_used_and_gradient_flows():
 def test_batch_without_scored_position_gives_zero_loss():
     model = small(ft_ratio=1.0)  # only position len - 1 is masked, and position 0 is never scored
     items, lengths, times = history(lengths=(1, 1))
-    loss = model.calculate_loss(
-        {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2])}
-    )
+    loss = model.calculate_loss(Batch("prefix", items, lengths, times, torch.tensor([1, 2])))
     assert loss.item() == 0.0
     loss.backward()

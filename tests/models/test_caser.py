@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.models.helpers import random_history
+from tim4rec.data.batches import Batch
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 8
@@ -71,7 +72,7 @@ def test_padding_slots_read_as_padding_whatever_they_hold():
 
 def test_regulariser_is_added_to_the_loss():
     items, lengths, times = history()
-    batch = {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": torch.tensor([1, 2, 3])}
+    batch = Batch("prefix", items, lengths, times, torch.tensor([1, 2, 3]))
     plain = small(reg_weight=0.0).eval()
     regularised = small(reg_weight=1e-2).eval()  # same seed: same weights
     weights = [
@@ -95,6 +96,6 @@ def test_rejects_causal_windows_and_other_lengths():
     model = small()
     items, lengths, times = history()
     with pytest.raises(ValueError, match="prefix"):
-        model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": items})
+        model.calculate_loss(Batch("causal", items, lengths, times, items))
     with pytest.raises(ValueError, match="span exactly"):
         model.full_sort_predict(items[:, :5], lengths.clamp(max=5), times[:, :5])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
+from tim4rec.data.batches import Batch
 from tim4rec.models import available, create, model_defaults
 
 N_ITEMS, L = 30, 12
@@ -63,22 +64,13 @@ def test_causal_loss_equals_prefix_loss_on_the_same_targets(name, extra):
     targets = torch.zeros_like(items)
     targets[0, : n - 1] = items[0, 1:n]
     with torch.no_grad():
-        causal = model.calculate_loss(
-            {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": targets}
-        )
+        causal = model.calculate_loss(Batch("causal", items, lengths, times, targets))
         prefix_items = torch.zeros(n - 1, L, dtype=torch.long)
         prefix_times = torch.zeros(n - 1, L, dtype=torch.long)
         for t in range(1, n):
             prefix_items[t - 1, :t] = items[0, :t]
             prefix_times[t - 1, :t] = times[0, :t]
-        prefix = model.calculate_loss(
-            {
-                "item_seq": prefix_items,
-                "item_seq_len": torch.arange(1, n),
-                "timestamps": prefix_times,
-                "target": items[0, 1:n],
-            }
-        )
+        prefix = model.calculate_loss(Batch("prefix", prefix_items, torch.arange(1, n), prefix_times, items[0, 1:n]))
     torch.testing.assert_close(causal, prefix, atol=1e-5, rtol=1e-5)
 
 

@@ -3,6 +3,7 @@
 import torch
 
 from tests.models.helpers import assert_streaming_matches_full, random_history
+from tim4rec.data.batches import Batch
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 12
@@ -67,7 +68,7 @@ def test_prefix_loss_is_cross_entropy_at_the_read_out():
     model = create("gru4rec", N_ITEMS, L, **SMALL).eval()
     items, lengths, times = history()
     target = torch.tensor([3, 4, 5])
-    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": target})
+    loss = model.calculate_loss(Batch("prefix", items, lengths, times, target))
     expected = torch.nn.functional.cross_entropy(model.full_sort_predict(items, lengths, times), target)
     torch.testing.assert_close(loss, expected)
     loss.backward()

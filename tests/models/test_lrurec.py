@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
+from tim4rec.data.batches import Batch
 from tim4rec.errors import ConfigError
 from tim4rec.models import create
 
@@ -110,7 +111,7 @@ def test_trains_one_step():
     model = create("lrurec", N_ITEMS, L, **SMALL).train()
     items, lengths, times = history()
     targets = torch.where(items > 0, torch.randint(1, N_ITEMS + 1, items.shape), 0)
-    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": targets})
+    loss = model.calculate_loss(Batch("causal", items, lengths, times, targets))
     loss.backward()
     for name in LAMBDAS:
         assert model.blocks[0].lru.get_parameter(name).grad.abs().sum() > 0

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
 from tim4rec.config import load_config
+from tim4rec.data.batches import Batch
 from tim4rec.models import create
 
 N_ITEMS, L = 25, 12
@@ -154,7 +155,7 @@ def test_trains_one_step():
     targets = torch.where(items > 0, items.roll(-1, dims=1), 0)
     targets[:, -1] = 0
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batch = {"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": targets}
+    batch = Batch("causal", items, lengths, times, targets)
     losses = []
     for _ in range(3):
         optimizer.zero_grad()
@@ -170,15 +171,25 @@ def test_trains_one_step():
 @pytest.mark.parametrize("dataset, length, batch", [("ml-100k", 50, 256), ("ml-1m", 200, 2048)])
 def test_packaged_configs(dataset, length, batch):
     config, _ = load_config(model="mamba4rec", dataset=dataset)
-    assert config["MAX_ITEM_LIST_LENGTH"] == length and config["train_batch_size"] == batch
-    assert (config["num_layers"], config["d_state"], config["d_conv"], config["expand"], config["dropout_prob"]) == (
+    assert config.MAX_ITEM_LIST_LENGTH == length and config.train_batch_size == batch
+    assert (
+        config.hyperparameters["num_layers"],
+        config.hyperparameters["d_state"],
+        config.hyperparameters["d_conv"],
+        config.hyperparameters["expand"],
+        config.hyperparameters["dropout_prob"],
+    ) == (
         2,
         32,
         4,
         2,
         0.2,
     )
-    assert config["hidden_size"] == 64 and config["learning_rate"] == 0.001 and config["valid_metric"] == "NDCG@10"
+    assert (
+        config.hyperparameters["hidden_size"] == 64
+        and config.learning_rate == 0.001
+        and config.valid_metric == "NDCG@10"
+    )
 
 
 def test_reference_style_yaml_loads(tmp_path):
@@ -190,4 +201,4 @@ def test_reference_style_yaml_loads(tmp_path):
         "metrics: ['Hit', 'NDCG', 'MRR']\nvalid_metric: NDCG@10\nweight_decay: 0.0\ntopk: [10]\n"
     )
     config, _ = load_config(model="mamba4rec", config_files=[tmp_path / "ref.yaml"])
-    assert config["num_layers"] == 1 and config["topk"] == [10]
+    assert config.hyperparameters["num_layers"] == 1 and config.topk == [10]

@@ -206,8 +206,12 @@ def test_reference_yaml_keys(tmp_path):
         "USER_ID_FIELD: user_id\nITEM_ID_FIELD: item_id\ndataset: ml-1m\n"
     )
     config, notices = load_config(model="tim4rec", config_files=[tmp_path / "ref.yaml"])
-    assert config["time_mode"] == "paper" and config["dataset"] == "ml-1m" and config["norm_eps"] == 1e-12
+    assert (
+        config.hyperparameters["time_mode"] == "paper"
+        and config.dataset == "ml-1m"
+        and config.hyperparameters["norm_eps"] == 1e-12
+    )
     assert any("is_time" in n for n in notices) and any("gpu_id" in n for n in notices)
     (tmp_path / "off.yaml").write_text("is_time: False\n")
     config, _ = load_config(model="tim4rec", config_files=[tmp_path / "off.yaml"])
-    assert config["time_mode"] == "none"
+    assert config.hyperparameters["time_mode"] == "none"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.models.helpers import perturbed, random_history
+from tim4rec.data.batches import Batch
 from tim4rec.errors import ConfigError
 from tim4rec.models import create
 from tim4rec.models.tisasrec import TimeAwareSelfAttention, running_min_gap, time_intervals
@@ -142,7 +143,7 @@ def test_trains_one_step_with_dropout():
     model = create("tisasrec", N_ITEMS, L, **SMALL).train()
     items, lengths, times = history()
     targets = torch.where(items > 0, torch.randint(1, N_ITEMS + 1, items.shape), 0)
-    loss = model.calculate_loss({"item_seq": items, "item_seq_len": lengths, "timestamps": times, "target": targets})
+    loss = model.calculate_loss(Batch("causal", items, lengths, times, targets))
     loss.backward()
     assert torch.isfinite(loss)
     for table in (model.interval_key_embedding, model.interval_value_embedding, model.position_key_embedding):

@@ -6,6 +6,8 @@ import torch
 
 import tim4rec
 from tim4rec.config import load_config
+from tim4rec.runtime import runtime_settings
+from tim4rec.training.experiment import build_experiment
 from tim4rec.training.trainer import Trainer
 
 TINY = {
@@ -41,9 +43,13 @@ def test_one_epoch_on_a_real_slice(ml100k_slice: Path, tmp_path: Path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def _trainer(dataset: Path, output: Path, **extra) -> Trainer:
+def _fit(dataset: Path, output: Path, *, resume: bool = False, hook=None, **extra) -> dict:
+    """Train as ``tim4rec train`` does, with ``hook(epoch)`` called after every epoch."""
     config, notices = load_config(overrides={**TINY, "dataset": str(dataset), **extra})
-    return Trainer(config, output, notices=notices)
+    with runtime_settings(threads=config.threads, flush_denormal=config.flush_denormal) as runtime:
+        trainer = Trainer(build_experiment(config, notices), output, runtime=runtime)
+        trainer.epoch_end_hook = hook
+        return trainer.fit(resume=resume)
 
 
 class Killed(Exception):
@@ -51,18 +57,15 @@ class Killed(Exception):
 
 
 def test_resume_after_a_kill_gives_the_same_results(synthetic_inter: Path, tmp_path: Path):
-    uninterrupted = _trainer(synthetic_inter, tmp_path / "a").fit()
-
-    interrupted = _trainer(synthetic_inter, tmp_path / "b")
+    uninterrupted = _fit(synthetic_inter, tmp_path / "a")
 
     def kill_after(epoch: int) -> None:
         if epoch == 1:
             raise Killed
 
-    interrupted.epoch_end_hook = kill_after
     with pytest.raises(Killed):
-        interrupted.fit()
-    resumed = _trainer(synthetic_inter, tmp_path / "b").fit(resume=True)
+        _fit(synthetic_inter, tmp_path / "b", hook=kill_after)
+    resumed = _fit(synthetic_inter, tmp_path / "b", resume=True)
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in uninterrupted["epochs"]]
     assert [e["valid"] for e in resumed["epochs"]] == [e["valid"] for e in uninterrupted["epochs"]]
     assert resumed["test"] == uninterrupted["test"]
@@ -70,37 +73,37 @@ def test_resume_after_a_kill_gives_the_same_results(synthetic_inter: Path, tmp_p
 
 
 def test_an_existing_run_is_never_overwritten(synthetic_inter: Path, tmp_path: Path):
-    _trainer(synthetic_inter, tmp_path / "a", epochs=1).fit()
+    _fit(synthetic_inter, tmp_path / "a", epochs=1)
     before = (tmp_path / "a" / "results.json").read_bytes()
     with pytest.raises(tim4rec.errors.Tim4RecError, match="already holds a run"):
-        _trainer(synthetic_inter, tmp_path / "a", epochs=1).fit()
+        _fit(synthetic_inter, tmp_path / "a", epochs=1)
     assert (tmp_path / "a" / "results.json").read_bytes() == before
 
 
 def test_resume_refuses_a_different_experiment(synthetic_inter: Path, tmp_path: Path):
-    _trainer(synthetic_inter, tmp_path / "a", epochs=1).fit()
+    _fit(synthetic_inter, tmp_path / "a", epochs=1)
     with pytest.raises(tim4rec.errors.ConfigError, match="learning_rate"):
-        _trainer(synthetic_inter, tmp_path / "a", epochs=2, learning_rate=0.5).fit(resume=True)
-    more = _trainer(synthetic_inter, tmp_path / "a", epochs=2).fit(resume=True)  # a limit may change
+        _fit(synthetic_inter, tmp_path / "a", epochs=2, learning_rate=0.5, resume=True)
+    more = _fit(synthetic_inter, tmp_path / "a", epochs=2, resume=True)  # a limit may change
     assert more["epochs_run"] == 2
 
 
 def test_limits_stop_cleanly_and_evaluate_the_best(synthetic_inter: Path, tmp_path: Path):
-    by_steps = _trainer(synthetic_inter, tmp_path / "s", max_steps=3, train_batch_size=8, train_regime="prefix").fit()
+    by_steps = _fit(synthetic_inter, tmp_path / "s", max_steps=3, train_batch_size=8, train_regime="prefix")
     assert by_steps["stopped_by"] == "max_steps" and by_steps["steps"] == 3
     assert by_steps["epochs"][-1]["partial"] and by_steps["test"] is not None
-    by_time = _trainer(synthetic_inter, tmp_path / "t", time_budget=1e-9).fit()
+    by_time = _fit(synthetic_inter, tmp_path / "t", time_budget=1e-9)
     assert by_time["stopped_by"] == "time_budget" and by_time["steps"] == 1
 
 
 def test_early_stopping_reports_test_at_the_best_epoch(synthetic_inter: Path, tmp_path: Path):
-    results = _trainer(synthetic_inter, tmp_path / "e", epochs=30, stopping_step=2, learning_rate=0.05).fit()
+    results = _fit(synthetic_inter, tmp_path / "e", epochs=30, stopping_step=2, learning_rate=0.05)
     epochs = results["epochs"]
     best = max(epochs, key=lambda e: e["valid"]["ndcg@10"])
     assert results["best_epoch"] == best["epoch"]
     if results["stopped_by"] == "early_stopping":
         assert len(epochs) == results["best_epoch"] + 2
-    saved = torch.load(tmp_path / "e" / "best.pt", weights_only=False)
+    saved = torch.load(tmp_path / "e" / "best.pt", weights_only=True)
     assert saved["epoch"] == results["best_epoch"]
 
 
@@ -135,10 +138,8 @@ def test_every_model_trains_one_epoch_on_a_real_slice(name: str, ml100k_slice: P
 
 
 def test_resuming_a_run_whose_limit_is_spent_trains_nothing(synthetic_inter: Path, tmp_path: Path):
-    first = _trainer(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix").fit()
-    again = _trainer(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix").fit(
-        resume=True
-    )
+    first = _fit(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix")
+    again = _fit(synthetic_inter, tmp_path / "m", max_steps=3, train_batch_size=8, train_regime="prefix", resume=True)
     assert again["steps"] == first["steps"] == 3
     assert again["epochs"] == first["epochs"] and again["test"] == first["test"]
 
@@ -149,8 +150,12 @@ def test_flush_denormal_setting_reaches_the_cpu(flush: bool, synthetic_inter: Pa
         pytest.skip("this CPU cannot flush denormals")
     denormal = torch.tensor([1e-39])  # below float32's smallest normal number, 1.18e-38
     seen = []
-    trainer = _trainer(synthetic_inter, tmp_path / "run", epochs=1, flush_denormal=flush)
-    trainer.epoch_end_hook = lambda epoch: seen.append((denormal * 1.0).item() == 0.0)  # flushed: read as zero
-    results = trainer.fit()
+    results = _fit(
+        synthetic_inter,
+        tmp_path / "run",
+        epochs=1,
+        flush_denormal=flush,
+        hook=lambda epoch: seen.append((denormal * 1.0).item() == 0.0),  # flushed: read as zero
+    )
     assert results["flush_denormal"] is flush and seen == [flush]
     assert (denormal * 1.0).item() != 0.0  # back to PyTorch's default after fit

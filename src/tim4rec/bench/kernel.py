@@ -28,6 +28,8 @@ import torch
 
 from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
 from tim4rec.ops import ssd_scan, ssd_step
+from tim4rec.ops.selective_scan import selective_scan
+from tim4rec.runtime import runtime_settings
 
 
 def ssd_quadratic(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -68,15 +70,21 @@ def _forward_backward(x, dt, A, B, C, chunk: int) -> None:
     ssd_scan(x, dt, A, B, C, chunk).sum().backward()
 
 
-def matmul_gflops(threads: int, device: str, size: int = 1024) -> float:
-    torch.set_num_threads(threads)
+def matmul_gflops(device: str, size: int = 1024) -> float:
+    """The float32 (size x size) matmul rate in GFLOP/s, at the current thread count."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     timing = time_call(lambda: a @ b, warmup=3, repeats=10, device=device)
     return 2 * size**3 / timing["median"] / 1e9
 
 
-def run(
+def run(lengths: list[int], *, threads: int, **options: Any) -> str:
+    """Time every method at every length under ``threads`` threads; write kernel.md, .csv and .png."""
+    with runtime_settings(threads=threads):
+        return _run(lengths, threads=threads, **options)
+
+
+def _run(
     lengths: list[int],
     *,
     batch: int,
@@ -92,13 +100,8 @@ def run(
     max_quadratic: int,
     output: Path,
 ) -> str:
-    torch.set_num_threads(threads)
     machine = machine_description(threads, device)
-    matmul = matmul_gflops(threads, device)
-    try:
-        from tim4rec.ops.selective_scan import selective_scan
-    except ImportError:  # the Mamba-1 scan arrives with the Mamba4Rec baseline
-        selective_scan = None
+    matmul = matmul_gflops(device)
     rows: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(0)
     for l in lengths:
@@ -114,13 +117,12 @@ def run(
             methods["ssd_quadratic"] = partial(ssd_quadratic, x, dt, A, B, C)
         if l <= max_recurrent:
             methods["ssd_recurrent"] = partial(ssd_recurrent, x, dt, A, B, C)
-        if selective_scan is not None:
-            d = h * p
-            u = x.reshape(b, l, d).transpose(1, 2).contiguous()
-            delta = dt.repeat_interleave(p, dim=2).transpose(1, 2).contiguous()
-            A1 = A.repeat_interleave(p)[:, None].expand(d, n).contiguous()
-            B1, C1 = B[:, :, 0].transpose(1, 2).contiguous(), C[:, :, 0].transpose(1, 2).contiguous()
-            methods["mamba1_scan"] = partial(selective_scan, u, delta, A1, B1, C1)
+        d = h * p
+        u = x.reshape(b, l, d).transpose(1, 2).contiguous()
+        delta = dt.repeat_interleave(p, dim=2).transpose(1, 2).contiguous()
+        A1 = A.repeat_interleave(p)[:, None].expand(d, n).contiguous()
+        B1, C1 = B[:, :, 0].transpose(1, 2).contiguous(), C[:, :, 0].transpose(1, 2).contiguous()
+        methods["mamba1_scan"] = partial(selective_scan, u, delta, A1, B1, C1)
         for name, forward in methods.items():
             timing = time_call(
                 forward,

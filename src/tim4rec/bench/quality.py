@@ -30,10 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tim4rec.config import load_config, read_yaml
+from tim4rec.config import Config, load_config, read_yaml
 from tim4rec.errors import ConfigError
-from tim4rec.training.checkpoint import write_json_atomic
-from tim4rec.training.trainer import Trainer, log
+from tim4rec.io import write_json_atomic
+from tim4rec.training import api
+from tim4rec.training.trainer import log
 
 PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title"}
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
@@ -58,7 +59,7 @@ def _run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
     return {"dataset": plan["dataset"], **plan["common"], **plan["runs"][name], "seed": seed, "show_progress": False}
 
 
-def _status(folder: Path, config: dict[str, Any]) -> str:
+def _status(folder: Path, config: Config) -> str:
     """``todo``, ``resume`` or ``done`` for one run folder."""
     results_path = folder / "results.json"
     if not results_path.exists():
@@ -66,10 +67,10 @@ def _status(folder: Path, config: dict[str, Any]) -> str:
     results = json.loads(results_path.read_text())
     if results.get("status") != "finished":
         return "resume"
-    budget = config.get("time_budget")
+    budget = config.time_budget
     if results.get("stopped_by") == "time_budget" and budget and results["elapsed_seconds"] < budget * 0.98:
         return "resume"  # the plan's budget was raised since
-    if results.get("stopped_by") == "epochs" and config.get("epochs", 0) > results["epochs_run"]:
+    if results.get("stopped_by") == "epochs" and config.epochs > results["epochs_run"]:
         return "resume"
     return "done"
 
@@ -114,7 +115,7 @@ def run_plan(
                     log(f"{name} seed {seed}: running in another process; skipped")
                     continue
                 log(f"{name} seed {seed}: {'resuming' if status == 'resume' else 'starting'} in {folder}")
-                Trainer(config, folder, notices=notices).fit(resume=status == "resume")
+                api.run(config, output_dir=folder, resume=status == "resume", notices=notices)
 
 
 def collect(output: str | Path) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
+from tim4rec.runtime import runtime_settings
 
 DEFAULT_MODELS = ("sasrec", "tim4rec", "ssd4rec", "mamba4rec")
 DEFAULT_LENGTHS = (50, 200, 800, 3200)
@@ -61,12 +62,27 @@ def measure_point(
     hyperparameters: dict[str, Any],
     flush_denormal: bool = True,
 ) -> dict[str, Any]:
-    """One (model, length, dropout) point, in the calling process."""
-    from tim4rec.models import create
-    from tim4rec.training.trainer import set_flush_denormal
+    """One (model, length, dropout) point, in the calling process, under the thread and denormal settings."""
+    with runtime_settings(threads=threads, flush_denormal=flush_denormal) as runtime:
+        row = _measure_point(model_name, length, batch=batch, items=items, dropout=dropout, device=device,
+                             warmup=warmup, repeats=repeats, hyperparameters=hyperparameters)  # fmt: skip
+    return {**row, "threads": runtime.threads, "flush_denormal": runtime.flush_denormal}
 
-    torch.set_num_threads(threads)
-    flush_denormal = set_flush_denormal(flush_denormal)  # as the trainer does by default (config flush_denormal)
+
+def _measure_point(
+    model_name: str,
+    length: int,
+    *,
+    batch: int,
+    items: int,
+    dropout: bool,
+    device: str,
+    warmup: int,
+    repeats: int,
+    hyperparameters: dict[str, Any],
+) -> dict[str, Any]:
+    from tim4rec.models import create
+
     torch.manual_seed(0)
     extra = dict(hyperparameters)
     if not dropout:
@@ -111,9 +127,7 @@ def measure_point(
         "infer_max_s": inference["max"],
         "peak_mib": (peak - baseline) / 2**20,
         "repeats": repeats,
-        "threads": threads,
         "device": device,
-        "flush_denormal": flush_denormal,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 

@@ -24,6 +24,8 @@ import pandas as pd
 from tim4rec.errors import ConfigError, DataError
 
 TIME_ORDERS = ("exact", "recbole")
+#: RecBole's k-core interval: users and items with at least 5 interactions
+FIVE_CORE = "[5,inf)"
 
 
 @dataclass
@@ -135,8 +137,8 @@ def k_core(
 def build_interactions(
     raw: pd.DataFrame,
     *,
-    user_inter_num_interval: str | int | None = "[5,inf)",
-    item_inter_num_interval: str | int | None = "[5,inf)",
+    user_inter_num_interval: str | int | None = FIVE_CORE,
+    item_inter_num_interval: str | int | None = FIVE_CORE,
     time_order: str = "exact",
     source: str | Path = "",
 ) -> Interactions:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from tim4rec.data.sequences import SampleSet, SequenceData
+from tim4rec.config import Config
+from tim4rec.data import sequence_data_from_config
+from tim4rec.data.batches import SampleSet, SequenceData
+from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.metrics import metrics_from_ranks, target_ranks
+from tim4rec.io import load_saved_model
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -23,21 +34,46 @@ def evaluate(
 ) -> dict[str, float]:
     """Rank each sample's target among all items 1..n_items with the model's scores.
 
-    The padding column (item 0) is dropped before ranking; with ``mask_history`` every item the
-    user met before the target (other than the target itself) scores -inf.
+    Batches go to the model's device. The padding column (item 0) is dropped before ranking; with
+    ``mask_history`` every item the user met before the target (other than the target itself)
+    scores -inf.
     """
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     ranks = []
     try:
         for begin in range(0, len(samples), batch_size):
             rows = torch.arange(begin, min(begin + batch_size, len(samples)))
-            batch = data.batch(samples, rows)
-            scores = model.full_sort_predict(batch["item_seq"], batch["item_seq_len"], batch["timestamps"]).float()
+            batch = data.batch(samples, rows).to(device)
+            scores = model.full_sort_predict(batch.item_seq, batch.item_seq_len, batch.timestamps).float()
             if mask_history:
                 row_index, item_index = data.history_mask_indices(samples, rows)
-                scores[row_index, item_index] = float("-inf")
-            ranks.append(target_ranks(scores[:, 1:], batch["target"] - 1))
+                scores[row_index.to(device), item_index.to(device)] = float("-inf")
+            ranks.append(target_ranks(scores[:, 1:], batch.target - 1).cpu())
     finally:
         model.train(was_training)
     return metrics_from_ranks(torch.cat(ranks), ks, metric_names)
+
+
+def evaluate_saved_model(path: str | Path, *, split: str = "test", mask_history: bool | None = None) -> dict[str, Any]:
+    """Evaluate a saved model (``best.pt``) on its dataset's ``split`` (``valid`` or ``test``).
+
+    Returns ``{"metrics", "config", "epoch"}``; the dataset must have the item ids the model was trained on.
+    """
+    saved = load_saved_model(path)
+    model = saved.build()
+    config = Config.from_dict(saved.config)
+    data = sequence_data_from_config(config)
+    if data.interactions.item_tokens.tolist() != saved.item_tokens:
+        raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
+    metrics = evaluate(
+        model,
+        data,
+        data.evaluation_samples(split),
+        batch_size=config.eval_batch_size,
+        ks=config.topk,
+        metric_names=config.metric_names,
+        mask_history=config.mask_history if mask_history is None else mask_history,
+    )
+    return {"metrics": metrics, "config": config, "epoch": saved.epoch}

@@ -9,9 +9,14 @@ A model is created by :func:`tim4rec.models.create` as
 - ``forward(item_seq, item_seq_len, timestamps) -> (B, L, d)`` hidden states;
 - ``full_sort_predict(item_seq, item_seq_len, timestamps) -> (B, n_items + 1)`` scores at the
   read-out position ``item_seq_len - 1`` (column 0 is the padding item);
-- ``calculate_loss(batch) -> scalar``: cross-entropy over all items at the batch's target
-  positions (one per row for prefix batches, every position with a non-zero target for causal
-  windows). Models with their own objective override it.
+- ``target_states(batch) -> (hidden (T, d), targets (T,))``: the hidden states of the positions
+  that carry a training loss and their target ids (one per row for a prefix
+  :class:`~tim4rec.data.batches.Batch`, every position with a target for a causal one);
+- ``calculate_loss(batch) -> scalar``: the mean cross-entropy over all items at those positions
+  (:func:`cross_entropy_terms` divided by the number of targets), plus ``regularization()``.
+
+Models with their own objective override ``target_states`` (BERT4Rec's cloze positions, drawn by
+its ``prepare_training_batch``) or ``regularization`` (Caser's weight norms).
 
 Inputs are right-padded: ``item_seq`` (B, L) long with ids 1..n_items and 0 at padding,
 ``item_seq_len`` (B,) long, ``timestamps`` (B, L) long seconds with 0 at padding.
@@ -24,6 +29,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tim4rec.data.batches import CAUSAL, PREFIX, Batch
 
 
 class SequentialRecommender(nn.Module):
@@ -71,15 +78,43 @@ class SequentialRecommender(nn.Module):
     ) -> torch.Tensor:
         return self.item_scores(self.readout(item_seq, item_seq_len, timestamps))
 
-    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch["target"]
-        if target.dim() == 1:  # prefix: one target per row, read at len - 1
-            return F.cross_entropy(
-                self.full_sort_predict(batch["item_seq"], batch["item_seq_len"], batch["timestamps"]), target
-            )
-        hidden = self.forward(batch["item_seq"], batch["item_seq_len"], batch["timestamps"])
-        positions = target > 0  # causal windows: every real position
-        return F.cross_entropy(self.item_scores(hidden[positions]), target[positions])
+    # -- training objective -------------------------------------------------------------------
+    def prepare_training_batch(self, batch: Batch) -> Batch:
+        """Add what the training objective draws at random (on the CPU, before the batch moves to a device)."""
+        return batch
+
+    def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (T, d) of the positions that carry a loss, and their targets (T,)."""
+        if batch.regime == PREFIX:  # one target per row, read at len - 1
+            return self.readout(batch.item_seq, batch.item_seq_len, batch.timestamps), batch.target
+        if batch.regime == CAUSAL:  # every position with a target
+            hidden = self.forward(batch.item_seq, batch.item_seq_len, batch.timestamps)
+            index = batch.target_index
+            return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index), batch.target.reshape(-1)[index]
+        raise ValueError(f"unknown batch regime {batch.regime!r}")
+
+    def regularization(self) -> torch.Tensor | None:
+        """A term added to the mean loss (None: none)."""
+        return None
+
+    def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        total, count = cross_entropy_terms(self, batch)
+        return total / max(count, 1)
 
     def extra_repr(self) -> str:
         return f"n_items={self.n_items}, max_seq_length={self.max_seq_length}"
+
+
+def cross_entropy_terms(model: SequentialRecommender, batch: Batch) -> tuple[torch.Tensor, int]:
+    """(summed loss, number of targets) of ``batch``: cross-entropy over all items at the model's
+    target positions, plus ``regularization()`` once per target (so that the mean is CE + reg).
+
+    The sum and the count, not the mean: a data-parallel run divides by the count over all ranks.
+    """
+    hidden, targets = model.target_states(batch)
+    count = targets.shape[0]
+    total = F.cross_entropy(model.item_scores(hidden), targets, reduction="sum")
+    extra = model.regularization()
+    if extra is not None:
+        total = total + extra * count
+    return total, count

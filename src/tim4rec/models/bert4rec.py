@@ -35,12 +35,16 @@ gives a zero loss (RecBole would give NaN). Random draws come from torch's globa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from tim4rec.data.batches import Batch
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
+
+CLOZE_MASKED = "cloze_masked"  # Batch.extras key: (B, L) bool, the positions replaced by the mask token
 
 
 class BERT4RecBlock(nn.Module):
@@ -156,23 +160,30 @@ class BERT4Rec(SequentialRecommender):
 
         ``masked``: positions whose item is replaced by the mask token; ``scored``: the subset that
         carries a loss (at most ``mask_item_length`` per row, the most recent ones, never position 0).
+        Drawn on the CPU from torch's global generator, whatever device the model is on.
         """
-        device = item_seq_len.device
-        positions = torch.arange(length, device=device)[None, :]
+        item_seq_len = item_seq_len.cpu()
+        positions = torch.arange(length)[None, :]
         real = positions < item_seq_len[:, None]
-        if float(torch.rand((), device=device)) < self.ft_ratio:  # fine-tuning batch: mask the last item
+        if float(torch.rand(())) < self.ft_ratio:  # fine-tuning batch: mask the last item
             masked = positions == (item_seq_len[:, None] - 1)
         else:
-            masked = real & (torch.rand(real.shape, device=device) < self.mask_ratio)
+            masked = real & (torch.rand(real.shape) < self.mask_ratio)
         masked_from_here = masked.flip(1).cumsum(1).flip(1)  # masked positions at or after t
         scored = masked & (masked_from_here <= self.mask_item_length) & (positions > 0)
         return masked, scored
 
-    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cloze / fine-tuning cross-entropy over the history (the module docstring has the rules)."""
-        item_seq, item_seq_len = batch["item_seq"], batch["item_seq_len"]
-        masked, scored = self.cloze_mask(item_seq_len, item_seq.shape[1])
-        hidden = self.forward(item_seq.masked_fill(masked, self.mask_token), item_seq_len, batch["timestamps"])
-        if not bool(scored.any()):
-            return hidden.sum() * 0.0
-        return F.cross_entropy(self.item_scores(hidden[scored]), item_seq[scored])
+    def prepare_training_batch(self, batch: Batch) -> Batch:
+        """Draw the cloze masks: ``extras["cloze_masked"]`` (B, L) bool and ``target_index`` of the scored positions."""
+        masked, scored = self.cloze_mask(batch.item_seq_len, batch.item_seq.shape[1])
+        extras = {**batch.extras, CLOZE_MASKED: masked}
+        return replace(batch, extras=extras, target_index=torch.nonzero(scored.reshape(-1)).squeeze(1))
+
+    def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cloze / fine-tuning positions of the history (the module docstring has the rules)."""
+        if CLOZE_MASKED not in batch.extras:
+            batch = self.prepare_training_batch(batch)
+        item_seq, index = batch.item_seq, batch.target_index
+        masked_seq = item_seq.masked_fill(batch.extras[CLOZE_MASKED], self.mask_token)
+        hidden = self.forward(masked_seq, batch.item_seq_len, batch.timestamps)
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index), item_seq.reshape(-1)[index]

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tim4rec.data.batches import PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender
 
 
@@ -107,20 +108,16 @@ class Caser(SequentialRecommender):
         """The (B, d) representation broadcast to (B, L, d) (a view; every position holds it)."""
         return self.encode(item_seq, item_seq_len)[:, None, :].expand(-1, item_seq.shape[1], -1)
 
-    def full_sort_predict(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
-    ) -> torch.Tensor:
-        return self.item_scores(self.encode(item_seq, item_seq_len))  # (B, n_items + 1)
+    def readout(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        return self.encode(item_seq, item_seq_len)  # (B, d)
 
-    def reg_loss(self) -> torch.Tensor:
+    def regularization(self) -> torch.Tensor:
         """``reg_weight`` x the sum of the L2 norms of the embedding, convolution and linear weights."""
         weights = [self.item_embedding.weight, self.conv_v.weight, self.fc1.weight, self.fc2.weight]
         weights += [conv.weight for conv in self.conv_h]
         return self.reg_weight * torch.stack([weight.norm(2) for weight in weights]).sum()
 
-    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch["target"]
-        if target.dim() != 1:
+    def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.regime != PREFIX:
             raise ValueError("Caser is not causal: it trains on prefix samples (one target per row) only")
-        scores = self.item_scores(self.encode(batch["item_seq"], batch["item_seq_len"]))
-        return F.cross_entropy(scores, target) + self.reg_loss()
+        return super().target_states(batch)

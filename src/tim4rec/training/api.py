@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tim4rec.config import load_config
+from tim4rec.config import Config, load_config
+from tim4rec.runtime import runtime_settings
+from tim4rec.training.experiment import build_experiment
 from tim4rec.training.trainer import Trainer
+
+
+def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = False, notices=()) -> dict[str, Any]:
+    """Build the experiment of ``config`` and train it, under its thread and denormal settings."""
+    with runtime_settings(threads=config.threads, flush_denormal=config.flush_denormal) as runtime:
+        experiment = build_experiment(config, list(notices))
+        return Trainer(experiment, output_dir, runtime=runtime).fit(resume=resume)
 
 
 def train(
     config: dict[str, Any],
     *,
     resume: bool = False,
-    config_files: list[str | Path] = (),
-    set_args: list[str] = (),
-    output_dir: str | Path | None = None,
+    config_files: Iterable[str | os.PathLike] = (),
+    set_args: Iterable[str] = (),
+    output_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Merge ``config`` over the defaults (and packaged config), train, and return the results.
 
@@ -23,4 +34,4 @@ def train(
     ``results.json`` holds, with test metrics under ``"test"``.
     """
     merged, notices = load_config(config_files=config_files, overrides=config, set_args=set_args)
-    return Trainer(merged, output_dir, notices=notices).fit(resume=resume)
+    return run(merged, output_dir=output_dir, resume=resume, notices=notices)

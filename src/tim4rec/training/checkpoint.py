@@ -1,45 +1,66 @@
-"""Atomic writes: a crash or Ctrl-C never leaves a half-written checkpoint or results file.
+"""``checkpoint.pt``: everything needed to continue a run, as tensors and plain data only.
 
-Each file is written to a temporary name in the same folder, flushed to disk, then renamed over
-the old one (``os.replace`` is atomic on POSIX and Windows).
+Model and optimiser state dicts, the loop's state, the config, the dataset's item ids (a resumed
+run refuses a dataset whose ids changed) and the three RNG states. NumPy's and Python's RNG
+states are stored as tensors and lists so that the file loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from tim4rec.errors import Tim4RecError
+from tim4rec.io import load_torch_file, save_atomic
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+FORMAT = "tim4rec-checkpoint-2"
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    _atomic(Path(path), lambda handle: torch.save(obj, handle))
+def rng_state() -> dict[str, Any]:
+    """The torch, NumPy and Python RNG states as tensors and plain data."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+    }
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
-    _atomic(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def save_checkpoint(path: Path, **contents: Any) -> None:
+    """Write the run's state atomically (``contents``: config, model_state, optimizer_state, state, item_tokens)."""
+    save_atomic({"format": FORMAT, **contents, "rng": rng_state()}, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read ``checkpoint.pt`` safely; a clear error for anything that is not one."""
+    checkpoint = load_torch_file(path, "checkpoint")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise Tim4RecError(f"{path}: not a tim4rec checkpoint (checkpoint.pt) of this version")
+    return checkpoint

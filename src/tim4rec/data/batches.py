@@ -1,35 +1,78 @@
-"""Leave-one-out split and batching into padded (B, L) tensors.
+"""Samples and batches: the targets of a split (:mod:`tim4rec.data.split`) as padded (B, L) tensors.
 
-For a user with events ``e_0 .. e_{n-1}`` (time order): the test target is ``e_{n-1}``, the
-validation target ``e_{n-2}``, and the training targets are ``e_1 .. e_{n-3}``. A sample's
-history is the most recent ``L`` events before its target, **right-padded** (RecBole style):
-real items at positions ``0..len-1``, padding id 0 after them, timestamps 0 at padding.
+A sample's history is the most recent ``L`` events of its user before its first target,
+**right-padded** (RecBole style): real items at positions ``0..len-1``, padding id 0 after them,
+timestamps 0 at padding.
 
-Two training regimes feed the same targets:
+Two training regimes feed the same training targets:
 
 - ``prefix``: one sample per training target (history -> target), RecBole's protocol; the loss is
   read at position ``len - 1``.
-- ``causal``: the user's training events are cut into consecutive windows of at most ``L``
+- ``causal``: each user's training targets are cut into consecutive windows of at most ``L``
   targets, aligned so that the most recent window is the full one; the loss is read at every
   position of a window, each training target exactly once. Only valid for models whose output
   at position t depends on events <= t.
 
-Validation and test batches are identical in both regimes.
+Validation and test batches are prefix batches (one target per row) in both regimes. Every
+:class:`Batch` says which regime it belongs to; nothing guesses it from a tensor's shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 
 from tim4rec.data.preprocess import Interactions
+from tim4rec.data.split import TargetIndex
 from tim4rec.errors import DataError
 
-REGIMES = ("prefix", "causal")
-Batch = dict[str, torch.Tensor]
+PREFIX, CAUSAL = "prefix", "causal"
+REGIMES = (PREFIX, CAUSAL)
+
+
+@dataclass
+class Batch:
+    """One batch of right-padded histories.
+
+    ``regime`` is ``"prefix"`` (one target per row, read at ``item_seq_len - 1``; training in the
+    prefix regime and every evaluation) or ``"causal"`` (a target at every position of a window).
+    """
+
+    regime: str
+    item_seq: torch.Tensor  # (B, L) long, item ids, 0 at padding
+    item_seq_len: torch.Tensor  # (B,) long
+    timestamps: torch.Tensor  # (B, L) long seconds, 0 at padding
+    target: torch.Tensor  # prefix: (B,) long; causal: (B, L) long, 0 where no loss is taken
+    user: torch.Tensor | None = None  # (B,) long user ids
+    #: causal: (T,) long flat indices ``b * L + t`` of the positions with a target (row-major)
+    target_index: torch.Tensor | None = None
+    #: what a model's ``prepare_training_batch`` adds (BERT4Rec's cloze masks)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.regime not in REGIMES:
+            raise ValueError(f"unknown regime {self.regime!r}; expected one of {REGIMES}")
+        if self.regime == CAUSAL and self.target_index is None:
+            self.target_index = torch.nonzero(self.target.reshape(-1) > 0).squeeze(1)
+
+    def __len__(self) -> int:
+        return self.item_seq.shape[0]
+
+    @property
+    def n_targets(self) -> int:
+        return len(self) if self.regime == PREFIX else int(self.target_index.numel())
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=True)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved, extras={key: value.to(device) for key, value in self.extras.items()})
 
 
 @dataclass
@@ -49,24 +92,27 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.starts)
 
+    @property
+    def regime(self) -> str:
+        return PREFIX if self.targets is not None else CAUSAL
+
+    @property
+    def n_targets(self) -> int:
+        return int(len(self) if self.targets is not None else self.lengths.sum())
+
 
 class SequenceData:
-    """Builds train / validation / test samples and turns them into batches."""
+    """Builds the training, validation and test samples of a split and turns them into batches."""
 
-    def __init__(self, interactions: Interactions, max_seq_length: int):
+    def __init__(self, interactions: Interactions, split: TargetIndex, max_seq_length: int):
         if max_seq_length < 1:
             raise DataError(f"MAX_ITEM_LIST_LENGTH must be >= 1, got {max_seq_length}")
-        lengths = interactions.lengths
-        short = int((lengths < 3).sum())
-        if short == interactions.n_users:
-            raise DataError("every user has fewer than 3 events: leave-one-out needs at least 3")
         self.interactions = interactions
+        self.split = split
         self.max_seq_length = max_seq_length
         self.items = torch.from_numpy(np.concatenate([interactions.items, [0]]))  # (N+1,) last = pad
         self.timestamps = torch.from_numpy(np.concatenate([interactions.timestamps, [0]]))
         self.pad_index = len(interactions.items)
-        self.users_skipped = short
-        self._usable = np.flatnonzero(lengths >= 3) + 1  # user ids with a full split
 
     # ----------------------------------------------------------------------------- samples
     def _one_target(self, target_index: np.ndarray, users: np.ndarray) -> SampleSet:
@@ -75,23 +121,18 @@ class SequenceData:
         return SampleSet(target_index - lengths, lengths, target_index, users)
 
     def evaluation_samples(self, split: str) -> SampleSet:
-        """One sample per user: ``split`` is ``"valid"`` (target e_{n-2}) or ``"test"`` (e_{n-1})."""
-        users = self._usable
-        ends = self.interactions.offsets[users]
-        target = ends - (2 if split == "valid" else 1)
-        return self._one_target(target, users)
+        """One sample per evaluated user: ``split`` is ``"valid"`` or ``"test"`` (anything else is an error)."""
+        users, targets = self.split.evaluation_targets(split)
+        return self._one_target(targets, users)
 
     def train_samples(self, regime: str) -> SampleSet:
         if regime not in REGIMES:
             raise DataError(f"unknown training regime {regime!r}; expected one of {REGIMES}")
-        offsets = self.interactions.offsets
-        users = self._usable
-        first = offsets[users - 1] + 1  # first training target
-        last = offsets[users] - 3  # last training target (inclusive)
+        users, first, last = self.split.users, self.split.train_first, self.split.train_last
         counts = last - first + 1
         has = counts > 0
         users, first, last, counts = users[has], first[has], last[has], counts[has]
-        if regime == "prefix":
+        if regime == PREFIX:
             target = np.repeat(last - counts + 1, counts) + _ranges(counts)
             return self._one_target(target, np.repeat(users, counts))
         window = self.max_seq_length
@@ -104,9 +145,6 @@ class SequenceData:
         lengths = window_last - window_first + 1
         return SampleSet(window_first - 1, lengths, None, user_rep)
 
-    def n_targets(self, samples: SampleSet) -> int:
-        return int(len(samples) if samples.targets is not None else samples.lengths.sum())
-
     # ----------------------------------------------------------------------------- batches
     def _gather(self, starts: torch.Tensor, lengths: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(self.max_seq_length)
@@ -115,26 +153,22 @@ class SequenceData:
         return source[index]
 
     def batch(self, samples: SampleSet, rows: np.ndarray | torch.Tensor) -> Batch:
-        """Padded tensors for the samples at ``rows``.
-
-        Keys: ``item_seq`` (B, L) long, ``item_seq_len`` (B,) long, ``timestamps`` (B, L) long,
-        ``target`` (B,) long for one-target samples or (B, L) long for causal windows (0 where no
-        loss is taken), ``user`` (B,) long.
-        """
+        """The :class:`Batch` of the samples at ``rows`` (on the CPU)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         starts = torch.from_numpy(samples.starts)[rows]
         lengths = torch.from_numpy(samples.lengths)[rows]
-        batch = {
-            "item_seq": self._gather(starts, lengths, self.items),
-            "item_seq_len": lengths.clone(),
-            "timestamps": self._gather(starts, lengths, self.timestamps),
-            "user": torch.from_numpy(samples.users)[rows],
-        }
         if samples.targets is not None:
-            batch["target"] = self.items[torch.from_numpy(samples.targets)[rows]]
+            target = self.items[torch.from_numpy(samples.targets)[rows]]
         else:
-            batch["target"] = self._gather(starts + 1, lengths, self.items)
-        return batch
+            target = self._gather(starts + 1, lengths, self.items)
+        return Batch(
+            regime=samples.regime,
+            item_seq=self._gather(starts, lengths, self.items),
+            item_seq_len=lengths.clone(),
+            timestamps=self._gather(starts, lengths, self.timestamps),
+            target=target,
+            user=torch.from_numpy(samples.users)[rows],
+        )
 
     def iterate(
         self, samples: SampleSet, batch_size: int, *, generator: torch.Generator | None = None
@@ -150,7 +184,8 @@ class SequenceData:
 
         Only for one-target samples; the target item itself is never masked.
         """
-        assert samples.targets is not None
+        if samples.targets is None:
+            raise ValueError("history masking needs one-target (prefix) samples")
         offsets = self.interactions.offsets
         row_list, item_list = [], []
         for position, row in enumerate(rows.tolist()):

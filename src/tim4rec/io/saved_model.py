@@ -1,0 +1,106 @@
+"""Saved models (``best.pt``): the weights and everything needed to rebuild the model and map ids back.
+
+A saved model is a plain dict of tensors and plain data, so it loads with ``weights_only=True``:
+
+- ``format``: ``"tim4rec-model-1"``; ``version``: the library version that wrote it;
+- ``model``, ``n_items``, ``max_seq_length``, ``hyperparameters``: what :func:`tim4rec.models.create` takes;
+- ``model_state``: the state dict;
+- ``config``: the run's flat config (dataset, fields, filtering, split, ...);
+- ``item_tokens``: the dataset's item ids, index i = model id i (index 0 is padding);
+- ``epoch``, ``valid``: the epoch the weights come from and its validation metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tim4rec.errors import Tim4RecError
+from tim4rec.io.files import load_torch_file, save_atomic
+from tim4rec.models import create
+from tim4rec.models.base import SequentialRecommender
+from tim4rec.version import __version__
+
+FORMAT = "tim4rec-model-1"
+_KEYS = ("model", "n_items", "max_seq_length", "hyperparameters", "model_state", "config", "item_tokens")
+
+
+@dataclass
+class SavedModel:
+    """The contents of a saved model file."""
+
+    model: str
+    n_items: int
+    max_seq_length: int
+    hyperparameters: dict[str, Any]
+    model_state: dict[str, Any]
+    config: dict[str, Any]
+    item_tokens: list[str]
+    epoch: int | None = None
+    valid: dict[str, float] | None = None
+    version: str = __version__
+    path: Path | None = None
+
+    def build(self) -> SequentialRecommender:
+        """The model with its saved weights, in eval mode, on the CPU."""
+        where = self.path or "saved model"
+        try:
+            model = create(self.model, self.n_items, self.max_seq_length, **self.hyperparameters)
+            model.load_state_dict(self.model_state)
+        except (RuntimeError, TypeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise Tim4RecError(f"{where}: the weights do not fit the model it names ({first})") from None
+        return model.eval()
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    name: str,
+    n_items: int,
+    max_seq_length: int,
+    hyperparameters: dict[str, Any],
+    config: dict[str, Any],
+    item_tokens: list[str],
+    epoch: int | None,
+    valid: dict[str, float] | None,
+) -> None:
+    """Write ``model`` (atomically) with what is needed to rebuild it."""
+    save_atomic(
+        {
+            "format": FORMAT,
+            "version": __version__,
+            "model": name,
+            "n_items": n_items,
+            "max_seq_length": max_seq_length,
+            "hyperparameters": hyperparameters,
+            "model_state": model.state_dict(),
+            "config": config,
+            "item_tokens": item_tokens,
+            "epoch": epoch,
+            "valid": valid,
+        },
+        path,
+    )
+
+
+def load_saved_model(path: str | Path) -> SavedModel:
+    """Read a saved model file (never runs code from it); a clear error for anything else."""
+    path = Path(path)
+    saved = load_torch_file(path, "saved model")
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise Tim4RecError(f"{path}: not a tim4rec model file (best.pt)")
+    missing = [key for key in _KEYS if key not in saved]
+    if missing:
+        raise Tim4RecError(f"{path}: a damaged tim4rec model file (missing {missing})")
+    return SavedModel(
+        **{key: saved[key] for key in _KEYS},
+        epoch=saved.get("epoch"),
+        valid=saved.get("valid"),
+        version=saved.get("version", "unknown"),
+        path=path,
+    )

@@ -1,0 +1,67 @@
+"""Assemble an experiment from a config: data, model (seeded), loss, optimiser, device.
+
+``build_experiment(config)`` is the one place where a config becomes objects; the loop
+(:class:`tim4rec.training.trainer.Trainer`) receives them and owns only epochs, validation,
+stopping, checkpoints and logging.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tim4rec.config import Config
+from tim4rec.data import SequenceData, sequence_data_from_config
+from tim4rec.data.batches import PREFIX
+from tim4rec.errors import ConfigError
+from tim4rec.models import create
+from tim4rec.models.base import SequentialRecommender
+from tim4rec.runtime import resolve_device
+from tim4rec.training.loss import NextItemLoss
+
+
+@dataclass
+class Experiment:
+    """What one training run works on."""
+
+    config: Config
+    data: SequenceData
+    model: SequentialRecommender
+    loss: NextItemLoss
+    optimizer: torch.optim.Optimizer
+    regime: str
+    device: torch.device
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_batch(self) -> int:
+        """``train_batch_size`` counts training targets: a causal batch holds about as many targets
+        (windows x L) as a prefix batch holds samples, so both regimes take similar steps."""
+        size, length = self.config.train_batch_size, self.config.max_seq_length
+        return size if self.regime == PREFIX else max(1, round(size / length))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_experiment(config: Config, notices: list[str] | None = None) -> Experiment:
+    """Load and split the data, then build the model from ``config.seed``, its loss and Adam."""
+    device = resolve_device(config.device)
+    data = sequence_data_from_config(config)
+    seed_everything(config.seed)
+    model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
+    regime = config.train_regime or model.regime
+    if regime != PREFIX and not model.causal:
+        raise ConfigError(
+            f"train_regime: model '{config.model}' (as configured) is not causal, "
+            "so it trains only in the prefix regime"
+        )
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return Experiment(config, data, model, NextItemLoss(model), optimizer, regime, device, list(notices or []))
