@@ -11,6 +11,16 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_runtime_settings():
+    """Every test leaves PyTorch's thread count and denormal handling as it found them."""
+    from tim4rec.runtime import denormals_flushed
+
+    yield
+    assert torch.get_num_threads() == 1, "a test changed the thread count and did not restore it"
+    assert not denormals_flushed(), "a test left denormal flushing on"
+
+
 def write_inter(
     path: Path,
     rows: list[tuple],

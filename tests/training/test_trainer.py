@@ -159,3 +159,9 @@ def test_flush_denormal_setting_reaches_the_cpu(flush: bool, synthetic_inter: Pa
     )
     assert results["flush_denormal"] is flush and seen == [flush]
     assert (denormal * 1.0).item() != 0.0  # back to PyTorch's default after fit
+
+
+def test_temporal_split_from_the_config(synthetic_inter: Path, tmp_path: Path):
+    results = _fit(synthetic_inter, tmp_path / "t", epochs=1, split="temporal", temporal_cut_quantile=0.8)
+    assert results["split"].startswith("temporal split at") and results["status"] == "finished"
+    assert 0 < results["evaluated_users"] <= results["dataset_stats"]["users"]
