@@ -66,7 +66,7 @@ def test_kernel_forms_agree_and_table(tmp_path: Path):
     C = torch.randn(b, l, 1, n, generator=generator, dtype=torch.float64)
     chunked = kernel.ssd_scan(x, dt, A, B, C, 8)
     torch.testing.assert_close(kernel.ssd_quadratic(x, dt, A, B, C), chunked)
-    torch.testing.assert_close(kernel.ssd_recurrent(x, dt, A, B, C), chunked)
+    torch.testing.assert_close(kernel.recurrent_forward(x, dt, A, B, C), chunked)
     text = kernel.run(
         [32, 64],
         batch=2,

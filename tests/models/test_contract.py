@@ -6,6 +6,7 @@ import torch
 from tests.models.helpers import assert_streaming_matches_full, perturbed, random_history
 from tim4rec.data.batches import Batch
 from tim4rec.models import available, create, model_defaults
+from tim4rec.models.base import StreamState
 
 N_ITEMS, L = 30, 12
 
@@ -79,7 +80,7 @@ def test_streaming_equals_full_forward(name, extra):
     """A causal model that streams gives, after each event fed with step, the scores of the full
     forward on the prefix; with perturbed weights, padded rows and same-second events."""
     model = perturbed(build(name, extra))
-    if not (model.causal and hasattr(model, "init_state") and hasattr(model, "step")):
+    if not model.streaming:
         pytest.skip("not a streaming causal model")
     items, _, times = random_history(N_ITEMS, L, (L, 9, 5, 1), same_second_at=3)
     streamed = assert_streaming_matches_full(model, items, times, atol=1e-4)
@@ -94,3 +95,25 @@ def test_readout_is_the_forward_state_at_len_minus_one(name, extra):
     with torch.no_grad():
         full = model.gather_last(model.forward(items, lengths, times), lengths)
         torch.testing.assert_close(model.readout(items, lengths, times), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_streaming_states_of_some_users_step_alone(name, extra):
+    """A server steps the users of a request together: gathering their rows of a state, stepping
+    them and scattering them back gives what stepping every user at once gives."""
+    model = perturbed(build(name, extra))
+    if not model.streaming:
+        pytest.skip("not a streaming model")
+    items, _, times = random_history(N_ITEMS, L, (L, L, L, L), seed=3)
+    together = model.init_state(4)
+    apart = model.init_state(4)
+    with torch.no_grad():
+        for t in range(5):
+            expected, together = model.step(together, items[:, t], times[:, t])
+            for rows in ([2, 0], [3, 1]):
+                scores, part = model.step(apart.gather(rows), items[rows, t], times[rows, t])
+                apart = apart.scatter(rows, part)
+                torch.testing.assert_close(scores, expected[rows], atol=1e-5, rtol=1e-5)
+    for key in together.tensors:
+        torch.testing.assert_close(apart[key], together[key], atol=1e-5, rtol=1e-5)
+    assert len(StreamState.concat([apart.gather([0]), apart.gather([1, 2])])) == 3

@@ -58,7 +58,7 @@ def test_streaming_equals_full_sort_predict():
     torch.manual_seed(0)
     model = create("gru4rec", N_ITEMS, L, **SMALL).eval()
     items, _, times = history(lengths=(12, 12, 12))
-    assert model.init_state(3)["hidden"].shape == (2, 3, 12)
+    assert model.init_state(3)["hidden"].shape == (3, 2, 12)
     streamed = assert_streaming_matches_full(model, items, times, atol=1e-4)
     assert len(streamed) == L and all(scores.shape == (3, N_ITEMS + 1) for scores in streamed)
 

@@ -6,47 +6,20 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.ops.helpers import assert_close_scaled
 from tim4rec.ops import ssd as ssd_module
-from tim4rec.ops.ssd import ssd_scan, ssd_step
+from tim4rec.ops.ssd import ssd_quadratic, ssd_recurrent, ssd_scan, ssd_step
 
 torch.set_num_threads(1)
 
 INF_LIMIT = (0.0, math.inf)
 
 
-def reference(
-    x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=INF_LIMIT, initial_states=None
-):
-    """Plain loop over t in float64, returns (y (b, l, h, p), final state (b, h, p, n)).
-
-    S_t = exp(Delta_t A) S_{t-1} + Delta_t x_t B_t^T,   y_t = S_t C_t (+ D x_t) (* silu z_t).
-    """
-    f64 = lambda t: None if t is None else t.double()  # noqa: E731
-    x, dt, A, B, C, D, z, dt_bias, S = map(f64, (x, dt, A, B, C, D, z, dt_bias, initial_states))
-    b, l, h, p = x.shape
-    g, n = B.shape[-2:]
-    delta = dt if dt_bias is None else dt + dt_bias
-    if dt_softplus:
-        delta = F.softplus(delta)
-    if tuple(dt_limit) != INF_LIMIT:
-        delta = delta.clamp(*dt_limit)
-    group_of_head = torch.arange(h) // (h // g)
-    Bh, Ch = B[:, :, group_of_head], C[:, :, group_of_head]  # (b, l, h, n)
-    S = torch.zeros(b, h, p, n, dtype=torch.float64) if S is None else S
-    ys = []
-    for t in range(l):
-        decay = torch.exp(delta[:, t] * A)  # (b, h)
-        S = decay[:, :, None, None] * S + (delta[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
-        y = (S * Ch[:, t, :, None, :]).sum(-1)  # (b, h, p)
-        if D is not None:
-            y = y + (D[:, None] if D.dim() == 1 else D) * x[:, t]
-        if z is not None:
-            y = y * z[:, t] * torch.sigmoid(z[:, t])
-        ys.append(y)
-    return torch.stack(ys, dim=1), S
+def reference(*args, **kw):
+    """The step-by-step recurrence in float64 (tim4rec.ops.ssd.ssd_recurrent): (y, final state)."""
+    f64 = lambda t: t.double() if torch.is_tensor(t) else t  # noqa: E731
+    return ssd_recurrent(*map(f64, args), **{k: f64(v) for k, v in kw.items()})
 
 
 def make_inputs(
@@ -422,3 +395,15 @@ def test_long_chunk_decay_products_accurate(scale):
     grads_ref = torch.autograd.grad(y_ref.square().sum(), leaves)
     for g, g_ref in zip(grads, grads_ref):
         assert_close_scaled(g, g_ref, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "name", ["l_not_multiple", "groups_h4_g2", "D_chan", "z_gate", "dt_limit_softplus", "everything"]
+)
+def test_the_quadratic_form_is_the_same_function(name):
+    """The paper's two forms agree: the (l, l) matrix form equals the step-by-step recurrence."""
+    args, kw, _ = _split(CASES[name])
+    kw = {k: v.double() if torch.is_tensor(v) else v for k, v in kw.items() if k != "initial_states"}
+    args = [t.double() for t in args]
+    y_recurrent, _ = ssd_recurrent(*args, **kw)
+    torch.testing.assert_close(ssd_quadratic(*args, **kw), y_recurrent, rtol=1e-10, atol=1e-10)

@@ -5,7 +5,7 @@ Same problem size for every method (batch b, h heads of p channels, state size n
 - ``ssd_chunked``: :func:`tim4rec.ops.ssd_scan`, the chunked SSD algorithm (forward, and
   forward + backward);
 - ``ssd_recurrent``: the plain step-by-step recurrence (:func:`tim4rec.ops.ssd_step` in a loop);
-- ``ssd_quadratic``: the attention-like form ``y = (L o C B^T) (Delta x)`` with the full (l, l)
+- ``ssd_quadratic``: :func:`tim4rec.ops.ssd_quadratic`, the attention-like form with the full (l, l)
   decay matrix, quadratic in l;
 - ``mamba1_scan``: the Mamba-1 selective scan of the baselines (one decay per channel and state
   entry) on d = h p channels with the same state size n.
@@ -27,24 +27,13 @@ from typing import Any
 import torch
 
 from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
-from tim4rec.ops import ssd_scan, ssd_step
+from tim4rec.ops import ssd_quadratic, ssd_scan, ssd_step
 from tim4rec.ops.selective_scan import selective_scan
 from tim4rec.runtime import runtime_settings
 
 
-def ssd_quadratic(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """The SSD as one (l, l) masked matrix per head. x (b, l, h, p), dt (b, l, h), B, C (b, l, 1, n)."""
-    a = (dt * A).permute(0, 2, 1)  # (b, h, l)
-    cumulative = a.cumsum(-1)
-    exponent = cumulative[..., :, None] - cumulative[..., None, :]  # (b, h, l, l)  sum_{j<k<=i} a_k
-    mask = torch.ones(a.shape[-1], a.shape[-1], dtype=torch.bool, device=x.device).tril()
-    decay = exponent.masked_fill(~mask, float("-inf")).exp()
-    scores = C[:, :, 0] @ B[:, :, 0].transpose(1, 2)  # (b, l, l)
-    xd = (x * dt[..., None]).permute(0, 2, 1, 3)  # (b, h, l, p)
-    return ((decay * scores[:, None]) @ xd).permute(0, 2, 1, 3)  # (b, l, h, p)
-
-
-def ssd_recurrent(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+def recurrent_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
+    """:func:`tim4rec.ops.ssd_step` in a loop over time: what streaming one event at a time costs."""
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1])
     ys = []
@@ -116,7 +105,7 @@ def _run(
         if l <= max_quadratic:
             methods["ssd_quadratic"] = partial(ssd_quadratic, x, dt, A, B, C)
         if l <= max_recurrent:
-            methods["ssd_recurrent"] = partial(ssd_recurrent, x, dt, A, B, C)
+            methods["ssd_recurrent"] = partial(recurrent_forward, x, dt, A, B, C)
         d = h * p
         u = x.reshape(b, l, d).transpose(1, 2).contiguous()
         delta = dt.repeat_interleave(p, dim=2).transpose(1, 2).contiguous()

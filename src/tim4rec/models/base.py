@@ -18,19 +18,107 @@ A model is created by :func:`tim4rec.models.create` as
 Models with their own objective override ``target_states`` (BERT4Rec's cloze positions, drawn by
 its ``prepare_training_batch``) or ``regularization`` (Caser's weight norms).
 
+Streaming (:class:`StreamingRecommender`): a model whose ``streaming`` is True also provides
+``init_state(batch_size) -> StreamState`` and ``step(state, item_ids, timestamps) -> (scores, state)``,
+which feeds one new event per user and gives the scores ``full_sort_predict`` would give on the
+whole history so far. A :class:`StreamState` is a set of named tensors whose first axis is the
+user, so that a server can gather the rows of the users in a request, step them together and
+scatter them back.
+
 Inputs are right-padded: ``item_seq`` (B, L) long with ids 1..n_items and 0 at padding,
 ``item_seq_len`` (B,) long, ``timestamps`` (B, L) long seconds with 0 at padding.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tim4rec.data.batches import CAUSAL, PREFIX, Batch
+
+
+class StreamState:
+    """Per-user streaming state: named tensors, each with the user (batch) axis first.
+
+    Rows can be gathered (the users of a request), scattered back, concatenated and moved;
+    a model's layers keep their parts under prefixed names (:meth:`merge`, :meth:`part`).
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        self.tensors = dict(tensors)
+        sizes = {tensor.shape[0] for tensor in self.tensors.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"every tensor of a StreamState needs the same first (user) axis, got sizes {sizes}")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{name}: {tuple(t.shape)}" for name, t in self.tensors.items())
+        return f"StreamState({shapes})"
+
+    @staticmethod
+    def merge(**parts: Mapping[str, torch.Tensor] | torch.Tensor) -> StreamState:
+        """``merge(a=tensor, layers_0={"conv": ...})`` -> names ``a``, ``layers_0.conv``."""
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, part in parts.items():
+            if isinstance(part, torch.Tensor):
+                tensors[prefix] = part
+            else:
+                tensors.update({f"{prefix}.{name}": tensor for name, tensor in part.items()})
+        return StreamState(tensors)
+
+    def part(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors named ``prefix.*``, with the prefix taken off."""
+        start = prefix + "."
+        return {name[len(start) :]: tensor for name, tensor in self.tensors.items() if name.startswith(start)}
+
+    def gather(self, rows: torch.Tensor | Sequence[int]) -> StreamState:
+        """The state of the users at ``rows`` (a copy)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return StreamState({name: t.index_select(0, rows.to(t.device)) for name, t in self.tensors.items()})
+
+    def scatter(self, rows: torch.Tensor | Sequence[int], update: StreamState) -> StreamState:
+        """A copy with the users at ``rows`` replaced by the rows of ``update``."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return StreamState(
+            {name: t.index_copy(0, rows.to(t.device), update[name].to(t.dtype)) for name, t in self.tensors.items()}
+        )
+
+    @staticmethod
+    def concat(states: Iterable[StreamState]) -> StreamState:
+        states = list(states)
+        return StreamState({name: torch.cat([s[name] for s in states]) for name in states[0].tensors})
+
+    def to(self, device: torch.device | str) -> StreamState:
+        return StreamState({name: t.to(device) for name, t in self.tensors.items()})
+
+
+@runtime_checkable
+class StreamingRecommender(Protocol):
+    """A model that takes one event per user at a time (``streaming`` True)."""
+
+    streaming: bool
+
+    def init_state(self, batch_size: int) -> StreamState:
+        """The state of ``batch_size`` users with no events yet."""
+        ...
+
+    def step(
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Feed one event per user (item_ids, timestamps (B,)) -> (scores (B, n_items + 1), new state)."""
+        ...
 
 
 class SequentialRecommender(nn.Module):
@@ -41,6 +129,8 @@ class SequentialRecommender(nn.Module):
     causal: ClassVar[bool] = False
     #: hyper-parameter names (as in RecBole / the reference YAML files) and their defaults
     hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: True when the model implements ``init_state`` / ``step`` (see :class:`StreamingRecommender`)
+    streaming: bool = False
 
     @classmethod
     def translate_config(cls, layer: dict[str, Any], notices: list[str]) -> dict[str, Any]:
@@ -103,6 +193,15 @@ class SequentialRecommender(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_items={self.n_items}, max_seq_length={self.max_seq_length}"
+
+
+def require(condition: torch.Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` unless every element of ``condition`` holds.
+
+    Skipped for tensors on the ``meta`` device (shapes only, no values): the device tests run there.
+    """
+    if condition.device.type != "meta" and not bool(condition.all()):
+        raise ValueError(message)
 
 
 def cross_entropy_terms(model: SequentialRecommender, batch: Batch) -> tuple[torch.Tensor, int]:

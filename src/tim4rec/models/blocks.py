@@ -97,32 +97,53 @@ class SelfAttention(nn.Module):
         b, l, d = x.shape
         return x.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)
 
+    def _attend(self, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.Tensor:
+        """Queries from ``rows`` (B, n, d) over keys and values (B, heads, L, d / heads), then the residual."""
+        dropout = self.attn_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(self._heads(self.query(rows)), k, v, dropout_p=dropout, **mask)
+        merged = attended.transpose(1, 2).reshape(rows.shape)  # (B, n, d)
+        return self.layer_norm(rows + self.dropout(self.out(merged)))
+
     def forward(
         self, x: torch.Tensor, query_positions: torch.Tensor | None = None, real: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, L, d) -> (B, L, d); with ``query_positions`` (B,) only those rows: (B, 1, d) (causal only)."""
         k, v = self._heads(self.key(x)), self._heads(self.value(x))
-        dropout = self.attn_dropout if self.training else 0.0
         if not self.causal:
             if real is None:
                 raise ValueError("a bidirectional SelfAttention needs the key padding mask `real`")
-            rows = x
-            attended = F.scaled_dot_product_attention(
-                self._heads(self.query(x)), k, v, attn_mask=real[:, None, None, :], dropout_p=dropout
-            )
-        elif query_positions is None:
-            rows = x
-            attended = F.scaled_dot_product_attention(
-                self._heads(self.query(x)), k, v, is_causal=True, dropout_p=dropout
-            )
-        else:  # one query per sequence, seeing the keys at positions <= its own
-            rows = x.gather(1, query_positions.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))  # (B, 1, d)
-            visible = torch.arange(x.shape[1], device=x.device)[None, :] <= query_positions[:, None]  # (B, L)
-            attended = F.scaled_dot_product_attention(
-                self._heads(self.query(rows)), k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout
-            )
-        merged = attended.transpose(1, 2).reshape(rows.shape)  # (B, rows, d)
-        return self.layer_norm(rows + self.dropout(self.out(merged)))
+            return self._attend(x, k, v, attn_mask=real[:, None, None, :])
+        if query_positions is None:
+            return self._attend(x, k, v, is_causal=True)
+        # one query per sequence, seeing the keys at positions <= its own
+        rows = x.gather(1, query_positions.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))  # (B, 1, d)
+        return self._attend(rows, k, v, attn_mask=visible_keys(query_positions, x.shape[1])[:, None, None, :])
+
+    def step(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new event per sequence (causal only), with a key/value cache.
+
+        x (B, d) is the event at ``position`` (B,); keys, values (B, heads, L, d / heads) hold the
+        earlier positions. Returns (out (B, d), keys, values) with this event's key and value
+        written at ``position``: O(L d) work instead of the O(L^2 d) of a new forward.
+        """
+        rows = x[:, None, :]  # (B, 1, d)
+        here = (torch.arange(keys.shape[2], device=x.device) == position[:, None])[:, None, :, None]  # (B, 1, L, 1)
+        keys = torch.where(here, self._heads(self.key(rows)), keys)
+        values = torch.where(here, self._heads(self.value(rows)), values)
+        out = self._attend(rows, keys, values, attn_mask=visible_keys(position, keys.shape[2])[:, None, None, :])
+        return out[:, 0], keys, values
+
+    def empty_cache(self, batch_size: int, length: int, like: torch.Tensor) -> torch.Tensor:
+        """A zero key (or value) cache (B, heads, L, d / heads) with ``like``'s dtype and device."""
+        d = self.query.out_features
+        return like.new_zeros(batch_size, self.n_heads, length, d // self.n_heads)
+
+
+def visible_keys(query_positions: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L) bool: key positions <= each row's query position (B,)."""
+    return torch.arange(length, device=query_positions.device)[None, :] <= query_positions[:, None]
 
 
 def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -149,3 +170,20 @@ def causal_conv_step(conv: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> 
     if conv.bias is not None:
         y = y + conv.bias
     return y, full[..., 1:]
+
+
+def adopt_children(owner: nn.Module, part: nn.Module) -> nn.Module:
+    """Register ``part``'s sub-modules on ``owner`` under their own names and return ``part``.
+
+    ``owner`` then holds the parameters (``owner.<child>.weight``: flat state-dict keys, as in a
+    reference implementation's checkpoints), while ``part``'s methods use the same sub-modules.
+    ``part`` itself must own no parameters or buffers directly, and ``owner`` keeps it as a plain
+    attribute, so it is not registered twice.
+    """
+    if any(True for _ in part.parameters(recurse=False)) or any(True for _ in part.buffers(recurse=False)):
+        raise ValueError(f"{type(part).__name__} holds parameters of its own; only its sub-modules can be adopted")
+    for name, child in part.named_children():
+        if name in owner._modules:
+            raise ValueError(f"{type(owner).__name__} already has a sub-module named {name!r}")
+        owner.add_module(name, child)
+    return part

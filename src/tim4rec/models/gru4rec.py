@@ -16,18 +16,17 @@ and give the same scores as :meth:`full_sort_predict` on the same history.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.base import SequentialRecommender, StreamState
 
 
 class GRU4Rec(SequentialRecommender):
     name = "gru4rec"
     regime = "causal"
     causal = True
+    streaming = True
     hyperparameters = {
         "embedding_size": 64,
         "hidden_size": 128,
@@ -60,16 +59,19 @@ class GRU4Rec(SequentialRecommender):
         return self.dense(output)
 
     # -- streaming ---------------------------------------------------------------------------
-    def init_state(self, batch_size: int) -> dict[str, Any]:
-        """Empty streaming state: the GRU hidden state (num_layers, B, hidden_size), zeros."""
+    def init_state(self, batch_size: int) -> StreamState:
+        """Empty streaming state: the GRU hidden state, ``hidden`` (B, num_layers, hidden_size) zeros."""
         weight = self.gru_layers.weight_hh_l0
         layers, hidden = self.gru_layers.num_layers, self.gru_layers.hidden_size
-        return {"hidden": torch.zeros(layers, batch_size, hidden, device=weight.device, dtype=weight.dtype)}
+        return StreamState(
+            {"hidden": torch.zeros(batch_size, layers, hidden, device=weight.device, dtype=weight.dtype)}
+        )
 
     def step(
-        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
         embedded = self.emb_dropout(self.item_embedding(item_ids))[:, None, :]  # (B, 1, embedding_size)
-        output, hidden = self.gru_layers(embedded, state["hidden"])  # (B, 1, hidden), (layers, B, hidden)
-        return self.item_scores(self.dense(output[:, 0])), {"hidden": hidden}
+        hidden = state["hidden"].transpose(0, 1).contiguous()  # (layers, B, hidden): the GRU's layout
+        output, hidden = self.gru_layers(embedded, hidden)  # (B, 1, hidden), (layers, B, hidden)
+        return self.item_scores(self.dense(output[:, 0])), StreamState({"hidden": hidden.transpose(0, 1)})

@@ -32,13 +32,12 @@ The output at t depends only on events <= t: the model trains in the causal regi
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
 from tim4rec.errors import ConfigError
-from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward
 from tim4rec.ops.lru_scan import lru_scan
 
@@ -129,6 +128,7 @@ class LRURec(SequentialRecommender):
     name = "lrurec"
     regime = "causal"
     causal = True
+    streaming = True
     hyperparameters = {
         "hidden_size": 64,
         "n_layers": 2,
@@ -182,18 +182,22 @@ class LRURec(SequentialRecommender):
         return hidden  # (B, L, d)
 
     # -- streaming ---------------------------------------------------------------------------
-    def init_state(self, batch_size: int) -> dict[str, Any]:
+    def init_state(self, batch_size: int) -> StreamState:
         """Empty streaming state for ``batch_size`` users: one complex (B, N) state per layer."""
         weight = self.item_embedding.weight
-        return {"layers": [block.lru.init_state(batch_size, weight.device, weight.dtype) for block in self.blocks]}
+        return StreamState(
+            {
+                f"layer{i}": block.lru.init_state(batch_size, weight.device, weight.dtype)
+                for i, block in enumerate(self.blocks)
+            }
+        )
 
     def step(
-        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
-        layers = []
-        for block, layer_state in zip(self.blocks, state["layers"]):
-            hidden, layer_state = block.step(hidden, layer_state)
-            layers.append(layer_state)
-        return self.item_scores(hidden), {"layers": layers}
+        layers = {}
+        for i, block in enumerate(self.blocks):
+            hidden, layers[f"layer{i}"] = block.step(hidden, state[f"layer{i}"])
+        return self.item_scores(hidden), StreamState(layers)

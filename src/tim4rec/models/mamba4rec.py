@@ -41,13 +41,12 @@ scan state). Timestamps are not used.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward, causal_conv, causal_conv_step, init_normal_
 from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
 
@@ -155,6 +154,7 @@ class Mamba4Rec(SequentialRecommender):
     name = "mamba4rec"
     regime = "causal"
     causal = True
+    streaming = True
     hyperparameters = {
         "hidden_size": 64,
         "num_layers": 2,
@@ -192,21 +192,22 @@ class Mamba4Rec(SequentialRecommender):
         return hidden  # (B, L, d)
 
     # -- streaming ---------------------------------------------------------------------------
-    def init_state(self, batch_size: int) -> dict[str, Any]:
+    def init_state(self, batch_size: int) -> StreamState:
         """Empty streaming state for ``batch_size`` users: per layer a conv window and a scan state."""
         device = self.item_embedding.weight.device
-        return {"layers": [layer.mamba.init_state(batch_size, device) for layer in self.mamba_layers]}
+        return StreamState.merge(
+            **{f"layer{i}": layer.mamba.init_state(batch_size, device) for i, layer in enumerate(self.mamba_layers)}
+        )
 
     def step(
-        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
 
         Timestamps are accepted for the common streaming interface and not used.
         """
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
-        layers = []
-        for layer, layer_state in zip(self.mamba_layers, state["layers"]):
-            hidden, layer_state = layer.step(hidden, layer_state)
-            layers.append(layer_state)
-        return self.item_scores(hidden), {"layers": layers}
+        layers = {}
+        for i, layer in enumerate(self.mamba_layers):
+            hidden, layers[f"layer{i}"] = layer.step(hidden, state.part(f"layer{i}"))
+        return self.item_scores(hidden), StreamState.merge(**layers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.base import SequentialRecommender, StreamState, require
 from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
 
@@ -35,11 +35,17 @@ class SASRecBlock(nn.Module):
         """(B, L, d) -> (B, L, d), or (B, 1, d) for the rows at ``query_positions`` (B,)."""
         return self.feed_forward(self.attention(x, query_positions))
 
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor):
+        """One event (B, d) at ``position`` (B,) with the attention's key/value cache -> (out, keys, values)."""
+        out, keys, values = self.attention.step(x, keys, values, position)
+        return self.feed_forward(out), keys, values
+
 
 class SASRec(SequentialRecommender):
     name = "sasrec"
     regime = "causal"
     causal = True
+    streaming = True
     hyperparameters = {
         "hidden_size": 64,
         "n_layers": 2,
@@ -80,8 +86,10 @@ class SASRec(SequentialRecommender):
         )
         self.apply(lambda module: init_normal_(module, initializer_range))
 
-    def _embed(self, item_seq: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+    def _embed(self, item_seq: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Item plus position embeddings: (B, L) ids at positions 0..L-1, or (B,) ids at ``positions`` (B,)."""
+        if positions is None:
+            positions = torch.arange(item_seq.shape[1], device=item_seq.device)
         return self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
@@ -96,3 +104,39 @@ class SASRec(SequentialRecommender):
         for block in self.blocks[:-1]:
             hidden = block(hidden)
         return self.blocks[-1](hidden, (item_seq_len - 1).clamp(min=0)).squeeze(1)  # (B, d)
+
+    # -- streaming: a key/value cache per block -------------------------------------------------
+    def init_state(self, batch_size: int) -> StreamState:
+        """Empty caches: per block keys and values (B, heads, L, d / heads); ``length`` (B,) events so far."""
+        like = self.item_embedding.weight
+        caches = {
+            f"block{i}": {
+                "keys": block.attention.empty_cache(batch_size, self.max_seq_length, like),
+                "values": block.attention.empty_cache(batch_size, self.max_seq_length, like),
+            }
+            for i, block in enumerate(self.blocks)
+        }
+        return StreamState.merge(length=torch.zeros(batch_size, dtype=torch.long, device=like.device), **caches)
+
+    def step(
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
+
+        O(L d) per block and event. The position table has ``max_seq_length`` rows, so a user's
+        cache holds at most that many events; a longer history must be recomputed from its most
+        recent events (the serving layer does so). Timestamps are not used.
+        """
+        position = state["length"]
+        require(
+            position < self.max_seq_length,
+            f"a streaming state holds at most max_seq_length = {self.max_seq_length} events; "
+            "recompute longer histories from their most recent events",
+        )
+        hidden = self._embed(item_ids, position)  # (B, d)
+        caches = {}
+        for i, block in enumerate(self.blocks):
+            cache = state.part(f"block{i}")
+            hidden, keys, values = block.step(hidden, cache["keys"], cache["values"], position)
+            caches[f"block{i}"] = {"keys": keys, "values": values}
+        return self.item_scores(hidden), StreamState.merge(length=position + 1, **caches)

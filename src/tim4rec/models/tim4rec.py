@@ -12,7 +12,7 @@ between interactions, so the state decays by an amount that depends on elapsed t
 ``time_mode`` values:
 
 ``paper``
-    The reference computation, quirks included (see ``shared/reference.md``): gaps
+    The reference computation, quirks included (see ``docs/reference.md``): gaps
     ``[0, t1-t0, ...]`` over the padded float32 timestamp row (so position ``len`` holds
     ``0 - t_{len-1}``), a LayerNorm over the *position* axis (length L), position-axis Linear
     layers in the time MLP and gate, two causal Hardswish convolutions, and the gated residual
@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tim4rec.errors import ConfigError
-from tim4rec.models.base import SequentialRecommender
-from tim4rec.models.blocks import FeedForward, causal_conv, causal_conv_step
+from tim4rec.models.base import SequentialRecommender, StreamState
+from tim4rec.models.blocks import FeedForward, adopt_children, causal_conv, causal_conv_step
+from tim4rec.models.time_paths import NoTimeFeatures, NoTimePath, time_mode_parts
 from tim4rec.ops import ssd_scan, ssd_step
 
 TIME_MODES = ("paper", "causal", "none")
-SECONDS_PER_DAY = 86_400.0
 
 
 class GatedRMSNorm(nn.Module):
@@ -68,7 +68,9 @@ class GatedRMSNorm(nn.Module):
 class TiSSD(nn.Module):
     """One time-aware Mamba-2 block. ``forward(u (B, L, d), tau) -> (out (B, L, d), tau')``.
 
-    ``tau`` is (B, H, L) in paper mode, (B, L, H) in causal mode, None in none mode.
+    ``time_path`` (one module per time mode, :mod:`tim4rec.models.time_paths`) turns ``tau`` into
+    the factor ``u`` of the step size and the next layer's ``tau``; its sub-modules are registered
+    on this block under the reference's names.
     """
 
     def __init__(
@@ -91,23 +93,13 @@ class TiSSD(nn.Module):
             raise ConfigError(f"hidden_size * expand = {self.d_inner} is not a multiple of head_dim {head_dim}")
         self.n_heads = self.d_inner // head_dim
         self.head_dim, self.d_state, self.d_conv, self.chunk_size = head_dim, d_state, d_conv, chunk_size
-        self.time_mode = time_mode
         h = self.n_heads
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + h)  # -> z, xBC, dt
         conv_dim = self.d_inner + 2 * d_state
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
         self.act = nn.Hardswish()
-        if time_mode != "none":
-            self.conv1d4time_1 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
-            self.conv1d4time_2 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
-            features = seq_len if time_mode == "paper" else h  # the axis the time MLP and gate act on
-            self.mlp4time_scale = nn.Sequential(
-                nn.Dropout(time_drop_out), nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features)
-            )
-            self.time_gate_residual = nn.Sequential(
-                nn.Dropout(time_drop_out), nn.Linear(features, features if p2p_residual else 1), nn.Sigmoid()
-            )
-            self.time_layer_norm = nn.LayerNorm(features, eps=norm_eps)
+        path = time_mode_parts(time_mode)[1](h, seq_len, d_conv, time_drop_out, p2p_residual, norm_eps)
+        self.time_path: NoTimePath = adopt_children(self, path)
         # Mamba-2 initialisation: dt log-uniform in [1e-3, 1e-1] (floor 1e-4) through softplus^-1, A ~ U(1, 16)
         dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
@@ -116,12 +108,18 @@ class TiSSD(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, norm_eps)
         self.out_proj = nn.Linear(self.d_inner, d_model)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "time_path":  # a plain attribute: its sub-modules are registered on this block
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def A(self) -> torch.Tensor:
         """(H,) the negative decay rates, in at least float32."""
         return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
     def _project(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        """in_proj, as three products with its row blocks: (..., d) -> z (..., d_in), xBC (..., d_in + 2N), dt (..., H).
+        """in_proj as three products with its row blocks: (..., d) -> z (..., d_in), xBC (..., d_in + 2N), dt (..., H).
 
         Same numbers as splitting ``in_proj(hidden)``; the backward then needs no concatenation of
         the three (B, L, .) gradients (about 5% of a training step at L = 3200 on a CPU).
@@ -131,84 +129,51 @@ class TiSSD(nn.Module):
             F.linear(hidden, w, b) for w, b in zip(self.in_proj.weight.split(sizes), self.in_proj.bias.split(sizes))
         ]
 
-    def _time_factor(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time path: tau -> (u (B, L, H) multiplying dt, tau' for the next layer)."""
-        if self.time_mode == "paper":  # tau (B, H, L): MLP and gate over positions
-            u = tau * self.mlp4time_scale(tau)
-            u = self.act(causal_conv(self.conv1d4time_1, u.transpose(1, 2)))
-            u = self.act(causal_conv(self.conv1d4time_2, u))  # (B, L, H)
-            gate = self.time_gate_residual(tau)
-            return u, self.time_layer_norm(gate * tau + (1 - gate) * u.transpose(1, 2))
-        # causal: tau (B, L, H): MLP and gate over heads, convolutions over positions
-        u = tau * self.mlp4time_scale(tau)
-        u = self.act(causal_conv(self.conv1d4time_1, u))
-        u = self.act(causal_conv(self.conv1d4time_2, u))  # (B, L, H)
-        gate = self.time_gate_residual(tau)
-        return u, self.time_layer_norm(gate * tau + (1 - gate) * u)
+    def _split(self, xBC: torch.Tensor) -> list[torch.Tensor]:
+        """(..., d_in + 2N) after the convolution -> x (..., d_in), B (..., N), C (..., N)."""
+        return torch.split(self.act(xBC), [self.d_inner, self.d_state, self.d_state], dim=-1)
+
+    def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """out_proj(RMSNorm(y * SiLU(z))): y (..., H, P), z (..., d_in) -> (..., d)."""
+        return self.out_proj(self.norm(y.reshape(*z.shape), z))
 
     def forward(self, hidden: torch.Tensor, tau: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, l, _ = hidden.shape
         z, xBC, dt = self._project(hidden)  # (B, L, d_in), (B, L, d_in + 2N), (B, L, H)
-        xBC = self.act(causal_conv(self.conv1d, xBC))  # (B, L, d_in + 2N)
-        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        tau_next = None
-        if self.time_mode != "none":
-            u, tau_next = self._time_factor(tau)
+        x, B, C = self._split(causal_conv(self.conv1d, xBC))
+        u, tau_next = self.time_path(tau)
+        if u is not None:
             dt = dt * u
         y = ssd_scan(
-            x.reshape(b, l, self.n_heads, self.head_dim),
-            dt,
-            self.A(),
-            B[:, :, None, :],
-            C[:, :, None, :],
-            self.chunk_size,
-            D=self.D,
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
-        )  # (B, L, H, P)
-        return self.out_proj(self.norm(y.reshape(b, l, self.d_inner), z)), tau_next
+            x.reshape(b, l, self.n_heads, self.head_dim), dt, self.A(), B[:, :, None, :], C[:, :, None, :],
+            self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        )  # (B, L, H, P)  # fmt: skip
+        return self._output(y, z), tau_next
 
     # -- streaming (causal and none modes) -----------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
-        k = self.d_conv - 1
-        state = {
-            "conv": torch.zeros(batch_size, self.d_inner + 2 * self.d_state, k, device=device, dtype=dtype),
+        """The convolution's last K-1 inputs, the SSD state (B, H, P, N), and the time path's windows."""
+        return {
+            "conv": torch.zeros(
+                batch_size, self.d_inner + 2 * self.d_state, self.d_conv - 1, device=device, dtype=dtype
+            ),
             "ssm": torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device, dtype=dtype),
+            **self.time_path.init_state(batch_size, device, dtype),
         }
-        if self.time_mode == "causal":
-            state["time_1"] = torch.zeros(batch_size, self.n_heads, k, device=device, dtype=dtype)
-            state["time_2"] = torch.zeros(batch_size, self.n_heads, k, device=device, dtype=dtype)
-        return state
 
     def step(self, hidden: torch.Tensor, tau: torch.Tensor | None, state: dict[str, torch.Tensor]):
         """One event: hidden (B, d), tau (B, H) or None -> (out (B, d), tau' (B, H) or None, state)."""
-        if self.time_mode == "paper":
-            raise RuntimeError("paper mode mixes positions and cannot stream; use time_mode causal")
         z, xBC, dt = self._project(hidden)
         xBC, conv = causal_conv_step(self.conv1d, state["conv"], xBC)
-        x, B, C = torch.split(self.act(xBC), [self.d_inner, self.d_state, self.d_state], dim=-1)
-        new_state = {"conv": conv}
-        tau_next = None
-        if self.time_mode == "causal":
-            u = tau * self.mlp4time_scale(tau)
-            u, new_state["time_1"] = causal_conv_step(self.conv1d4time_1, state["time_1"], u)
-            u, new_state["time_2"] = causal_conv_step(self.conv1d4time_2, state["time_2"], self.act(u))
-            u = self.act(u)
-            gate = self.time_gate_residual(tau)
-            tau_next = self.time_layer_norm(gate * tau + (1 - gate) * u)
+        x, B, C = self._split(xBC)
+        u, tau_next, time_state = self.time_path.step(tau, state)
+        if u is not None:
             dt = dt * u
-        y, new_state["ssm"] = ssd_step(
-            state["ssm"],
-            x.reshape(-1, self.n_heads, self.head_dim),
-            dt,
-            self.A(),
-            B[:, None, :],
-            C[:, None, :],
-            D=self.D,
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
-        )
-        return self.out_proj(self.norm(y.reshape(-1, self.d_inner), z)), tau_next, new_state
+        y, ssm = ssd_step(
+            state["ssm"], x.reshape(-1, self.n_heads, self.head_dim), dt, self.A(), B[:, None, :], C[:, None, :],
+            D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        )  # fmt: skip
+        return self._output(y, z), tau_next, {"conv": conv, "ssm": ssm, **time_state}
 
 
 class TiSSDLayer(nn.Module):
@@ -304,16 +269,14 @@ class TiM4Rec(SequentialRecommender):
         if time_mode not in TIME_MODES:
             raise ConfigError(f"time_mode: expected one of {TIME_MODES}, got {time_mode!r}")
         self.time_mode = time_mode
-        self.causal = time_mode != "paper"
+        self.causal = self.streaming = time_mode != "paper"
         self.regime = "causal" if self.causal else "prefix"
         self.is_kai_ming_init = is_kai_ming_init
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.in_layer_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
         self.n_heads = expand * hidden_size // head_dim
-        if time_mode == "paper":
-            self.layer_norm_time = nn.LayerNorm(max_seq_length, eps=norm_eps)
-        elif time_mode == "causal":
-            self.time_encoder = nn.Linear(1, self.n_heads)  # log1p(gap in seconds) -> per-head feature
+        features = time_mode_parts(time_mode)[0](max_seq_length, self.n_heads, norm_eps)
+        self.time_features: NoTimeFeatures = adopt_children(self, features)  # layer_norm_time / time_encoder
         self.dropout = nn.Dropout(dropout_prob)
         self.ssd_layers = nn.ModuleList(
             TiSSDLayer(
@@ -336,9 +299,13 @@ class TiM4Rec(SequentialRecommender):
             for _ in range(num_layers)
         )
         self.apply(self._init_weights)
-        if time_mode == "causal":  # a gap of one day maps to 1, a gap of 0 to 0
-            nn.init.constant_(self.time_encoder.weight, 1.0 / math.log1p(SECONDS_PER_DAY))
-            nn.init.zeros_(self.time_encoder.bias)
+        self.time_features.initialize()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "time_features":  # a plain attribute: its sub-modules are registered on the model
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -353,61 +320,36 @@ class TiM4Rec(SequentialRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    # -- time features ----------------------------------------------------------------------
-    def time_features(self, timestamps: torch.Tensor) -> torch.Tensor | None:
-        """(B, L) seconds -> the first layer's tau: (B, H, L) paper, (B, L, H) causal, None none."""
-        if self.time_mode == "none":
-            return None
-        if self.time_mode == "paper":
-            stamps = timestamps.float()  # the reference sees RecBole's float32 timestamps
-            gaps = torch.cat([torch.zeros_like(stamps[:, :1]), stamps[:, 1:] - stamps[:, :-1]], dim=1)
-            gaps = gaps.to(self.layer_norm_time.weight.dtype)
-            tau = self.layer_norm_time(self.dropout(gaps))  # LayerNorm over positions
-            return tau[:, None, :].expand(-1, self.n_heads, -1)
-        gaps = (timestamps[:, 1:] - timestamps[:, :-1]).clamp(min=0)
-        gaps = torch.cat([torch.zeros_like(timestamps[:, :1]), gaps], dim=1)
-        return self._encode_gap(gaps)
-
-    def _encode_gap(self, gaps: torch.Tensor) -> torch.Tensor:
-        """(...) int seconds >= 0 -> (..., H)."""
-        log_gaps = torch.log1p(gaps.to(self.time_encoder.weight.dtype))
-        return self.dropout(self.time_encoder(log_gaps[..., None]))
-
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_seq)))  # (B, L, d)
-        tau = self.time_features(timestamps)
+        tau = self.time_features(timestamps, self.dropout)
         for layer in self.ssd_layers:
             hidden, tau = layer(hidden, tau)
         return hidden
 
     # -- streaming ---------------------------------------------------------------------------
-    def init_state(self, batch_size: int) -> dict[str, Any]:
+    def init_state(self, batch_size: int) -> StreamState:
         """Empty streaming state for ``batch_size`` users (causal and none modes)."""
-        if self.time_mode == "paper":
+        if not self.streaming:
             raise RuntimeError("time_mode 'paper' cannot stream: its time path mixes positions")
         device = self.item_embedding.weight.device
-        return {
-            "layers": [layer.ssd.init_state(batch_size, device) for layer in self.ssd_layers],
-            "last_time": torch.zeros(batch_size, dtype=torch.long, device=device),
-            "seen": torch.zeros(batch_size, dtype=torch.bool, device=device),
-        }
+        return StreamState.merge(
+            last_time=torch.zeros(batch_size, dtype=torch.long, device=device),
+            seen=torch.zeros(batch_size, dtype=torch.bool, device=device),
+            **{f"layer{i}": layer.ssd.init_state(batch_size, device) for i, layer in enumerate(self.ssd_layers)},
+        )
 
     def step(
-        self, state: dict[str, Any], item_ids: torch.Tensor, timestamps: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
         hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
-        tau = None
-        if self.time_mode == "causal":
-            gaps = torch.where(
-                state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps)
-            )
-            tau = self._encode_gap(gaps)
-        layers = []
-        for layer, layer_state in zip(self.ssd_layers, state["layers"]):
-            hidden, tau, layer_state = layer.step(hidden, tau, layer_state)
-            layers.append(layer_state)
-        new_state = {"layers": layers, "last_time": timestamps.clone(), "seen": torch.ones_like(state["seen"])}
+        gaps = torch.where(state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps))
+        tau = self.time_features.step_features(gaps, self.dropout)
+        layers = {}
+        for i, layer in enumerate(self.ssd_layers):
+            hidden, tau, layers[f"layer{i}"] = layer.step(hidden, tau, state.part(f"layer{i}"))
+        new_state = StreamState.merge(last_time=timestamps.clone(), seen=torch.ones_like(state["seen"]), **layers)
         return self.item_scores(hidden), new_state
 
 

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from tim4rec.errors import ConfigError
-from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.base import SequentialRecommender, StreamState, require
 from tim4rec.models.blocks import FeedForward, init_normal_
 
 TIME_INTERVAL_MODES = ("scaled", "raw_seconds")
@@ -67,15 +67,20 @@ def running_min_gap(timestamps: torch.Tensor) -> torch.Tensor:
     return torch.where(scale == _NO_GAP, torch.ones_like(scale), scale)
 
 
+def interval_buckets(distance: torch.Tensor, scale: torch.Tensor, time_span: int, mode: str) -> torch.Tensor:
+    """|t_i - t_j| in seconds -> buckets in [0, time_span]: divided by the query's ``scale`` (``scaled``) or not."""
+    if mode == "scaled":
+        distance = torch.div(distance, scale, rounding_mode="floor")
+    elif mode != "raw_seconds":
+        raise ConfigError(f"time_interval_mode: expected one of {TIME_INTERVAL_MODES}, got {mode!r}")
+    return distance.clamp(max=time_span)
+
+
 def time_intervals(timestamps: torch.Tensor, time_span: int, mode: str = "scaled") -> torch.Tensor:
     """(B, L) seconds -> (B, L, L) long buckets ``r_ij`` in [0, time_span]; row i uses only t_0..t_i (and t_j)."""
     stamps = timestamps.long()
-    intervals = (stamps[:, :, None] - stamps[:, None, :]).abs()  # |t_i - t_j|
-    if mode == "scaled":
-        intervals = torch.div(intervals, running_min_gap(stamps)[:, :, None], rounding_mode="floor")
-    elif mode != "raw_seconds":
-        raise ConfigError(f"time_interval_mode: expected one of {TIME_INTERVAL_MODES}, got {mode!r}")
-    return intervals.clamp(max=time_span)
+    distance = (stamps[:, :, None] - stamps[:, None, :]).abs()  # |t_i - t_j|
+    return interval_buckets(distance, running_min_gap(stamps)[:, :, None], time_span, mode)
 
 
 class TimeAwareSelfAttention(nn.Module):
@@ -98,6 +103,30 @@ class TimeAwareSelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, n, d) -> (B, heads, n, d / heads)
         return x.reshape(*x.shape[:-1], self.n_heads, self.head_size).transpose(-3, -2)
 
+    def _attend(
+        self,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        buckets: torch.Tensor,
+        future: torch.Tensor,
+        interval_key: torch.Tensor,
+        interval_value: torch.Tensor,
+    ) -> torch.Tensor:
+        """Queries q (B, h, n, dh) of the rows x (B, n, d) over keys and values (B, h, L, dh) that
+        already hold the position terms; buckets (B, h, n, L) in [0, S]; ``future`` (..., n, L) True
+        where a key is after its query. Returns LayerNorm(x + Dropout(W_o z)), (B, n, d)."""
+        r_key, r_value = self._heads(interval_key), self._heads(interval_value)  # (B or 1, h, S+1, dh)
+        logits = q @ k.transpose(-1, -2) + (q @ r_key.transpose(-1, -2)).gather(-1, buckets)  # (B, h, n, L)
+        logits = (logits / math.sqrt(self.head_size)).masked_fill(future, float("-inf"))
+        weights = self.attn_dropout(torch.softmax(logits, dim=-1))  # exactly 0 at j > i
+        per_bucket = torch.zeros(*weights.shape[:-1], r_value.shape[-2], dtype=weights.dtype, device=x.device)
+        per_bucket = per_bucket.scatter_add(-1, buckets, weights)  # (B, h, n, S+1): sum_{j: r_ij = b} a_ij
+        attended = weights @ v + per_bucket @ r_value  # (B, h, n, dh)
+        merged = attended.transpose(1, 2).reshape(x.shape)
+        return self.layer_norm(x + self.dropout(self.out(merged)))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -115,17 +144,36 @@ class TimeAwareSelfAttention(nn.Module):
         q = self._heads(self.query(x))  # (B, h, L, dh)
         k = self._heads(self.key(x)) + self._heads(pos_key)
         v = self._heads(self.value(x)) + self._heads(pos_value)
-        r_key, r_value = self._heads(interval_key), self._heads(interval_value)  # (B or 1, h, S+1, dh)
         buckets = intervals[:, None].expand(b, self.n_heads, l, l)  # (B, h, L, L)
-        logits = q @ k.transpose(-1, -2) + (q @ r_key.transpose(-1, -2)).gather(-1, buckets)  # (B, h, L, L)
         future = torch.ones(l, l, dtype=torch.bool, device=x.device).triu(1)
-        logits = (logits / math.sqrt(self.head_size)).masked_fill(future, float("-inf"))
-        weights = self.attn_dropout(torch.softmax(logits, dim=-1))  # exactly 0 at j > i
-        per_bucket = torch.zeros(*weights.shape[:-1], r_value.shape[-2], dtype=weights.dtype, device=x.device)
-        per_bucket = per_bucket.scatter_add(-1, buckets, weights)  # (B, h, L, S+1): sum_{j: r_ij = b} a_ij
-        attended = weights @ v + per_bucket @ r_value  # (B, h, L, dh)
-        merged = attended.transpose(1, 2).reshape(b, l, -1)
-        return self.layer_norm(x + self.dropout(self.out(merged)))
+        return self._attend(x, q, k, v, buckets, future, interval_key, interval_value)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        position: torch.Tensor,
+        intervals: torch.Tensor,
+        pos_key: torch.Tensor,
+        pos_value: torch.Tensor,
+        interval_key: torch.Tensor,
+        interval_value: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One event x (B, d) at ``position`` (B,) with a cache of keys and values (B, h, L, dh)
+        (position terms included); intervals (B, L): its buckets to every cached position; pos_*
+        (B, d) of this position. Returns (out (B, d), keys, values) with this event written in."""
+        rows = x[:, None, :]  # (B, 1, d)
+        length = keys.shape[2]
+        slots = torch.arange(length, device=x.device)
+        here = (slots == position[:, None])[:, None, :, None]  # (B, 1, L, 1)
+        keys = torch.where(here, self._heads(self.key(rows)) + self._heads(pos_key[:, None]), keys)
+        values = torch.where(here, self._heads(self.value(rows)) + self._heads(pos_value[:, None]), values)
+        buckets = intervals[:, None, None, :].expand(-1, self.n_heads, 1, length)  # (B, h, 1, L)
+        future = (slots > position[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        q = self._heads(self.query(rows))  # (B, h, 1, dh)
+        out = self._attend(rows, q, keys, values, buckets, future, interval_key, interval_value)
+        return out[:, 0], keys, values
 
 
 class TiSASRecBlock(nn.Module):
@@ -148,11 +196,17 @@ class TiSASRecBlock(nn.Module):
     def forward(self, x: torch.Tensor, *time_and_position: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
         return self.feed_forward(self.attention(x, *time_and_position))
 
+    def step(self, x: torch.Tensor, *cache_time_and_position: torch.Tensor):
+        """One event (B, d) -> (out (B, d), keys, values); see :meth:`TimeAwareSelfAttention.step`."""
+        out, keys, values = self.attention.step(x, *cache_time_and_position)
+        return self.feed_forward(out), keys, values
+
 
 class TiSASRec(SequentialRecommender):
     name = "tisasrec"
     regime = "causal"
     causal = True
+    streaming = True
     hyperparameters = {
         "hidden_size": 64,
         "n_layers": 2,
@@ -228,3 +282,58 @@ class TiSASRec(SequentialRecommender):
         for block in self.blocks:
             hidden = block(hidden, intervals, *time_and_position)
         return hidden  # (B, L, d)
+
+    # -- streaming: a key/value cache per block, and the timestamps seen ------------------------
+    def init_state(self, batch_size: int) -> StreamState:
+        """Empty state: per block keys and values (B, h, L, dh) with their position terms; the
+        timestamps ``times`` (B, L); ``length``, ``last_time`` and the running ``min_gap`` (B,)."""
+        like = self.item_embedding.weight
+        heads = self.blocks[0].attention.n_heads
+        size = (batch_size, heads, self.max_seq_length, like.shape[1] // heads)
+        caches = {
+            f"block{i}": {"keys": like.new_zeros(size), "values": like.new_zeros(size)} for i in range(len(self.blocks))
+        }
+        counts = torch.zeros(batch_size, dtype=torch.long, device=like.device)
+        return StreamState.merge(
+            length=counts, last_time=counts, min_gap=torch.full_like(counts, _NO_GAP),
+            times=counts.new_zeros(batch_size, self.max_seq_length), **caches,
+        )  # fmt: skip
+
+    def step(
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
+
+        O(L d) per block and event; at most ``max_seq_length`` events per state (the position
+        tables' size): longer histories are recomputed from their most recent events.
+        """
+        position, timestamps = state["length"], timestamps.long()
+        require(
+            position < self.max_seq_length,
+            f"a streaming state holds at most max_seq_length = {self.max_seq_length} events; "
+            "recompute longer histories from their most recent events",
+        )
+        gap = (timestamps - state["last_time"]).abs()
+        new_gap = (position > 0) & (gap > 0)
+        min_gap = torch.where(new_gap, torch.minimum(state["min_gap"], gap), state["min_gap"])
+        scale = torch.where(min_gap == _NO_GAP, torch.ones_like(min_gap), min_gap)
+        slots = torch.arange(self.max_seq_length, device=position.device)
+        times = torch.where(slots == position[:, None], timestamps[:, None], state["times"])
+        distance = (timestamps[:, None] - times).abs()  # (B, L)
+        intervals = interval_buckets(distance, scale[:, None], self.time_span, self.time_interval_mode)
+        position_terms = (
+            self.dropout(self.position_key_embedding(position)),
+            self.dropout(self.position_value_embedding(position)),
+            self.dropout(self.interval_key_embedding.weight[None]),
+            self.dropout(self.interval_value_embedding.weight[None]),
+        )
+        hidden = self.dropout(self.layer_norm(self.item_embedding(item_ids)))  # (B, d)
+        caches = {}
+        for i, block in enumerate(self.blocks):
+            cache = state.part(f"block{i}")
+            hidden, keys, values = block.step(
+                hidden, cache["keys"], cache["values"], position, intervals, *position_terms
+            )
+            caches[f"block{i}"] = {"keys": keys, "values": values}
+        new_state = StreamState.merge(length=position + 1, last_time=timestamps, min_gap=min_gap, times=times, **caches)
+        return self.item_scores(hidden), new_state

@@ -18,6 +18,10 @@ carrying the state from block to block: the big temporaries stay cache-sized and
 allocator, so time stays linear in l in practice (one whole-sequence pass was about 2x slower
 at l = 4096, b = 16, h = 4 on a CPU, largely from page faults on fresh 64 MB temporaries).
 
+Beside the fast path, :func:`ssd_recurrent` (the recurrence step by step) and :func:`ssd_quadratic`
+(the (l, l) matrix form) state the same function as the paper does; the tests and the kernel
+benchmark use them as the oracle.
+
 Numerics: all work happens in float32 (float64 for float64 ``x``). Every exponent is a sum of
 ``a_t = Delta_t A <= 0`` built by cumulative sums, never a difference of cumulative sums, so no
 ``exp`` of a positive number and no ``inf - inf``; inside a chunk the (Q, Q) decays are masked
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ssd_scan", "ssd_step"]
+__all__ = ["ssd_quadratic", "ssd_recurrent", "ssd_scan", "ssd_step"]
 
 _NO_LIMIT = (0.0, float("inf"))
 _BLOCK_ELEMS = 1 << 20  # size of the (b, h, chunks, Q, Q) intermediates of one block of chunks
@@ -291,3 +295,75 @@ def ssd_step(
     new_state = state.to(cdt) * decay[..., None, None] + xd[..., :, None] * Bh[..., None, :]  # (b, h, p, n)
     y = (new_state @ Ch[..., :, None]).squeeze(-1)  # (b, h, p)
     return _skip_and_gate(y, x, D, z).to(x.dtype), new_state
+
+
+# -- reference forms: the same function written as the papers write it (the oracle of the tests) --------------------
+def _reference_inputs(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit):
+    """Step sizes Delta (b, l, h) and per-head B, C (b, l, h, n), in x's dtype (float64 in the tests)."""
+    h = x.shape[2]
+    delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, x.dtype)
+    return delta, A.to(x.dtype), _expand_groups(B.to(x.dtype), h, 2), _expand_groups(C.to(x.dtype), h, 2)
+
+
+def ssd_recurrent(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_LIMIT,
+    initial_states: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The recurrence, one step at a time (Mamba-2 paper, eq. 1): returns (y (b, l, h, p), S_l (b, h, p, n)).
+
+        S_t = exp(Delta_t A) S_{t-1} + Delta_t x_t B_t^T      (b, h, p, n)
+        y_t = S_t C_t (+ D x_t) (* silu(z_t))                 (b, h, p)
+
+    Same arguments as :func:`ssd_scan`; computes in x's dtype. O(l) sequential steps.
+    """  # fmt: skip
+    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
+    b, l, h, p = x.shape
+    S = x.new_zeros(b, h, p, B.shape[-1]) if initial_states is None else initial_states.to(x.dtype)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(delta[:, t] * A)[:, :, None, None]  # (b, h, 1, 1)
+        S = decay * S + (delta[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", S, Ch[:, t]))
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p)
+    return _skip_and_gate(y, x, D, z), S
+
+
+def ssd_quadratic(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_LIMIT,
+) -> Tensor:
+    """The quadratic ("attention") form of the same map (Mamba-2 paper, Sec. 3-4): y = M (Delta x) with
+
+        M_ij = C_i . B_j  exp(a_{j+1} + ... + a_i)  for i >= j, 0 above,     a_t = Delta_t A,
+
+    one (l, l) matrix per head: O(l^2) time and memory. Returns y (b, l, h, p), starting from S = 0.
+    """  # fmt: skip
+    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
+    l = x.shape[1]
+    a = (delta * A).transpose(1, 2)  # (b, h, l)
+    cumulative = a.cumsum(-1)
+    exponent = cumulative[..., :, None] - cumulative[..., None, :]  # (b, h, l, l): a_{j+1} + ... + a_i
+    causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
+    decay = exponent.masked_fill(~causal, float("-inf")).exp()
+    scores = torch.einsum("bihn,bjhn->bhij", Ch, Bh)  # C_i . B_j
+    y = torch.einsum("bhij,bjhp->bihp", decay * scores, x * delta[..., None])
+    return _skip_and_gate(y, x, D, z)
