@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from tim4rec.data import FieldNames, Interactions, SequenceData, load_interactions, make_split
 from tim4rec.data.batches import REGIMES
 from tim4rec.data.preprocess import FIVE_CORE, TIME_ORDERS, parse_interval
 from tim4rec.data.split import SPLITS
@@ -274,6 +275,24 @@ class Config:
                 f"valid_metric {self.valid_metric!r} is not among metrics {self.metrics} at topk {self.topk}"
             )
         return f"{key}@{int(k)}"
+
+    # -- the data it describes --------------------------------------------------------------------------------------
+    def load_interactions(self) -> Interactions:
+        """The dataset (fetched on first use), filtered and time-sorted as these settings say."""
+        return load_interactions(
+            self.dataset,
+            fields=FieldNames(self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD),
+            user_inter_num_interval=self.user_inter_num_interval,
+            item_inter_num_interval=self.item_inter_num_interval,
+            time_order=self.time_order,
+            cache=self.data_cache,
+        )
+
+    def load_data(self, interactions: Interactions | None = None) -> SequenceData:
+        """The dataset split as these settings say, batched at ``MAX_ITEM_LIST_LENGTH``."""
+        interactions = interactions if interactions is not None else self.load_interactions()
+        split = make_split(self.split, cut=self.temporal_cut, quantile=self.temporal_cut_quantile)
+        return SequenceData(interactions, split(interactions), self.max_seq_length)
 
     # -- conversions ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

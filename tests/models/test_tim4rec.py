@@ -17,7 +17,7 @@ def history(seed: int = 0, lengths=(12, 7, 1)):
 
 
 # ---------------------------------------------------------------------------------------------
-# A straightforward re-computation of the reference equations (shared/reference.md), in float64,
+# A straightforward re-computation of the reference equations (docs/reference.md), in float64,
 # reading the weights by their reference names. Loops over time for the conv and the recurrence.
 def _layer_norm(x, weight, bias, eps):
     mean = x.mean(-1, keepdim=True)

@@ -49,23 +49,14 @@ def _max_rss_bytes() -> int:
 
 
 def measure_point(
-    model_name: str,
-    length: int,
-    *,
-    batch: int,
-    items: int,
-    dropout: bool,
-    device: str,
-    threads: int,
-    warmup: int,
-    repeats: int,
-    hyperparameters: dict[str, Any],
-    flush_denormal: bool = True,
+    model_name: str, length: int, *, threads: int, flush_denormal: bool = True, **point: Any
 ) -> dict[str, Any]:
-    """One (model, length, dropout) point, in the calling process, under the thread and denormal settings."""
+    """One (model, length, dropout) point, in the calling process, under the thread and denormal settings.
+
+    ``point``: batch, items, dropout (bool), device, warmup, repeats, hyperparameters (dict).
+    """
     with runtime_settings(threads=threads, flush_denormal=flush_denormal) as runtime:
-        row = _measure_point(model_name, length, batch=batch, items=items, dropout=dropout, device=device,
-                             warmup=warmup, repeats=repeats, hyperparameters=hyperparameters)  # fmt: skip
+        row = _measure_point(model_name, length, **point)
     return {**row, "threads": runtime.threads, "flush_denormal": runtime.flush_denormal}
 
 

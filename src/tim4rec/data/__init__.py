@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tim4rec.data.batches import Batch, SequenceData
 from tim4rec.data.datasets import NAMED_DATASETS, fetch
@@ -11,9 +11,6 @@ from tim4rec.data.preprocess import FIVE_CORE, Interactions, build_interactions
 from tim4rec.data.readers import FieldNames, read_interactions
 from tim4rec.data.split import LeaveOneOut, TargetIndex, TemporalSplit, make_split
 from tim4rec.errors import DataError
-
-if TYPE_CHECKING:
-    from tim4rec.config import Config
 
 DEFAULT_FIELDS = FieldNames()
 
@@ -51,27 +48,7 @@ def load_interactions(
     )
 
 
-def interactions_from_config(config: Config) -> Interactions:
-    """:func:`load_interactions` with the settings of a :class:`~tim4rec.config.Config`."""
-    return load_interactions(
-        config.dataset,
-        fields=FieldNames(config.USER_ID_FIELD, config.ITEM_ID_FIELD, config.TIME_FIELD),
-        user_inter_num_interval=config.user_inter_num_interval,
-        item_inter_num_interval=config.item_inter_num_interval,
-        time_order=config.time_order,
-        cache=config.data_cache,
-    )
-
-
-def sequence_data_from_config(config: Config, interactions: Interactions | None = None) -> SequenceData:
-    """The dataset of ``config``, split as it says, batched at its ``MAX_ITEM_LIST_LENGTH``."""
-    interactions = interactions if interactions is not None else interactions_from_config(config)
-    split = make_split(config.split, cut=config.temporal_cut, quantile=config.temporal_cut_quantile)
-    return SequenceData(interactions, split(interactions), config.max_seq_length)
-
-
 __all__ = [
     "Batch", "FieldNames", "Interactions", "LeaveOneOut", "NAMED_DATASETS", "SequenceData", "TargetIndex",
-    "TemporalSplit", "build_interactions", "fetch", "interactions_from_config", "load_interactions",
-    "make_split", "read_interactions", "sequence_data_from_config",
+    "TemporalSplit", "build_interactions", "fetch", "load_interactions", "make_split", "read_interactions",
 ]  # fmt: skip

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from tim4rec.config import Config
-from tim4rec.data import sequence_data_from_config
 from tim4rec.data.batches import SampleSet, SequenceData
 from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.metrics import metrics_from_ranks, target_ranks
@@ -64,7 +63,7 @@ def evaluate_saved_model(path: str | Path, *, split: str = "test", mask_history:
     saved = load_saved_model(path)
     model = saved.build()
     config = Config.from_dict(saved.config)
-    data = sequence_data_from_config(config)
+    data = config.load_data()
     if data.interactions.item_tokens.tolist() != saved.item_tokens:
         raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
     metrics = evaluate(

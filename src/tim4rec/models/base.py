@@ -125,7 +125,7 @@ class SequentialRecommender(nn.Module):
     """Base class: read-out, scoring against the item embedding table, and the CE loss."""
 
     name: ClassVar[str] = ""
-    regime: ClassVar[str] = "prefix"
+    regime: ClassVar[str] = PREFIX
     causal: ClassVar[bool] = False
     #: hyper-parameter names (as in RecBole / the reference YAML files) and their defaults
     hyperparameters: ClassVar[dict[str, Any]] = {}

@@ -40,7 +40,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from tim4rec.data.batches import Batch
+from tim4rec.data.batches import PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
@@ -70,7 +70,7 @@ class BERT4RecBlock(nn.Module):
 
 class BERT4Rec(SequentialRecommender):
     name = "bert4rec"
-    regime = "prefix"
+    regime = PREFIX
     causal = False
     hyperparameters = {
         "n_layers": 2,

@@ -48,7 +48,7 @@ from tim4rec.models.base import SequentialRecommender
 
 class Caser(SequentialRecommender):
     name = "caser"
-    regime = "prefix"
+    regime = PREFIX
     causal = False
     hyperparameters = {
         "embedding_size": 64,

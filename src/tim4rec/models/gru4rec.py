@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState
 
 
 class GRU4Rec(SequentialRecommender):
     name = "gru4rec"
-    regime = "causal"
+    regime = CAUSAL
     causal = True
     streaming = True
     hyperparameters = {

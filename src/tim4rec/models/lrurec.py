@@ -36,6 +36,7 @@ import math
 import torch
 from torch import nn
 
+from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward
@@ -126,7 +127,7 @@ class LRUBlock(nn.Module):
 
 class LRURec(SequentialRecommender):
     name = "lrurec"
-    regime = "causal"
+    regime = CAUSAL
     causal = True
     streaming = True
     hyperparameters = {

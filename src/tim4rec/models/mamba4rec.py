@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward, causal_conv, causal_conv_step, init_normal_
 from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
@@ -152,7 +153,7 @@ class MambaLayer(nn.Module):
 
 class Mamba4Rec(SequentialRecommender):
     name = "mamba4rec"
-    regime = "causal"
+    regime = CAUSAL
     causal = True
     streaming = True
     hyperparameters = {

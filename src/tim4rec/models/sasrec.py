@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState, require
 from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
@@ -43,7 +44,7 @@ class SASRecBlock(nn.Module):
 
 class SASRec(SequentialRecommender):
     name = "sasrec"
-    regime = "causal"
+    regime = CAUSAL
     causal = True
     streaming = True
     hyperparameters = {

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tim4rec.data.batches import CAUSAL, PREFIX
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward, adopt_children, causal_conv, causal_conv_step
@@ -270,7 +271,7 @@ class TiM4Rec(SequentialRecommender):
             raise ConfigError(f"time_mode: expected one of {TIME_MODES}, got {time_mode!r}")
         self.time_mode = time_mode
         self.causal = self.streaming = time_mode != "paper"
-        self.regime = "causal" if self.causal else "prefix"
+        self.regime = CAUSAL if self.causal else PREFIX
         self.is_kai_ming_init = is_kai_ming_init
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.in_layer_norm = nn.LayerNorm(hidden_size, eps=norm_eps)

@@ -49,6 +49,7 @@ import math
 import torch
 from torch import nn
 
+from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState, require
 from tim4rec.models.blocks import FeedForward, init_normal_
@@ -204,7 +205,7 @@ class TiSASRecBlock(nn.Module):
 
 class TiSASRec(SequentialRecommender):
     name = "tisasrec"
-    regime = "causal"
+    regime = CAUSAL
     causal = True
     streaming = True
     hyperparameters = {

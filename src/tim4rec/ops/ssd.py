@@ -32,6 +32,8 @@ instead of one per pair; see ``_DecayedScores``). This holds for ``A <= 0`` (Mam
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -298,35 +300,33 @@ def ssd_step(
 
 
 # -- reference forms: the same function written as the papers write it (the oracle of the tests) --------------------
-def _reference_inputs(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit):
-    """Step sizes Delta (b, l, h) and per-head B, C (b, l, h, n), in x's dtype (float64 in the tests)."""
+# fmt: off
+def _reference_inputs(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, dt_bias: Tensor | None = None,
+    dt_softplus: bool = False, dt_limit: tuple[float, float] = _NO_LIMIT,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # fmt: on
+    """Step sizes Delta (b, l, h), A (h,) and per-head B, C (b, l, h, n), all in x's dtype."""
     h = x.shape[2]
     delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, x.dtype)
     return delta, A.to(x.dtype), _expand_groups(B.to(x.dtype), h, 2), _expand_groups(C.to(x.dtype), h, 2)
 
 
+# fmt: off
 def ssd_recurrent(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    *,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_LIMIT,
-    initial_states: Tensor | None = None,
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, D: Tensor | None = None, z: Tensor | None = None,
+    initial_states: Tensor | None = None, **step_size: Any,
 ) -> tuple[Tensor, Tensor]:
+    # fmt: on
     """The recurrence, one step at a time (Mamba-2 paper, eq. 1): returns (y (b, l, h, p), S_l (b, h, p, n)).
 
         S_t = exp(Delta_t A) S_{t-1} + Delta_t x_t B_t^T      (b, h, p, n)
         y_t = S_t C_t (+ D x_t) (* silu(z_t))                 (b, h, p)
 
-    Same arguments as :func:`ssd_scan`; computes in x's dtype. O(l) sequential steps.
-    """  # fmt: skip
-    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
+    Arguments as :func:`ssd_scan` (``step_size``: ``dt_bias``, ``dt_softplus``, ``dt_limit``);
+    computes in x's dtype. O(l) sequential steps.
+    """
+    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, **step_size)
     b, l, h, p = x.shape
     S = x.new_zeros(b, h, p, B.shape[-1]) if initial_states is None else initial_states.to(x.dtype)
     ys = []
@@ -338,26 +338,19 @@ def ssd_recurrent(
     return _skip_and_gate(y, x, D, z), S
 
 
+# fmt: off
 def ssd_quadratic(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    *,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_LIMIT,
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, D: Tensor | None = None, z: Tensor | None = None,
+    **step_size: Any,
 ) -> Tensor:
+    # fmt: on
     """The quadratic ("attention") form of the same map (Mamba-2 paper, Sec. 3-4): y = M (Delta x) with
 
         M_ij = C_i . B_j  exp(a_{j+1} + ... + a_i)  for i >= j, 0 above,     a_t = Delta_t A,
 
     one (l, l) matrix per head: O(l^2) time and memory. Returns y (b, l, h, p), starting from S = 0.
-    """  # fmt: skip
-    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
+    """
+    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, **step_size)
     l = x.shape[1]
     a = (delta * A).transpose(1, 2)  # (b, h, l)
     cumulative = a.cumsum(-1)

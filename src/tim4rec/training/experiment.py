@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tim4rec.config import Config
-from tim4rec.data import SequenceData, sequence_data_from_config
+from tim4rec.data import SequenceData
 from tim4rec.data.batches import PREFIX
 from tim4rec.errors import ConfigError
 from tim4rec.models import create
@@ -53,7 +53,7 @@ def seed_everything(seed: int) -> None:
 def build_experiment(config: Config, notices: list[str] | None = None) -> Experiment:
     """Load and split the data, then build the model from ``config.seed``, its loss and Adam."""
     device = resolve_device(config.device)
-    data = sequence_data_from_config(config)
+    data = config.load_data()
     seed_everything(config.seed)
     model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
     regime = config.train_regime or model.regime

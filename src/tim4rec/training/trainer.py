@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tim4rec.config import Config
-from tim4rec.data.batches import SampleSet
+from tim4rec.data.batches import REGIMES, SampleSet
 from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.io import load_saved_model, save_model, write_json_atomic
@@ -164,7 +164,7 @@ class Trainer:
             "data_order": interactions.time_order,
             "split": self.data.split.description,
             "regime": self.experiment.regime,
-            "train_targets": {regime: self.data.train_samples(regime).n_targets for regime in ("prefix", "causal")},
+            "train_targets": {regime: self.data.train_samples(regime).n_targets for regime in REGIMES},
             "train_samples": len(self.train_samples),
             "rows_per_batch": self.experiment.rows_per_batch,
             "evaluated_users": len(self.test_samples),
