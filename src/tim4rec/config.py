@@ -22,10 +22,9 @@ through its ``translate_config`` hook.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,6 +38,20 @@ from tim4rec.data.preprocess import FIVE_CORE, TIME_ORDERS, parse_interval
 from tim4rec.data.split import SPLITS
 from tim4rec.errors import ConfigError
 from tim4rec.models import model_class
+from tim4rec.models.hyperparameters import check_hyperparameters
+from tim4rec.values import (
+    Parser,
+    boolean,
+    choice,
+    fraction,
+    nonnegative_int,
+    nonnegative_number,
+    number,
+    optional,
+    positive_int,
+    positive_number,
+    text,
+)  # fmt: skip
 
 METRIC_ALIASES = {"hit": "hit", "hr": "hit", "ndcg": "ndcg", "mrr": "mrr"}
 LEAVE_ONE_OUT_EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"}
@@ -63,84 +76,7 @@ IGNORED_KEYS = frozenset(
 )  # fmt: skip
 
 
-# -- value parsers: (key, value) -> the parsed value, or ConfigError --------------------------------------------
-Parser = Callable[[str, Any], Any]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def text(key: str, value: Any) -> str:
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def optional(parser: Parser) -> Parser:
-    def parse(key: str, value: Any) -> Any:
-        return None if value is None else parser(key, value)
-
-    return parse
-
-
-def boolean(key: str, value: Any) -> bool:
-    """``true``/``false`` (YAML reads ``yes``/``no`` as these too); any other value is an error."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"{key}: expected true or false, got {value!r}")
-
-
-def positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
-    return value
-
-
-def nonnegative_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}: expected a non-negative integer, got {value!r}")
-    return value
-
-
-def positive_number(key: str, value: Any) -> float:
-    if not _is_number(value) or value <= 0:
-        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
-    return value
-
-
-def nonnegative_number(key: str, value: Any) -> float:
-    if not _is_number(value) or value < 0:
-        raise ConfigError(f"{key}: expected a non-negative number, got {value!r}")
-    return value
-
-
-def number(key: str, value: Any) -> float:
-    if not _is_number(value):
-        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-    return value
-
-
-def fraction(key: str, value: Any) -> float:
-    """A probability or share, 0 <= value < 1 (a dropout of 1 would drop everything)."""
-    if not _is_number(value) or not 0 <= value < 1:
-        raise ConfigError(f"{key}: expected a number in [0, 1), got {value!r}")
-    return value
-
-
-def choice(*options: str) -> Parser:
-    def parse(key: str, value: Any) -> str:
-        if value not in options:
-            raise ConfigError(f"{key}: expected one of {list(options)}, got {value!r}")
-        return value
-
-    return parse
-
-
+# -- parsers of the settings that only runs have ---------------------------------------------------------------
 def interval(key: str, value: Any) -> str | int | None:
     parse_interval(value, key)  # raises ConfigError when malformed
     return value
@@ -445,5 +381,11 @@ def load_config(
     sources = tuple(
         source for source, _ in layers if source not in ("defaults", "config dict", "--set", "command line")
     )
+    try:
+        hyperparameters = check_hyperparameters(cls, hyperparameters)
+    except ConfigError as error:
+        key = str(error).split(":", 1)[0]
+        where = f" (from {_source_of(layers, key)})" if key in cls.hyperparameters else ""
+        raise ConfigError(f"{error}{where}") from None
     config = Config(model=cls.name, hyperparameters=hyperparameters, config_files=sources, **settings)
     return config, notices

@@ -62,21 +62,23 @@ def assert_streaming_matches_full(
     """Feed the events one by one with ``model.step``; after k events the scores must equal
     ``model.full_sort_predict`` on the first k columns (length k, the rest zeroed).
 
-    Every row is compared, unless ``lengths`` is given: then only rows with length >= k.
-    Returns the streamed scores of every step.
+    Only rows with length >= k are compared (``lengths``, by default the number of non-padding
+    items of each right-padded row). Returns the streamed scores of every step.
     """
     b, max_len = items.shape
+    lengths = (items > 0).sum(1) if lengths is None else lengths
     state = model.init_state(b)
     streamed = []
     with torch.no_grad():
         for t in range(max_len):
-            scores, state = model.step(state, items[:, t], timestamps[:, t])
+            # rows past their length step a real item too (step takes no padding id); they are not compared
+            scores, state = model.step(state, items[:, t].clamp(min=1), timestamps[:, t])
             k = t + 1
             prefix = torch.arange(max_len) < k
             full = model.full_sort_predict(
                 torch.where(prefix, items, 0), torch.full((b,), k), torch.where(prefix, timestamps, 0)
             )
-            rows = slice(None) if lengths is None else lengths > t
+            rows = lengths > t
             torch.testing.assert_close(scores[rows], full[rows], rtol=rtol, atol=atol)
             streamed.append(scores)
     return streamed

@@ -33,7 +33,9 @@ def test_mask_token_is_an_input_row_but_never_a_score_column():
         model.item_embedding.weight[model.mask_token] = 100.0  # would win every ranking if it were scored
         scores = model.full_sort_predict(items, lengths, times)
         masked, new_len = model.append_mask(items, lengths)
-        hidden = model(masked, new_len, times)[torch.arange(4), new_len - 1]
+        hidden = model._encode(masked, new_len)[torch.arange(4), new_len - 1]
+        with pytest.raises(ValueError, match=f"item id {N_ITEMS + 1} is out of range"):
+            model(masked, new_len, times)  # the mask token is the model's own input, not a user's
     assert scores.shape == (4, N_ITEMS + 1)
     expected = hidden @ model.item_embedding.weight[: N_ITEMS + 1].t() + model.output_bias
     torch.testing.assert_close(scores, expected)
@@ -52,7 +54,7 @@ def test_padding_content_does_not_influence_real_positions():
     model = small().eval()
     items, lengths, times = history()
     padding = torch.arange(L)[None] >= lengths[:, None]
-    noisy = torch.where(padding, torch.randint(1, N_ITEMS + 2, items.shape), items)
+    noisy = torch.where(padding, torch.randint(1, N_ITEMS + 1, items.shape), items)
     with torch.no_grad():
         torch.testing.assert_close(
             model.full_sort_predict(items, lengths, times), model.full_sort_predict(noisy, lengths, times)
@@ -75,7 +77,7 @@ def recbole_loss(model, items, lengths, times, ft_ratio, mask_ratio, seed):
                 masked_seq[row, position] = model.mask_token
                 index.append(position)
         pairs += [(row, position) for position in index[-keep:] if position > 0]  # RecBole: index 0 = padding
-    hidden = model(masked_seq, lengths, times)
+    hidden = model._encode(masked_seq, lengths)
     rows, positions = zip(*pairs)
     logits = hidden[list(rows), list(positions)] @ model.item_embedding.weight[: N_ITEMS + 1].t() + model.output_bias
     return F.cross_entropy(logits, items[list(rows), list(positions)])

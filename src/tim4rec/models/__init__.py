@@ -14,6 +14,7 @@ from typing import Any
 
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender
+from tim4rec.values import positive_int
 
 #: name -> (module, class)
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -51,14 +52,15 @@ def model_defaults(name: str) -> dict[str, Any]:
 def create(name: str, n_items: int, max_seq_length: int, **hyperparameters: Any) -> SequentialRecommender:
     """Build model ``name`` for ``n_items`` items and sequences of length ``max_seq_length``.
 
-    Hyper-parameters not given take the model's defaults; an unknown one is a
-    :class:`~tim4rec.errors.ConfigError`.
+    Hyper-parameters not given take the model's defaults; an unknown one, or one of the wrong
+    type or range (:mod:`tim4rec.models.hyperparameters`), is a :class:`~tim4rec.errors.ConfigError`.
     """
+    from tim4rec.models.hyperparameters import check_hyperparameters
+
     cls = model_class(name)
-    unknown = sorted(set(hyperparameters) - set(cls.hyperparameters))
-    if unknown:
-        raise ConfigError(f"model '{name}' has no hyper-parameter {unknown}; it takes {sorted(cls.hyperparameters)}")
-    arguments = {**cls.hyperparameters, **hyperparameters}
+    positive_int("n_items", n_items)
+    positive_int("MAX_ITEM_LIST_LENGTH", max_seq_length)
+    arguments = {**cls.hyperparameters, **check_hyperparameters(cls, hyperparameters)}
     accepted = inspect.signature(cls.__init__).parameters
     return cls(n_items, max_seq_length, **{k: v for k, v in arguments.items() if k in accepted})
 

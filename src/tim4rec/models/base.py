@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tim4rec.data.batches import CAUSAL, PREFIX, Batch
+from tim4rec.errors import ConfigError
 
 
 class StreamState:
@@ -131,6 +132,13 @@ class SequentialRecommender(nn.Module):
     hyperparameters: ClassVar[dict[str, Any]] = {}
     #: True when the model implements ``init_state`` / ``step`` (see :class:`StreamingRecommender`)
     streaming: bool = False
+    #: True when a table or layer limits histories to ``max_seq_length`` positions; recurrent models
+    #: run at any length
+    fixed_length: bool = True
+
+    @classmethod
+    def check_hyperparameters(cls, values: dict[str, Any]) -> None:
+        """Constraints between hyper-parameters (each one's type and range is checked before); ConfigError."""
 
     @classmethod
     def translate_config(cls, layer: dict[str, Any], notices: list[str]) -> dict[str, Any]:
@@ -141,6 +149,42 @@ class SequentialRecommender(nn.Module):
         super().__init__()
         self.n_items = n_items
         self.max_seq_length = max_seq_length
+
+    # -- input checks: a clear ValueError instead of an IndexError from an embedding ------------
+    def check_history(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless the inputs are right-padded (B, L) histories this model can take."""
+        if item_seq.dim() != 2 or item_seq_len.shape != item_seq.shape[:1] or timestamps.shape != item_seq.shape:
+            raise ValueError(
+                "expected item_seq (B, L), item_seq_len (B,) and timestamps (B, L); got shapes "
+                f"{tuple(item_seq.shape)}, {tuple(item_seq_len.shape)}, {tuple(timestamps.shape)}"
+            )
+        if item_seq.is_floating_point() or item_seq.is_complex() or item_seq_len.is_floating_point():
+            raise ValueError(f"item ids and lengths must be integers, got {item_seq.dtype} and {item_seq_len.dtype}")
+        length = item_seq.shape[1]
+        if self.fixed_length and length > self.max_seq_length:
+            raise ValueError(
+                f"{self.name} takes histories of at most max_seq_length = {self.max_seq_length} positions, "
+                f"got {length}; keep the most recent events"
+            )
+        self._check_ids(item_seq, allow_padding=True)
+        require((item_seq_len >= 0) & (item_seq_len <= length), f"item_seq_len must be in 0..{length}")
+
+    def check_events(self, item_ids: torch.Tensor, timestamps: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``step`` can take these events: item ids (B,) in 1..n_items, timestamps (B,)."""
+        if item_ids.dim() != 1 or timestamps.shape != item_ids.shape:
+            raise ValueError(
+                f"expected item_ids (B,) and timestamps (B,), got {tuple(item_ids.shape)}, {tuple(timestamps.shape)}"
+            )
+        self._check_ids(item_ids, allow_padding=False)
+
+    def _check_ids(self, ids: torch.Tensor, allow_padding: bool) -> None:
+        low = 0 if allow_padding else 1
+        if ids.device.type != "meta" and ids.numel() and not bool(((ids >= low) & (ids <= self.n_items)).all()):
+            bad = ids[(ids < low) | (ids > self.n_items)][0].item()
+            raise ValueError(
+                f"item id {bad} is out of range: item ids run {low}..{self.n_items}"
+                + (" (0 = padding)" if allow_padding else "")
+            )
 
     # -- subclasses provide forward() and item_embedding (or override item_scores) ------------
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
@@ -166,6 +210,7 @@ class SequentialRecommender(nn.Module):
     def full_sort_predict(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         return self.item_scores(self.readout(item_seq, item_seq_len, timestamps))
 
     # -- training objective -------------------------------------------------------------------
@@ -175,6 +220,7 @@ class SequentialRecommender(nn.Module):
 
     def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (T, d) of the positions that carry a loss, and their targets (T,)."""
+        self.check_history(batch.item_seq, batch.item_seq_len, batch.timestamps)
         if batch.regime == PREFIX:  # one target per row, read at len - 1
             return self.readout(batch.item_seq, batch.item_seq_len, batch.timestamps), batch.target
         if batch.regime == CAUSAL:  # every position with a target
@@ -193,6 +239,12 @@ class SequentialRecommender(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_items={self.n_items}, max_seq_length={self.max_seq_length}"
+
+
+def check_heads_divide(values: dict[str, Any]) -> None:
+    """Attention models: ``n_heads`` must divide ``hidden_size``."""
+    if values["hidden_size"] % values["n_heads"]:
+        raise ConfigError(f"n_heads ({values['n_heads']}) must divide hidden_size ({values['hidden_size']})")
 
 
 def require(condition: torch.Tensor, message: str) -> None:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from tim4rec.data.batches import PREFIX, Batch
-from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.base import SequentialRecommender, check_heads_divide
 from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
 CLOZE_MASKED = "cloze_masked"  # Batch.extras key: (B, L) bool, the positions replaced by the mask token
@@ -86,6 +86,10 @@ class BERT4Rec(SequentialRecommender):
         "ft_ratio": 0.5,  # RecBole 1.2's default: the share of fine-tuning (mask-the-last) batches
     }
 
+    @classmethod
+    def check_hyperparameters(cls, values: dict) -> None:
+        check_heads_divide(values)
+
     def __init__(
         self,
         n_items: int,
@@ -125,7 +129,12 @@ class BERT4Rec(SequentialRecommender):
         self.apply(lambda module: init_normal_(module, initializer_range))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids (the mask token allowed) -> (B, L, d); positions >= len are ignored as keys."""
+        """(B, L) item ids -> (B, L, d); positions >= len are ignored as keys."""
+        self.check_history(item_seq, item_seq_len, timestamps)
+        return self._encode(item_seq, item_seq_len)
+
+    def _encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on ids that may hold the mask token (the model's own inputs only)."""
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)
         real = positions[None, :] < item_seq_len[:, None]  # (B, L)
         hidden = self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
@@ -151,8 +160,9 @@ class BERT4Rec(SequentialRecommender):
     def full_sort_predict(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         masked_seq, masked_len = self.append_mask(item_seq, item_seq_len)
-        hidden = self.forward(masked_seq, masked_len, timestamps)
+        hidden = self._encode(masked_seq, masked_len)
         return self.item_scores(self.gather_last(hidden, masked_len))  # (B, n_items + 1)
 
     def cloze_mask(self, item_seq_len: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,9 +191,10 @@ class BERT4Rec(SequentialRecommender):
 
     def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Cloze / fine-tuning positions of the history (the module docstring has the rules)."""
+        self.check_history(batch.item_seq, batch.item_seq_len, batch.timestamps)
         if CLOZE_MASKED not in batch.extras:
             batch = self.prepare_training_batch(batch)
         item_seq, index = batch.item_seq, batch.target_index
         masked_seq = item_seq.masked_fill(batch.extras[CLOZE_MASKED], self.mask_token)
-        hidden = self.forward(masked_seq, batch.item_seq_len, batch.timestamps)
+        hidden = self._encode(masked_seq, batch.item_seq_len)
         return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index), item_seq.reshape(-1)[index]

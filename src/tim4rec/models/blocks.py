@@ -81,8 +81,6 @@ class SelfAttention(nn.Module):
         causal: bool = True,
     ):
         super().__init__()
-        if hidden_size % n_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
         self.n_heads = n_heads
         self.causal = causal
         self.query = nn.Linear(hidden_size, hidden_size)

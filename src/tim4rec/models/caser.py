@@ -70,8 +70,6 @@ class Caser(SequentialRecommender):
         reg_weight: float,
     ):
         super().__init__(n_items, max_seq_length)
-        if nv < 1 or nh < 1:
-            raise ValueError(f"Caser needs nv >= 1 and nh >= 1, got nv={nv}, nh={nh}")
         self.embedding_size, self.nv, self.nh, self.reg_weight = embedding_size, nv, nh, reg_weight
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
         self.conv_v = nn.Conv2d(1, nv, kernel_size=(max_seq_length, 1))
@@ -106,6 +104,7 @@ class Caser(SequentialRecommender):
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """The (B, d) representation broadcast to (B, L, d) (a view; every position holds it)."""
+        self.check_history(item_seq, item_seq_len, timestamps)
         return self.encode(item_seq, item_seq_len)[:, None, :].expand(-1, item_seq.shape[1], -1)
 
     def readout(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ class GRU4Rec(SequentialRecommender):
     regime = CAUSAL
     causal = True
     streaming = True
+    fixed_length = False  # a recurrence: any length
     hyperparameters = {
         "embedding_size": 64,
         "hidden_size": 128,
@@ -56,6 +57,7 @@ class GRU4Rec(SequentialRecommender):
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, embedding_size); position t sees events 0..t only."""
+        self.check_history(item_seq, item_seq_len, timestamps)
         output, _ = self.gru_layers(self.emb_dropout(self.item_embedding(item_seq)))  # (B, L, hidden)
         return self.dense(output)
 
@@ -72,6 +74,7 @@ class GRU4Rec(SequentialRecommender):
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        self.check_events(item_ids, timestamps)
         embedded = self.emb_dropout(self.item_embedding(item_ids))[:, None, :]  # (B, 1, embedding_size)
         hidden = state["hidden"].transpose(0, 1).contiguous()  # (layers, B, hidden): the GRU's layout
         output, hidden = self.gru_layers(embedded, hidden)  # (B, 1, hidden), (layers, B, hidden)

@@ -55,8 +55,6 @@ class LRULayer(nn.Module):
 
     def __init__(self, hidden_size: int, dropout: float, r_min: float, r_max: float, layer_norm_eps: float):
         super().__init__()
-        if not 0.0 <= r_min < r_max <= 1.0:
-            raise ConfigError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
         self.state_size = n = 2 * hidden_size
         # ring initialisation: |lambda|^2 uniform in [r_min^2, r_max^2], phase uniform in [0, 2 pi)
         radius_sq = torch.rand(n) * (r_max**2 - r_min**2) + r_min**2
@@ -130,6 +128,7 @@ class LRURec(SequentialRecommender):
     regime = CAUSAL
     causal = True
     streaming = True
+    fixed_length = False  # a recurrence: any length
     hyperparameters = {
         "hidden_size": 64,
         "n_layers": 2,
@@ -139,6 +138,11 @@ class LRURec(SequentialRecommender):
         "r_max": 0.99,
         "layer_norm_eps": 1e-5,  # PyTorch's default, as in the authors' code
     }
+
+    @classmethod
+    def check_hyperparameters(cls, values: dict) -> None:
+        if not values["r_min"] < values["r_max"]:
+            raise ConfigError(f"need r_min < r_max, got r_min={values['r_min']}, r_max={values['r_max']}")
 
     def __init__(
         self,
@@ -177,6 +181,7 @@ class LRURec(SequentialRecommender):
         return hidden @ self.item_embedding.weight.t() + self.item_bias
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_seq)))  # (B, L, d)
         for block in self.blocks:
             hidden = block(hidden)
@@ -197,6 +202,7 @@ class LRURec(SequentialRecommender):
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        self.check_events(item_ids, timestamps)
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         layers = {}
         for i, block in enumerate(self.blocks):

@@ -156,6 +156,7 @@ class Mamba4Rec(SequentialRecommender):
     regime = CAUSAL
     causal = True
     streaming = True
+    fixed_length = False  # a recurrence: any length
     hyperparameters = {
         "hidden_size": 64,
         "num_layers": 2,
@@ -187,6 +188,7 @@ class Mamba4Rec(SequentialRecommender):
         self.apply(init_normal_)  # the reference's _init_weights: also re-draws dt_proj, zeroes its bias
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_seq)))  # (B, L, d)
         for layer in self.mamba_layers:
             hidden = layer(hidden)
@@ -207,6 +209,7 @@ class Mamba4Rec(SequentialRecommender):
 
         Timestamps are accepted for the common streaming interface and not used.
         """
+        self.check_events(item_ids, timestamps)
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         layers = {}
         for i, layer in enumerate(self.mamba_layers):

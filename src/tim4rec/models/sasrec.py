@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tim4rec.data.batches import CAUSAL
-from tim4rec.models.base import SequentialRecommender, StreamState, require
+from tim4rec.models.base import SequentialRecommender, StreamState, check_heads_divide, require
 from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
 
 
@@ -59,6 +59,10 @@ class SASRec(SequentialRecommender):
         "initializer_range": 0.02,
     }
 
+    @classmethod
+    def check_hyperparameters(cls, values: dict) -> None:
+        check_heads_divide(values)
+
     def __init__(
         self,
         n_items: int,
@@ -94,6 +98,7 @@ class SASRec(SequentialRecommender):
         return self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         hidden = self._embed(item_seq)
         for block in self.blocks:
             hidden = block(hidden)
@@ -128,6 +133,7 @@ class SASRec(SequentialRecommender):
         cache holds at most that many events; a longer history must be recomputed from its most
         recent events (the serving layer does so). Timestamps are not used.
         """
+        self.check_events(item_ids, timestamps)
         position = state["length"]
         require(
             position < self.max_seq_length,

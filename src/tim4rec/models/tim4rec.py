@@ -46,10 +46,8 @@ from tim4rec.data.batches import CAUSAL, PREFIX
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward, adopt_children, causal_conv, causal_conv_step
-from tim4rec.models.time_paths import NoTimeFeatures, NoTimePath, time_mode_parts
+from tim4rec.models.time_paths import TIME_MODES, NoTimeFeatures, NoTimePath
 from tim4rec.ops import ssd_scan, ssd_step
-
-TIME_MODES = ("paper", "causal", "none")
 
 
 class GatedRMSNorm(nn.Module):
@@ -90,8 +88,6 @@ class TiSSD(nn.Module):
     ):
         super().__init__()
         self.d_inner = expand * d_model
-        if self.d_inner % head_dim:
-            raise ConfigError(f"hidden_size * expand = {self.d_inner} is not a multiple of head_dim {head_dim}")
         self.n_heads = self.d_inner // head_dim
         self.head_dim, self.d_state, self.d_conv, self.chunk_size = head_dim, d_state, d_conv, chunk_size
         h = self.n_heads
@@ -99,7 +95,7 @@ class TiSSD(nn.Module):
         conv_dim = self.d_inner + 2 * d_state
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
         self.act = nn.Hardswish()
-        path = time_mode_parts(time_mode)[1](h, seq_len, d_conv, time_drop_out, p2p_residual, norm_eps)
+        path = TIME_MODES[time_mode][1](h, seq_len, d_conv, time_drop_out, p2p_residual, norm_eps)
         self.time_path: NoTimePath = adopt_children(self, path)
         # Mamba-2 initialisation: dt log-uniform in [1e-3, 1e-1] (floor 1e-4) through softplus^-1, A ~ U(1, 16)
         dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
@@ -236,6 +232,12 @@ class TiM4Rec(SequentialRecommender):
     }
 
     @classmethod
+    def check_hyperparameters(cls, values: dict) -> None:
+        d_inner = values["expand"] * values["hidden_size"]
+        if d_inner % values["head_dim"]:
+            raise ConfigError(f"hidden_size * expand = {d_inner} is not a multiple of head_dim {values['head_dim']}")
+
+    @classmethod
     def translate_config(cls, layer: dict[str, Any], notices: list[str]) -> dict[str, Any]:
         """The reference YAML's ``is_time: True/False`` means ``time_mode: paper/none``."""
         if "is_time" in layer:
@@ -267,16 +269,15 @@ class TiM4Rec(SequentialRecommender):
         time_mode: str,
     ):
         super().__init__(n_items, max_seq_length)
-        if time_mode not in TIME_MODES:
-            raise ConfigError(f"time_mode: expected one of {TIME_MODES}, got {time_mode!r}")
         self.time_mode = time_mode
         self.causal = self.streaming = time_mode != "paper"
+        self.fixed_length = time_mode == "paper"  # position-axis layers fix L; the other modes run at any length
         self.regime = CAUSAL if self.causal else PREFIX
         self.is_kai_ming_init = is_kai_ming_init
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.in_layer_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
         self.n_heads = expand * hidden_size // head_dim
-        features = time_mode_parts(time_mode)[0](max_seq_length, self.n_heads, norm_eps)
+        features = TIME_MODES[time_mode][0](max_seq_length, self.n_heads, norm_eps)
         self.time_features: NoTimeFeatures = adopt_children(self, features)  # layer_norm_time / time_encoder
         self.dropout = nn.Dropout(dropout_prob)
         self.ssd_layers = nn.ModuleList(
@@ -322,6 +323,7 @@ class TiM4Rec(SequentialRecommender):
             nn.init.zeros_(module.bias)
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_seq)))  # (B, L, d)
         tau = self.time_features(timestamps, self.dropout)
         for layer in self.ssd_layers:
@@ -344,6 +346,7 @@ class TiM4Rec(SequentialRecommender):
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
         """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        self.check_events(item_ids, timestamps)
         hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         gaps = torch.where(state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps))
         tau = self.time_features.step_features(gaps, self.dropout)

@@ -197,12 +197,9 @@ class CausalTimePath(_GatedTimePath):
         return u, tau_next, new_state
 
 
-def time_mode_parts(
-    mode: str,
-) -> tuple[type[NoTimeFeatures], type[NoTimePath]]:
-    """(features class, layer path class) of ``mode``; the caller checks the name first."""
-    return {
-        "paper": (PaperTimeFeatures, PaperTimePath),
-        "causal": (CausalTimeFeatures, CausalTimePath),
-        "none": (NoTimeFeatures, NoTimePath),
-    }[mode]
+#: time_mode -> (features class, layer path class)
+TIME_MODES: dict[str, tuple[type[NoTimeFeatures], type[NoTimePath]]] = {
+    "paper": (PaperTimeFeatures, PaperTimePath),
+    "causal": (CausalTimeFeatures, CausalTimePath),
+    "none": (NoTimeFeatures, NoTimePath),
+}

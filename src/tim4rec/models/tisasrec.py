@@ -51,7 +51,7 @@ from torch import nn
 
 from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
-from tim4rec.models.base import SequentialRecommender, StreamState, require
+from tim4rec.models.base import SequentialRecommender, StreamState, check_heads_divide, require
 from tim4rec.models.blocks import FeedForward, init_normal_
 
 TIME_INTERVAL_MODES = ("scaled", "raw_seconds")
@@ -89,8 +89,6 @@ class TimeAwareSelfAttention(nn.Module):
 
     def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float, dropout: float, layer_norm_eps: float):
         super().__init__()
-        if hidden_size % n_heads:
-            raise ConfigError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
         self.n_heads = n_heads
         self.head_size = hidden_size // n_heads
         self.query = nn.Linear(hidden_size, hidden_size)
@@ -222,6 +220,10 @@ class TiSASRec(SequentialRecommender):
         "time_interval_mode": "scaled",
     }
 
+    @classmethod
+    def check_hyperparameters(cls, values: dict) -> None:
+        check_heads_divide(values)
+
     def __init__(
         self,
         n_items: int,
@@ -240,10 +242,6 @@ class TiSASRec(SequentialRecommender):
         time_interval_mode: str,
     ):
         super().__init__(n_items, max_seq_length)
-        if time_interval_mode not in TIME_INTERVAL_MODES:
-            raise ConfigError(f"time_interval_mode: expected one of {TIME_INTERVAL_MODES}, got {time_interval_mode!r}")
-        if int(time_span) < 1:
-            raise ConfigError(f"time_span must be >= 1, got {time_span}")
         self.time_span = int(time_span)
         self.time_interval_mode = time_interval_mode
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
@@ -266,6 +264,7 @@ class TiSASRec(SequentialRecommender):
         return time_intervals(timestamps, self.time_span, self.time_interval_mode)
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        self.check_history(item_seq, item_seq_len, timestamps)
         b, l = item_seq.shape
         intervals = self.time_intervals(timestamps)  # (B, L, L)
         positions = torch.arange(l, device=item_seq.device)
@@ -308,6 +307,7 @@ class TiSASRec(SequentialRecommender):
         O(L d) per block and event; at most ``max_seq_length`` events per state (the position
         tables' size): longer histories are recomputed from their most recent events.
         """
+        self.check_events(item_ids, timestamps)
         position, timestamps = state["length"], timestamps.long()
         require(
             position < self.max_seq_length,

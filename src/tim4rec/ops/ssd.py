@@ -251,7 +251,7 @@ def ssd_scan(
     # Run the chunks in blocks whose (b, h, chunks, Q, Q) intermediates hold ~_BLOCK_ELEMS numbers:
     # they stay cache-sized and reusable by the allocator, so time stays linear in l. The state is
     # carried across blocks; split (not slicing) keeps the backward linear too.
-    m = Q * max(1, _BLOCK_ELEMS // (b * h * Q * Q))  # steps per block
+    m = Q * max(1, _BLOCK_ELEMS // max(1, b * h * Q * Q))  # steps per block
     parts = [t.split(m, dim=1) if l > 0 else () for t in (x, delta, B, C)]
     zs = z.split(m, dim=1) if z is not None and l > 0 else [None] * len(parts[0])
     ys = [x.new_empty(b, 0, h, p, dtype=cdt)]  # l = 0: empty y, state unchanged
