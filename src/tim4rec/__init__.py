@@ -15,12 +15,12 @@ from tim4rec import errors
 from tim4rec.version import __version__
 
 
-def train(config: dict[str, Any], **options: Any) -> dict[str, Any]:
-    """Train and evaluate a model from a config dict; return the results dict.
+def train(config: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """Train and evaluate a model; return the results dict.
 
-    The dict takes the same keys as the YAML configs (RecBole names), plus ``model`` and
-    ``dataset``. Options: ``resume``, ``config_files``, ``set_args``, ``output_dir``; see
-    :func:`tim4rec.training.api.train`.
+    Settings as a dict with the YAML configs' keys (RecBole names) plus ``model`` and ``dataset``,
+    and/or as keywords (``tim4rec.train(model="sasrec", dataset="ml-100k")``). Options:
+    ``resume``, ``config_files``, ``set_args``, ``output_dir``; see :func:`tim4rec.training.api.train`.
     """
     from tim4rec.training.api import train as _train
 

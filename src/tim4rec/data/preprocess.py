@@ -42,6 +42,7 @@ class Interactions:
     user_tokens: np.ndarray  # (n_users + 1,) object: dataset ids, index 0 = "[PAD]"
     item_tokens: np.ndarray  # (n_items + 1,) object: dataset ids, index 0 = "[PAD]"
     time_order: str = "exact"
+    fractional_seconds: bool = False  # the file's times had fractions of a second (used for ordering only)
     source: str = ""
     filtering: dict = field(default_factory=dict)
 
@@ -78,6 +79,8 @@ class Interactions:
                 "max": int(lengths.max()),
             },
             "time_order": self.time_order,
+            "time_unit": "unix seconds"
+            + (" (fractions of a second used for ordering)" if self.fractional_seconds else ""),
             "filtering": self.filtering,
         }
 
@@ -156,8 +159,10 @@ def build_interactions(
         )
     user_index, user_tokens = pd.factorize(kept["user"])  # first appearance order
     item_index, item_tokens = pd.factorize(kept["item"])
-    timestamps = kept["timestamp"].to_numpy(dtype=np.int64)
-    sort_key = timestamps.astype(np.float32) if time_order == "recbole" else timestamps
+    times = kept["timestamp"].to_numpy()  # int64 seconds, or float64 with fractions of a second
+    fractional = times.dtype.kind == "f"
+    timestamps = np.floor(times).astype(np.int64) if fractional else times.astype(np.int64)
+    sort_key = times.astype(np.float32) if time_order == "recbole" else times  # fractions order same-second events
     order = np.argsort(sort_key, kind="stable")
     order = order[np.argsort(user_index[order], kind="stable")]
     n_users = len(user_tokens)
@@ -171,6 +176,7 @@ def build_interactions(
         user_tokens=np.concatenate([pad, np.asarray(user_tokens, dtype=object)]),
         item_tokens=np.concatenate([pad, np.asarray(item_tokens, dtype=object)]),
         time_order=time_order,
+        fractional_seconds=bool(fractional),
         source=str(source),
         filtering={
             "user_inter_num_interval": str(user_inter_num_interval),

@@ -24,19 +24,43 @@ import torch
 from tim4rec.errors import Tim4RecError
 
 
-def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+def prepare_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create ``path`` (and its parents) if needed and check that files can be written there."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise Tim4RecError(f"{path}: the {what} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise Tim4RecError(f"{path}: cannot create the {what}: a part of the path is a file") from None
+    except OSError as error:
+        raise Tim4RecError(f"{path}: cannot create the {what}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise Tim4RecError(f"{path}: the {what} is not writable")
+    return path
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write through a temporary file and rename it over ``path``; on any failure ``path`` is untouched."""
+    path = Path(path)
+    prepare_folder(path.parent, "folder")
+    temporary = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
+    except BaseException as error:
+        if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):  # a full disk, a file size limit, a lost permission
+            raise Tim4RecError(f"{path}: cannot write: {error.strerror or error}; the previous file is kept") from None
+        if isinstance(error, RuntimeError) and "write" in str(error).lower():  # torch.save's stream writer
+            raise Tim4RecError(
+                f"{path}: cannot write (is the disk full?): {str(error).splitlines()[0]}; the previous file is kept"
+            ) from None
         raise
 
 
@@ -53,16 +77,17 @@ def write_json_atomic(obj: Any, path: str | Path) -> None:
 def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` onto the CPU; a clear error for a missing, unreadable or unsafe file."""
     path = Path(path)
+    if path.is_dir():
+        raise Tim4RecError(f"{path}: a folder, not a {what}")
     if not path.is_file():
         raise Tim4RecError(f"{path}: no such {what}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise Tim4RecError(
-                f"{path}: refused to load: the file holds objects other than tensors and plain data "
-                "(tim4rec never runs code from a file; was it written by another program?)"
-            ) from None
-        raise Tim4RecError(f"{path}: not a readable {what} ({error})") from None
+    except pickle.UnpicklingError:  # weights_only met something other than tensors and plain data
+        raise Tim4RecError(
+            f"{path}: not a readable {what}: refused to load anything but tensors and plain data "
+            "(tim4rec never runs code from a file)"
+        ) from None
     except Exception as error:  # torch raises many types for a damaged file
-        raise Tim4RecError(f"{path}: not a readable {what} ({type(error).__name__}: {error})") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise Tim4RecError(f"{path}: not a readable {what} ({type(error).__name__}: {first})") from None

@@ -1,4 +1,4 @@
-"""``tim4rec.train(config) -> results``: the Python entry point behind ``tim4rec train``."""
+"""``tim4rec.train(...) -> results``: the Python entry point behind ``tim4rec train``."""
 
 from __future__ import annotations
 
@@ -8,30 +8,57 @@ from pathlib import Path
 from typing import Any
 
 from tim4rec.config import Config, load_config
+from tim4rec.errors import ConfigError
+from tim4rec.io import prepare_folder
 from tim4rec.runtime import runtime_settings
 from tim4rec.training.experiment import build_experiment
-from tim4rec.training.trainer import Trainer
+from tim4rec.training.trainer import Trainer, default_output_dir
+from tim4rec.values import boolean
 
 
 def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = False, notices=()) -> dict[str, Any]:
     """Build the experiment of ``config`` and train it, under its thread and denormal settings."""
+    folder = prepare_folder(output_dir or config.output_dir or default_output_dir(config))
     with runtime_settings(threads=config.threads, flush_denormal=config.flush_denormal) as runtime:
         experiment = build_experiment(config, list(notices))
-        return Trainer(experiment, output_dir, runtime=runtime).fit(resume=resume)
+        return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)
+
+
+def _paths(name: str, value: Any) -> list[str]:
+    """One path or a list of them (str or os.PathLike)."""
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, Iterable) and all(isinstance(v, (str, os.PathLike)) for v in value):
+        return [os.fspath(v) for v in value]
+    raise ConfigError(f"{name}: expected a path or a list of paths, got {value!r}")
 
 
 def train(
-    config: dict[str, Any],
+    config: dict[str, Any] | None = None,
     *,
     resume: bool = False,
-    config_files: Iterable[str | os.PathLike] = (),
-    set_args: Iterable[str] = (),
+    config_files: Iterable[str | os.PathLike] | str | os.PathLike = (),
+    set_args: Iterable[str] | str = (),
     output_dir: str | os.PathLike | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Merge ``config`` over the defaults (and packaged config), train, and return the results.
+    """Train and evaluate a model; return the results (what ``results.json`` holds, test metrics under ``"test"``).
 
-    ``config`` takes the YAML keys plus ``model`` and ``dataset``; the returned dict is what
-    ``results.json`` holds, with test metrics under ``"test"``.
+    Settings come as a dict (``config``, the YAML keys plus ``model`` and ``dataset``) and/or as
+    keywords, which win: ``tim4rec.train(model="sasrec", dataset=Path("log.csv"), epochs=5)``.
+    ``config_files`` are YAML files under those, ``set_args`` ``"key=value"`` strings over them.
     """
-    merged, notices = load_config(config_files=config_files, overrides=config, set_args=set_args)
-    return run(merged, output_dir=output_dir, resume=resume, notices=notices)
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(f"config: expected a dict of settings, got {type(config).__name__}")
+    if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
+        raise ConfigError(f"output_dir: expected a path, got {output_dir!r}")
+    if isinstance(set_args, str):
+        set_args = [set_args]
+    if not isinstance(set_args, Iterable) or not all(isinstance(a, str) for a in set_args):
+        raise ConfigError(f"set_args: expected 'key=value' strings, got {set_args!r}")
+    merged, notices = load_config(
+        config_files=_paths("config_files", config_files) if config_files else (),
+        overrides={**(config or {}), **settings},
+        set_args=list(set_args),
+    )
+    return run(merged, output_dir=output_dir, resume=boolean("resume", resume), notices=notices)

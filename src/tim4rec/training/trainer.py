@@ -37,6 +37,16 @@ from tim4rec.training.experiment import Experiment
 from tim4rec.version import __version__
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")
+#: an epoch whose mean loss exceeds this many times ln(n_items) has diverged (cross-entropy starts near ln(n_items))
+DIVERGENCE_FACTOR = 3.0
+
+
+class Diverged(Tim4RecError):
+    """The loss became NaN or infinite, or exploded: the run stops (``stopped_by`` says which)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def log(message: str) -> None:
@@ -132,7 +142,16 @@ class Trainer:
 
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.checkpoint_path)
-        changed = self.config.changed_for_resume(Config.from_dict(checkpoint["config"]))
+        if checkpoint["config"].get("model") != self.config.model:
+            raise ConfigError(
+                f"--resume: {self.checkpoint_path} holds a '{checkpoint['config'].get('model')}' run, "
+                f"not '{self.config.model}'"
+            )
+        try:
+            saved_config = Config.from_dict(checkpoint["config"])
+        except ConfigError as error:
+            raise Tim4RecError(f"{self.checkpoint_path}: its config is not valid ({error})") from None
+        changed = self.config.changed_for_resume(saved_config)
         if changed:
             saved, mine = checkpoint["config"], self.config.to_dict()
             details = ", ".join(f"{key}: {saved.get(key)!r} -> {mine.get(key)!r}" for key in changed)
@@ -142,8 +161,12 @@ class Trainer:
                 f"{self.checkpoint_path}: the dataset's item ids differ from the ones this run was trained on; "
                 "resume with the same data or start a new run"
             )
-        self.model.load_state_dict(checkpoint["model_state"])
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        try:
+            self.model.load_state_dict(checkpoint["model_state"])
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise Tim4RecError(f"{self.checkpoint_path}: the saved weights do not fit this model ({first})") from None
         restore_rng_state(checkpoint["rng"])
         self.state = checkpoint["state"]
         self.state["stopped_by"] = None
@@ -221,8 +244,9 @@ class Trainer:
             self.optimizer.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise Tim4RecError(
-                    f"epoch {epoch}, step {self.state['step'] + 1}: the loss is {value}; lower learning_rate"
+                raise Diverged(
+                    f"epoch {epoch}, step {self.state['step'] + 1}: the loss is {value}; lower learning_rate",
+                    "nan_loss",
                 )
             total_loss += value
             n_steps += 1
@@ -264,7 +288,6 @@ class Trainer:
             raise Tim4RecError(
                 f"{self.output_dir} already holds a run; pass --resume to continue it or choose another --output"
             )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         config, interactions = self.config, self.data.interactions
         log(
             f"{config.model} on {interactions.source}: {interactions.n_users} users, {interactions.n_items} items, "
@@ -287,6 +310,11 @@ class Trainer:
                     self.state["stopped_by"] = "early_stopping"
                     break
                 self._run_epoch(self.state["epoch"] + 1)
+        except Diverged as error:
+            self.state["stopped_by"] = error.reason
+            write_json_atomic(self.results("failed"), self.results_path)
+            log(f"stopped: {error}; the last complete epoch is in {self.checkpoint_path}")
+            raise
         except KeyboardInterrupt:
             if self.results_path.exists():
                 write_json_atomic(self.results("interrupted"), self.results_path)
@@ -297,6 +325,13 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> None:
         """Train one epoch, validate, keep the best weights, checkpoint, report."""
         entry = self._train_epoch(epoch)
+        limit = DIVERGENCE_FACTOR * math.log(max(2, self.data.interactions.n_items))
+        if entry["loss"] > limit:
+            raise Diverged(
+                f"epoch {epoch}: the mean loss {entry['loss']:.4g} exceeds {DIVERGENCE_FACTOR:g} ln(n_items) = "
+                f"{limit:.4g}, so training diverged; lower learning_rate",
+                "diverged",
+            )
         started = time.perf_counter()
         valid = self._evaluate(self.valid_samples)
         entry["valid_seconds"] = time.perf_counter() - started
