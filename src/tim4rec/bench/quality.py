@@ -60,11 +60,13 @@ def _run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
 
 
 def _status(folder: Path, config: Config) -> str:
-    """``todo``, ``resume`` or ``done`` for one run folder."""
+    """``todo``, ``resume``, ``done`` or ``failed`` (its loss diverged) for one run folder."""
     results_path = folder / "results.json"
     if not results_path.exists():
         return "resume" if (folder / "checkpoint.pt").exists() else "todo"
     results = json.loads(results_path.read_text())
+    if results.get("status") == "failed":  # diverged: running it again would diverge again
+        return "failed"
     if results.get("status") != "finished":
         return "resume"
     budget = config.time_budget
@@ -109,6 +111,9 @@ def run_plan(
             config, notices = load_config(overrides=overrides)
             status = _status(folder, config)
             if status == "done":
+                continue
+            if status == "failed":
+                log(f"{name} seed {seed}: failed earlier (see {folder / 'results.json'}); skipped")
                 continue
             with _claim(folder) as claimed:
                 if not claimed:  # another invocation is running it: two invocations share a plan
