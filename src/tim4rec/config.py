@@ -163,6 +163,7 @@ class Config:
     train_regime: str | None = _setting(None, optional(choice(*REGIMES)))  # None: the model's own regime
     epochs: int = _setting(300, positive_int, resumable=True)
     train_batch_size: int = _setting(256, positive_int)
+    micro_batch: int = _setting(256, positive_int, resumable=True)  # rows per forward/backward: bounds the memory
     learning_rate: float = _setting(1e-3, nonnegative_number)
     weight_decay: float = _setting(0.0, nonnegative_number)
     stopping_step: int = _setting(10, positive_int)
@@ -172,6 +173,8 @@ class Config:
     device: str = _setting("auto", text, resumable=True)  # auto, cpu, cuda, cuda:N
     threads: int | None = _setting(None, optional(positive_int), resumable=True)  # None: every usable core
     flush_denormal: bool = _setting(True, boolean, resumable=True)  # CPU: float32 < 1.2e-38 read as 0 in training
+    reuse_memory: bool = _setting(True, boolean, resumable=True)  # CPU: freed memory kept for the next step
+    fused_cross_entropy: bool = _setting(True, boolean, resumable=True)  # output layer and loss in one pass
     show_progress: bool = _setting(True, boolean, resumable=True)
     loss_type: str = _setting("CE", only("CE", "only 'CE' (cross-entropy over all items) is supported"))
     learner: str = _setting("adam", only("adam", "only 'adam' is supported"))

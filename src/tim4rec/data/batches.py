@@ -63,7 +63,29 @@ class Batch:
 
     @property
     def n_targets(self) -> int:
-        return len(self) if self.regime == PREFIX else int(self.target_index.numel())
+        """The number of positions that carry a loss: one per row, or those of ``target_index``."""
+        return len(self) if self.target_index is None else int(self.target_index.numel())
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """The batch of rows ``start:stop`` (``target_index`` re-based to them)."""
+        index = self.target_index
+        if index is not None:
+            length = self.item_seq.shape[1]
+            inside = (index >= start * length) & (index < stop * length)
+            index = index[inside] - start * length
+        per_row = {
+            f.name: getattr(self, f.name)[start:stop]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor) and f.name != "target_index"
+        }
+        extras = {key: value[start:stop] for key, value in self.extras.items()}
+        return replace(self, **per_row, target_index=index, extras=extras)
+
+    def split(self, rows: int) -> list[Batch]:
+        """Consecutive batches of at most ``rows`` rows (the whole batch when it is not larger)."""
+        if len(self) <= rows:
+            return [self]
+        return [self.rows(start, min(start + rows, len(self))) for start in range(0, len(self), rows)]
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch with every tensor on ``device``."""

@@ -40,6 +40,7 @@ from torch import nn
 
 from tim4rec.data.batches import CAUSAL, PREFIX, Batch
 from tim4rec.errors import ConfigError
+from tim4rec.ops.cross_entropy import linear_cross_entropy
 
 
 class StreamState:
@@ -190,9 +191,13 @@ class SequentialRecommender(nn.Module):
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight (n_items + 1, d), bias (n_items + 1,) or None): scores are ``hidden @ weight.T + bias``."""
+        return self.item_embedding.weight, None
+
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores (..., n_items + 1) of every item id for hidden states (..., d)."""
-        return hidden @ self.item_embedding.weight.t()
+        return F.linear(hidden, *self.output_layer())
 
     @staticmethod
     def gather_last(hidden: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
@@ -256,15 +261,21 @@ def require(condition: torch.Tensor, message: str) -> None:
         raise ValueError(message)
 
 
-def cross_entropy_terms(model: SequentialRecommender, batch: Batch) -> tuple[torch.Tensor, int]:
+def cross_entropy_terms(model: SequentialRecommender, batch: Batch, *, fused: bool = False) -> tuple[torch.Tensor, int]:
     """(summed loss, number of targets) of ``batch``: cross-entropy over all items at the model's
     target positions, plus ``regularization()`` once per target (so that the mean is CE + reg).
 
     The sum and the count, not the mean: a data-parallel run divides by the count over all ranks.
+    ``fused``: the output layer and the loss in one pass (:func:`tim4rec.ops.linear_cross_entropy`,
+    the same value without materialising the logits twice); otherwise the plain reference form.
     """
     hidden, targets = model.target_states(batch)
     count = targets.shape[0]
-    total = F.cross_entropy(model.item_scores(hidden), targets, reduction="sum")
+    if fused:
+        weight, bias = model.output_layer()
+        total = linear_cross_entropy(hidden, weight, targets, bias)
+    else:
+        total = F.cross_entropy(model.item_scores(hidden), targets, reduction="sum")
     extra = model.regularization()
     if extra is not None:
         total = total + extra * count

@@ -142,9 +142,9 @@ class BERT4Rec(SequentialRecommender):
             hidden = block(hidden, real)
         return self.output_ln(self.output_gelu(self.output_ffn(hidden)))
 
-    def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., d) -> (..., n_items + 1) scores of ids 0..n_items; the mask token is left out."""
-        return hidden @ self.item_embedding.weight[: self.n_items + 1].t() + self.output_bias
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of ids 0..n_items (the mask token's row is left out) plus RecBole's output bias."""
+        return self.item_embedding.weight[: self.n_items + 1], self.output_bias
 
     def append_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the mask token after each history: (B, L), (B,) -> (B, L) ids, (B,) new lengths.

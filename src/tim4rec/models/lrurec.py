@@ -176,9 +176,9 @@ class LRURec(SequentialRecommender):
                     continue
                 nn.init.trunc_normal_(parameter, mean=0.0, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
 
-    def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores (..., n_items + 1): dot products with the item table plus the per-item bias."""
-        return hidden @ self.item_embedding.weight.t() + self.item_bias
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dot products with the item table plus the authors' per-item bias."""
+        return self.item_embedding.weight, self.item_bias
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         self.check_history(item_seq, item_seq_len, timestamps)

@@ -19,7 +19,9 @@ from tim4rec.values import boolean
 def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = False, notices=()) -> dict[str, Any]:
     """Build the experiment of ``config`` and train it, under its thread and denormal settings."""
     folder = prepare_folder(output_dir or config.output_dir or default_output_dir(config))
-    with runtime_settings(threads=config.threads, flush_denormal=config.flush_denormal) as runtime:
+    with runtime_settings(
+        threads=config.threads, flush_denormal=config.flush_denormal, reuse_memory=config.reuse_memory
+    ) as runtime:
         experiment = build_experiment(config, list(notices))
         return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)
 

@@ -64,4 +64,5 @@ def build_experiment(config: Config, notices: list[str] | None = None) -> Experi
         )
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    return Experiment(config, data, model, NextItemLoss(model), optimizer, regime, device, list(notices or []))
+    loss = NextItemLoss(model, fused=config.fused_cross_entropy)
+    return Experiment(config, data, model, loss, optimizer, regime, device, list(notices or []))

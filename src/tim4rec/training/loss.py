@@ -16,11 +16,15 @@ from tim4rec.models.base import SequentialRecommender, cross_entropy_terms
 
 
 class NextItemLoss(nn.Module):
-    """Cross-entropy over all items at the model's target positions (plus its regularisation)."""
+    """Cross-entropy over all items at the model's target positions (plus its regularisation).
 
-    def __init__(self, model: SequentialRecommender):
+    ``fused``: the output layer and the loss in one pass (the same value, less memory traffic).
+    """
+
+    def __init__(self, model: SequentialRecommender, *, fused: bool = True):
         super().__init__()
         self.model = model
+        self.fused = fused
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        return cross_entropy_terms(self.model, batch)
+        return cross_entropy_terms(self.model, batch, fused=self.fused)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tim4rec.config import Config
-from tim4rec.data.batches import REGIMES, SampleSet
+from tim4rec.data.batches import REGIMES, Batch, SampleSet
 from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.io import load_saved_model, save_model, write_json_atomic
@@ -195,6 +195,7 @@ class Trainer:
             "device": str(self.experiment.device),
             "threads": self.runtime.threads,
             "flush_denormal": self.runtime.flush_denormal,
+            "reuse_memory": self.runtime.reuse_memory,
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
             "epochs": history,
             "epochs_run": len(history),
@@ -236,13 +237,7 @@ class Trainer:
         started = time.perf_counter()
         total_loss, n_steps, n_samples, partial = 0.0, 0, 0, False
         for batch in progress:
-            batch = self.model.prepare_training_batch(batch).to(experiment.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            summed, count = experiment.loss(batch)
-            loss = summed / max(count, 1)
-            loss.backward()
-            self.optimizer.step()
-            value = float(loss.detach())
+            value = self._step(batch)
             if not math.isfinite(value):
                 raise Diverged(
                     f"epoch {epoch}, step {self.state['step'] + 1}: the loss is {value}; lower learning_rate",
@@ -272,6 +267,25 @@ class Trainer:
             "partial": partial,
             "fraction": n_steps / n_batches,
         }
+
+    def _step(self, batch: Batch) -> float:
+        """One optimiser step on ``batch``; returns its mean loss.
+
+        The batch goes through the model in pieces of at most ``micro_batch`` rows, each piece's
+        summed loss divided by the whole batch's target count: the gradients add up to those of
+        the whole batch (to float rounding) while peak memory depends on ``micro_batch`` only.
+        """
+        experiment = self.experiment
+        batch = self.model.prepare_training_batch(batch)
+        total_targets = max(batch.n_targets, 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        for part in batch.split(self.config.micro_batch):
+            summed, _ = experiment.loss(part.to(experiment.device))
+            (summed / total_targets).backward()
+            loss += float(summed.detach())
+        self.optimizer.step()
+        return loss / total_targets
 
     def _evaluate(self, samples: SampleSet) -> dict[str, float]:
         config = self.config
