@@ -132,6 +132,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 memory_limit_gib=args.memory_limit_gib,
                 hyperparameters=overrides,
                 flush_denormal=not args.keep_denormals,
+                infer_batch=args.infer_batch,
+                compile=args.compile,
             )
         )
         return 0
@@ -203,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--models", nargs="+", default=["sasrec", "tim4rec", "ssd4rec", "mamba4rec"])
     speed.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 800, 3200])
-    speed.add_argument("--batch", type=int, default=16)
+    speed.add_argument("--batch", type=int, default=16, help="histories (windows) per training step")
+    speed.add_argument("--infer-batch", type=int, default=256, help="histories per inference call")
+    speed.add_argument("--compile", action="store_true", help="run the steps through torch.compile")
     speed.add_argument("--items", type=int, default=3416, help="number of items (default: ML-1M's 3416)")
     speed.add_argument("--dropout", choices=["both", "on", "off"], default="both")
     speed.add_argument("--device", default="cpu")

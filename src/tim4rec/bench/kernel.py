@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
+from tim4rec.bench.flops import matmul_rate
 from tim4rec.ops import ssd_quadratic, ssd_scan, ssd_step
 from tim4rec.ops.selective_scan import selective_scan
 from tim4rec.runtime import runtime_settings
@@ -59,12 +60,9 @@ def _forward_backward(x, dt, A, B, C, chunk: int) -> None:
     ssd_scan(x, dt, A, B, C, chunk).sum().backward()
 
 
-def matmul_gflops(device: str, size: int = 1024) -> float:
-    """The float32 (size x size) matmul rate in GFLOP/s, at the current thread count."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    timing = time_call(lambda: a @ b, warmup=3, repeats=10, device=device)
-    return 2 * size**3 / timing["median"] / 1e9
+def matmul_gflops(device: str) -> float:
+    """The float32 1024 x 1024 matmul rate in GFLOP/s, at the current thread count."""
+    return matmul_rate(device) / 1e9
 
 
 def run(lengths: list[int], *, threads: int, **options: Any) -> str:

@@ -1,18 +1,24 @@
-"""``tim4rec bench speed``: training-step time, inference time and peak memory against length.
+"""``tim4rec bench speed``: step time, model FLOP utilisation and peak memory against length.
 
 For each model, sequence length and dropout setting, one subprocess builds the model (64-d
-defaults, ``max_seq_length`` = the length), random histories of that length (batch 16, 3416 items
-by default: ML-1M's count) and measures, after warm-up, the median and spread of
+defaults, ``max_seq_length`` = the length) on random full-length histories (3416 items by default:
+ML-1M's count) and measures, after warm-up, the median and spread of
 
-- a training step: ``full_sort_predict`` -> cross-entropy at the read-out position -> backward ->
-  Adam step;
-- inference: ``full_sort_predict`` under ``torch.no_grad``;
+- ``causal``: a training step in the causal regime (loss at every position of ``batch``
+  windows, as every causal model trains by default) -> backward -> Adam step (causal models only);
+- ``readout``: a training step with the loss at the read-out position only (the prefix regime)
+  on ``batch`` histories;
+- ``infer``: ``full_sort_predict`` under ``torch.no_grad`` on ``infer_batch`` histories;
 - peak memory above the process's baseline (max RSS on a CPU; ``max_memory_allocated`` on a GPU).
 
-Models run at their configured dropout and with every dropout set to 0 (PyTorch's fused attention
-leaves its fast path on a CPU when attention dropout is on). Denormal float32 numbers are flushed
-to zero as in training (``--keep-denormals`` measures without). Results go to CSV, markdown and a
-log-log PNG, with ratios against SASRec from the same run and the machine's load at start.
+Each time comes with its model FLOP utilisation: the model's FLOPs (counted once on the eager
+reference path, :mod:`tim4rec.bench.flops`) per second over the float32 matmul rate measured in the
+same subprocess; the ratio is stable where seconds move with the machine's load. Steps run as
+training does (fused output layer and loss, denormals flushed, freed memory reused) and eagerly,
+or compiled with ``torch.compile`` (``--compile``; each row says which). Models run at their
+configured dropout and with every dropout set to 0 (PyTorch's fused attention leaves its fast
+path on a CPU when attention dropout is on). Results go to CSV, markdown and a log-log PNG, with
+ratios against SASRec from the same run and the machine's load at start.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -48,14 +55,18 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+MEASURES = ("causal", "readout", "infer")
+
+
 def measure_point(
     model_name: str, length: int, *, threads: int, flush_denormal: bool = True, **point: Any
 ) -> dict[str, Any]:
-    """One (model, length, dropout) point, in the calling process, under the thread and denormal settings.
+    """One (model, length, dropout) point, in the calling process, under the runtime settings training uses.
 
-    ``point``: batch, items, dropout (bool), device, warmup, repeats, hyperparameters (dict).
+    ``point``: batch, infer_batch, items, dropout (bool), device, warmup, repeats, hyperparameters
+    (dict), compile (bool).
     """
-    with runtime_settings(threads=threads, flush_denormal=flush_denormal) as runtime:
+    with runtime_settings(threads=threads, flush_denormal=flush_denormal, reuse_memory=True) as runtime:
         row = _measure_point(model_name, length, **point)
     return {**row, "threads": runtime.threads, "flush_denormal": runtime.flush_denormal}
 
@@ -71,56 +82,65 @@ def _measure_point(
     warmup: int,
     repeats: int,
     hyperparameters: dict[str, Any],
+    infer_batch: int = 256,
+    compile: bool = False,
 ) -> dict[str, Any]:
+    from tim4rec.bench.flops import matmul_rate, random_batch, step_flops
     from tim4rec.models import create
+    from tim4rec.training.loss import NextItemLoss
 
     torch.manual_seed(0)
     extra = dict(hyperparameters)
     if not dropout:
         extra.update(_dropout_free(model_name))
-    lengths = torch.full((batch,), length)
-    item_seq = torch.randint(1, items + 1, (batch, length))
-    timestamps = 1_000_000_000 + torch.cumsum(torch.randint(0, 100_000, (batch, length)), 1)
-    targets = torch.randint(1, items + 1, (batch,))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated() if device.startswith("cuda") else _max_rss_bytes()
     model = create(model_name, items, length, **extra).to(device)
-    item_seq, lengths, timestamps, targets = (t.to(device) for t in (item_seq, lengths, timestamps, targets))
+    loss = NextItemLoss(model, fused=True)
+    predict = model.full_sort_predict
+    if compile:
+        loss, predict = torch.compile(loss), torch.compile(predict)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = {
+        "causal": random_batch("causal", batch, length, items) if model.causal else None,
+        "readout": random_batch("prefix", batch, length, items),
+        "infer": random_batch("prefix", infer_batch, length, items).to(device),
+    }
 
-    def train_step() -> None:
+    def train_step(cpu_batch) -> None:
+        prepared = model.prepare_training_batch(cpu_batch).to(device)
         optimizer.zero_grad(set_to_none=True)
-        scores = model.full_sort_predict(item_seq, lengths, timestamps)
-        torch.nn.functional.cross_entropy(scores, targets).backward()
+        total, count = loss(prepared)
+        (total / max(count, 1)).backward()
         optimizer.step()
 
     def infer() -> None:
         with torch.no_grad():
-            model.full_sort_predict(item_seq, lengths, timestamps)
+            predict(batches["infer"].item_seq, batches["infer"].item_seq_len, batches["infer"].timestamps)
 
-    model.train()
-    train = time_call(train_step, warmup=warmup, repeats=repeats, device=device)
-    model.eval()
-    inference = time_call(infer, warmup=warmup, repeats=repeats, device=device)
+    rate = matmul_rate(device)
+    row: dict[str, Any] = {
+        "model": model_name, "length": length, "dropout": "on" if dropout else "off",
+        "mode": "compiled" if compile else "eager", "batch": batch, "infer_batch": infer_batch, "items": items,
+    }  # fmt: skip
+    for what in MEASURES:
+        if batches[what] is None:
+            continue
+        model.train(what != "infer")
+        function = infer if what == "infer" else (lambda b=batches[what]: train_step(b))
+        timing = time_call(function, warmup=warmup, repeats=repeats, device=device)
+        flops = step_flops(model_name, extra, items, length, infer_batch if what == "infer" else batch, what)
+        row.update({
+            f"{what}_s": timing["median"], f"{what}_min_s": timing["min"], f"{what}_max_s": timing["max"],
+            f"{what}_gflop": flops / 1e9, f"{what}_mfu": flops / timing["median"] / rate,
+        })  # fmt: skip
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _max_rss_bytes()
-    return {
-        "model": model_name,
-        "length": length,
-        "dropout": "on" if dropout else "off",
-        "batch": batch,
-        "items": items,
-        "train_s": train["median"],
-        "train_min_s": train["min"],
-        "train_max_s": train["max"],
-        "infer_s": inference["median"],
-        "infer_min_s": inference["min"],
-        "infer_max_s": inference["max"],
-        "peak_mib": (peak - baseline) / 2**20,
-        "repeats": repeats,
-        "device": device,
+    row.update({
+        "matmul_gflops": rate / 1e9, "peak_mib": (peak - baseline) / 2**20, "repeats": repeats, "device": device,
         "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    })  # fmt: skip
+    return row
 
 
 def _run_point_subprocess(arguments: dict[str, Any], memory_limit_gib: float | None) -> dict[str, Any]:
@@ -145,29 +165,26 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for model, dropout in sorted({(r["model"], r["dropout"]) for r in rows if "train_s" in r}):
-        points = sorted(
-            (r for r in rows if r["model"] == model and r["dropout"] == dropout and "train_s" in r),
-            key=lambda r: r["length"],
-        )
+    panels = [("causal_s", "causal training step", "seconds"), ("infer_s", "inference", "seconds"),
+              ("peak_mib", "peak memory above baseline", "MiB")]  # fmt: skip
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    for model, dropout in sorted({(r["model"], r["dropout"]) for r in rows if "infer_s" in r}):
+        points = sorted((r for r in rows if r["model"] == model and r["dropout"] == dropout), key=lambda r: r["length"])
         style = "-" if dropout == "off" else "--"
-        label = f"{model} (dropout {dropout})"
-        time_axis.plot([p["length"] for p in points], [p["train_s"] for p in points], style, marker="o", label=label)
-        memory_axis.plot(
-            [p["length"] for p in points], [max(p["peak_mib"], 1e-3) for p in points], style, marker="o", label=label
-        )
-    for axis, title, unit in (
-        (time_axis, "training step", "seconds"),
-        (memory_axis, "peak memory above baseline", "MiB"),
-    ):
+        for axis, (key, _, _) in zip(axes, panels):
+            shown = [p for p in points if p.get(key) is not None]
+            if shown:
+                lengths = [p["length"] for p in shown]
+                values = [max(p[key], 1e-3) for p in shown]
+                axis.plot(lengths, values, style, marker="o", label=f"{model} (dropout {dropout})")
+    for axis, (_, title, unit) in zip(axes, panels):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("sequence length")
         axis.set_ylabel(unit)
         axis.set_title(title)
         axis.grid(alpha=0.3, which="both")
-    time_axis.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -188,6 +205,8 @@ def run(
     memory_limit_gib: float | None,
     hyperparameters: dict[str, dict[str, Any]],
     flush_denormal: bool = True,
+    infer_batch: int = 256,
+    compile: bool = False,
 ) -> str:
     machine = machine_description(threads, device)
     rows = []
@@ -195,48 +214,36 @@ def run(
         for dropout in dropouts:
             for length in lengths:
                 arguments = {
-                    "model_name": model,
-                    "length": length,
-                    "batch": batch,
-                    "items": items,
-                    "dropout": dropout,
-                    "device": device,
-                    "threads": threads,
-                    "warmup": warmup,
-                    "repeats": repeats,
-                    "hyperparameters": hyperparameters.get(model, {}),
-                    "flush_denormal": flush_denormal,
-                }
+                    "model_name": model, "length": length, "batch": batch, "infer_batch": infer_batch,
+                    "items": items, "dropout": dropout, "device": device, "threads": threads, "warmup": warmup,
+                    "repeats": repeats, "hyperparameters": hyperparameters.get(model, {}),
+                    "flush_denormal": flush_denormal, "compile": compile,
+                }  # fmt: skip
                 row = _run_point_subprocess(arguments, memory_limit_gib)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-    reference = {(r["length"], r["dropout"]): r for r in rows if r["model"] == "sasrec" and "train_s" in r}
+    reference = {(r["length"], r["dropout"]): r for r in rows if r["model"] == "sasrec" and "infer_s" in r}
     for row in rows:
         base = reference.get((row["length"], row["dropout"]))
-        if base and "train_s" in row:
-            row["train_vs_sasrec"] = row["train_s"] / base["train_s"]
-            row["infer_vs_sasrec"] = row["infer_s"] / base["infer_s"]
-            row["memory_vs_sasrec"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
+        if base is None or "infer_s" not in row:
+            continue
+        for what in MEASURES:
+            if row.get(f"{what}_s") and base.get(f"{what}_s"):
+                row[f"{what}_vs_sasrec"] = row[f"{what}_s"] / base[f"{what}_s"]
+        row["memory_vs_sasrec"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / "speed.csv")
     plot(rows, output / "speed.png")
-    columns = [
-        ("model", "model"),
-        ("dropout", "dropout"),
-        ("length", "L"),
-        ("train_s", "train step s"),
-        ("train_min_s", "min"),
-        ("train_max_s", "max"),
-        ("train_vs_sasrec", "x SASRec"),
-        ("infer_s", "inference s"),
-        ("infer_vs_sasrec", "x SASRec"),
-        ("peak_mib", "peak MiB"),
-        ("memory_vs_sasrec", "x SASRec"),
-        ("error", "error"),
-    ]
+    columns = [("model", "model"), ("dropout", "dropout"), ("mode", "mode"), ("length", "L")]
+    for what, title in (("causal", "causal step"), ("readout", "read-out step"), ("infer", "inference")):
+        columns += [(f"{what}_s", f"{title} s"), (f"{what}_mfu", "MFU"), (f"{what}_vs_sasrec", "x SASRec")]
+    columns += [("peak_mib", "peak MiB"), ("memory_vs_sasrec", "x SASRec"), ("error", "error")]
     text = (
-        f"# Speed and memory (batch {batch}, {items} items, {device}, {threads} thread(s), "
-        f"denormals {'flushed to zero' if flush_denormal else 'kept'})\n\n"
+        f"# Speed, MFU and memory (training batch {batch}, inference batch {infer_batch}, {items} items, {device}, "
+        f"{threads} thread(s), denormals {'flushed to zero' if flush_denormal else 'kept'})\n\n"
+        "MFU: the model's FLOPs (eager reference path, chunk 32) per second over the float32 matmul rate of the "
+        f"same subprocess (median {statistics.median(r['matmul_gflops'] for r in rows if 'matmul_gflops' in r):.1f} "
+        "GFLOP/s over the points).\n\n"
         f"Machine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
     )
     (output / "speed.md").write_text(text)
