@@ -37,3 +37,10 @@ def test_bad_device_names(name):
 def test_auto_and_cpu():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_default_thread_count_is_the_idle_cores():
+    from tim4rec.runtime import default_threads, idle_cores, usable_cores
+
+    assert 1 <= idle_cores(0.05) <= usable_cores()
+    assert 1 <= default_threads() <= usable_cores()

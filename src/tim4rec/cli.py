@@ -137,6 +137,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.bench_command == "threads":
+        from tim4rec.bench import threads
+
+        print(threads.run(args.dataset, args.steps, args.states, Path(args.output)))
+        return 0
     if args.bench_command == "kernel":
         from tim4rec.bench import kernel
 
@@ -230,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not flush denormal numbers to zero (training flushes them by default)",
     )
     speed.add_argument("--output", default="docs/benchmarks/speed")
+    threads = bench_commands.add_parser("threads", help="training speed by thread setting, idle and with one core busy")
+    threads.add_argument("--dataset", default="ml-1m")
+    threads.add_argument("--steps", type=int, default=25)
+    threads.add_argument("--states", nargs="+", choices=["idle", "busy"], default=["idle", "busy"])
+    threads.add_argument("--output", default="docs/benchmarks/threads")
     kernel = bench_commands.add_parser("kernel", help="SSD scan vs recurrence, quadratic form and the Mamba-1 scan")
     kernel.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
     kernel.add_argument("--batch", type=int, default=16)

@@ -171,10 +171,11 @@ class Config:
     time_budget: float | None = _setting(None, optional(positive_number), resumable=True)  # s, across resumes
     seed: int = _setting(2020, nonnegative_int)
     device: str = _setting("auto", text, resumable=True)  # auto, cpu, cuda, cuda:N
-    threads: int | None = _setting(None, optional(positive_int), resumable=True)  # None: every usable core
+    threads: int | None = _setting(None, optional(positive_int), resumable=True)  # None: the cores idle at start
     flush_denormal: bool = _setting(True, boolean, resumable=True)  # CPU: float32 < 1.2e-38 read as 0 in training
     reuse_memory: bool = _setting(True, boolean, resumable=True)  # CPU: freed memory kept for the next step
     fused_cross_entropy: bool = _setting(True, boolean, resumable=True)  # output layer and loss in one pass
+    compile: bool = _setting(False, boolean, resumable=True)  # torch.compile the SSD kernel and gated norm
     show_progress: bool = _setting(True, boolean, resumable=True)
     loss_type: str = _setting("CE", only("CE", "only 'CE' (cross-entropy over all items) is supported"))
     learner: str = _setting("adam", only("adam", "only 'adam' is supported"))

@@ -55,3 +55,11 @@ def test_readme_holds_the_generated_tables():
         [sys.executable, str(ROOT / "docs/benchmarks/sync_readme.py"), "--check"], capture_output=True
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_bench_threads_command(synthetic_inter: Path, tmp_path: Path):
+    done = tim4rec("bench", "threads", "--dataset", str(synthetic_inter), "--steps", "2", "--states", "idle",
+                   "--output", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "threads.md").read_text()
+    assert "| idle | threads=1 | 1 |" in text and "default (threads unset)" in text

@@ -407,3 +407,27 @@ def test_the_quadratic_form_is_the_same_function(name):
     args = [t.double() for t in args]
     y_recurrent, _ = ssd_recurrent(*args, **kw)
     torch.testing.assert_close(ssd_quadratic(*args, **kw), y_recurrent, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["l_not_multiple", "groups_h4_g2", "D_chan", "dt_limit_softplus", "chunk_one"])
+def test_readout_equals_the_scan_at_each_rows_position(name, monkeypatch):
+    args, kw, chunk = _split(CASES[name])
+    kw = {k: v for k, v in kw.items() if k not in ("z", "initial_states")}
+    b, l = args[0].shape[:2]
+    positions = torch.tensor([l - 1, 0, l // 2][:b] + [1] * max(0, b - 3))
+    leaves = [t.clone().requires_grad_() for t in args]
+    y_all = ssd_scan(*leaves, chunk, **kw)
+    expected = y_all[torch.arange(b), positions]
+    got = ssd_module.ssd_readout(*args, chunk, positions, **kw)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
+    # gradients through the read-out equal those of the full scan read at the positions
+    leaves_r = [t.clone().requires_grad_() for t in args]
+    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((expected * weights).sum(), leaves)
+    grads_r = torch.autograd.grad((ssd_module.ssd_readout(*leaves_r, chunk, positions, **kw) * weights).sum(), leaves_r)
+    for g, gr in zip(grads, grads_r):
+        torch.testing.assert_close(gr, g, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(ssd_module, "_BLOCK_ELEMS", 1)  # one chunk per block: the state crosses blocks
+    torch.testing.assert_close(
+        ssd_module.ssd_readout(*args, chunk, positions, **kw), expected.detach(), rtol=1e-5, atol=1e-5
+    )

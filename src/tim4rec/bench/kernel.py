@@ -67,7 +67,7 @@ def matmul_gflops(device: str) -> float:
 
 def run(lengths: list[int], *, threads: int, **options: Any) -> str:
     """Time every method at every length under ``threads`` threads; write kernel.md, .csv and .png."""
-    with runtime_settings(threads=threads):
+    with runtime_settings(threads=threads, reuse_memory=True):  # as training runs
         return _run(lengths, threads=threads, **options)
 
 

@@ -66,9 +66,13 @@ def measure_point(
     ``point``: batch, infer_batch, items, dropout (bool), device, warmup, repeats, hyperparameters
     (dict), compile (bool).
     """
-    with runtime_settings(threads=threads, flush_denormal=flush_denormal, reuse_memory=True) as runtime:
+    compile = point.pop("compile", False)
+    with runtime_settings(
+        threads=threads, flush_denormal=flush_denormal, reuse_memory=True, compile=compile
+    ) as runtime:
         row = _measure_point(model_name, length, **point)
-    return {**row, "threads": runtime.threads, "flush_denormal": runtime.flush_denormal}
+    return {**row, "threads": runtime.threads, "flush_denormal": runtime.flush_denormal,
+            "mode": "compiled" if runtime.compiled else "eager"}  # fmt: skip
 
 
 def _measure_point(
@@ -83,7 +87,6 @@ def _measure_point(
     repeats: int,
     hyperparameters: dict[str, Any],
     infer_batch: int = 256,
-    compile: bool = False,
 ) -> dict[str, Any]:
     from tim4rec.bench.flops import matmul_rate, random_batch, step_flops
     from tim4rec.models import create
@@ -99,8 +102,6 @@ def _measure_point(
     model = create(model_name, items, length, **extra).to(device)
     loss = NextItemLoss(model, fused=True)
     predict = model.full_sort_predict
-    if compile:
-        loss, predict = torch.compile(loss), torch.compile(predict)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = {
         "causal": random_batch("causal", batch, length, items) if model.causal else None,
@@ -122,7 +123,7 @@ def _measure_point(
     rate = matmul_rate(device)
     row: dict[str, Any] = {
         "model": model_name, "length": length, "dropout": "on" if dropout else "off",
-        "mode": "compiled" if compile else "eager", "batch": batch, "infer_batch": infer_batch, "items": items,
+        "batch": batch, "infer_batch": infer_batch, "items": items,
     }  # fmt: skip
     for what in MEASURES:
         if batches[what] is None:

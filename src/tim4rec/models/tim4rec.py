@@ -47,7 +47,8 @@ from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import FeedForward, adopt_children, causal_conv, causal_conv_step
 from tim4rec.models.time_paths import TIME_MODES, NoTimeFeatures, NoTimePath
-from tim4rec.ops import ssd_scan, ssd_step
+from tim4rec.ops import ssd_readout, ssd_scan, ssd_step
+from tim4rec.ops.compile import compiled
 
 
 class GatedRMSNorm(nn.Module):
@@ -59,9 +60,15 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        gated = (y * F.silu(z)).to(torch.promote_types(y.dtype, torch.float32))
-        normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight).to(y.dtype)
+        return gated_rms_norm(y, z, self.weight, self.eps)
+
+
+@compiled
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``RMSNorm(y * SiLU(z)) * weight`` over the last axis, computed in at least float32."""
+    gated = (y * F.silu(z)).to(torch.promote_types(y.dtype, torch.float32))
+    normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight).to(y.dtype)
 
 
 class TiSSD(nn.Module):
@@ -121,10 +128,12 @@ class TiSSD(nn.Module):
         Same numbers as splitting ``in_proj(hidden)``; the backward then needs no concatenation of
         the three (B, L, .) gradients (about 5% of a training step at L = 3200 on a CPU).
         """
+        return [F.linear(hidden, w, b) for w, b in self._in_blocks()]
+
+    def _in_blocks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """in_proj's (weight, bias) row blocks for z, xBC and dt."""
         sizes = [self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads]
-        return [
-            F.linear(hidden, w, b) for w, b in zip(self.in_proj.weight.split(sizes), self.in_proj.bias.split(sizes))
-        ]
+        return list(zip(self.in_proj.weight.split(sizes), self.in_proj.bias.split(sizes)))
 
     def _split(self, xBC: torch.Tensor) -> list[torch.Tensor]:
         """(..., d_in + 2N) after the convolution -> x (..., d_in), B (..., N), C (..., N)."""
@@ -146,6 +155,27 @@ class TiSSD(nn.Module):
             self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
         )  # (B, L, H, P)  # fmt: skip
         return self._output(y, z), tau_next
+
+    def readout(self, hidden: torch.Tensor, tau: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+        """``forward``'s output at one position per sequence: hidden (B, L, d), positions (B,) -> (B, d).
+
+        Everything that feeds the state runs over all positions; the gate, norm and output
+        projection run at the position only, and the scan computes no outputs but that one
+        (:func:`~tim4rec.ops.ssd.ssd_readout`).
+        """
+        b, l, _ = hidden.shape
+        (w_z, b_z), (w_xBC, b_xBC), (w_dt, b_dt) = self._in_blocks()
+        x, B, C = self._split(causal_conv(self.conv1d, F.linear(hidden, w_xBC, b_xBC)))
+        dt = F.linear(hidden, w_dt, b_dt)  # (B, L, H)
+        u, _ = self.time_path(tau)
+        if u is not None:
+            dt = dt * u
+        y = ssd_readout(
+            x.reshape(b, l, self.n_heads, self.head_dim), dt, self.A(), B[:, :, None, :], C[:, :, None, :],
+            self.chunk_size, positions, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        )  # (B, H, P)  # fmt: skip
+        z = F.linear(hidden[torch.arange(b, device=hidden.device), positions], w_z, b_z)  # (B, d_in)
+        return self._output(y, z)
 
     # -- streaming (causal and none modes) -----------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -205,6 +235,11 @@ class TiSSDLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, tau: torch.Tensor | None):
         out, tau = self.ssd(hidden, tau)
         return self._after_ssd(out, hidden), tau
+
+    def readout(self, hidden: torch.Tensor, tau: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+        """The layer's output (B, d) at one position per sequence (positions (B,))."""
+        out = self.ssd.readout(hidden, tau, positions)
+        return self._after_ssd(out, hidden[torch.arange(hidden.shape[0], device=hidden.device), positions])
 
     def step(self, hidden: torch.Tensor, tau: torch.Tensor | None, state: dict[str, torch.Tensor]):
         out, tau, state = self.ssd.step(hidden, tau, state)
@@ -329,6 +364,14 @@ class TiM4Rec(SequentialRecommender):
         for layer in self.ssd_layers:
             hidden, tau = layer(hidden, tau)
         return hidden
+
+    def readout(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """As ``forward`` at position len - 1, but the last layer computes only that position's output."""
+        hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_seq)))  # (B, L, d)
+        tau = self.time_features(timestamps, self.dropout)
+        for layer in self.ssd_layers[:-1]:
+            hidden, tau = layer(hidden, tau)
+        return self.ssd_layers[-1].readout(hidden, tau, (item_seq_len - 1).clamp(min=0))  # (B, d)
 
     # -- streaming ---------------------------------------------------------------------------
     def init_state(self, batch_size: int) -> StreamState:

@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ssd_quadratic", "ssd_recurrent", "ssd_scan", "ssd_step"]
+from tim4rec.ops.compile import compiled
+
+__all__ = ["ssd_quadratic", "ssd_readout", "ssd_recurrent", "ssd_scan", "ssd_step"]
 
 _NO_LIMIT = (0.0, float("inf"))
 _BLOCK_ELEMS = 1 << 20  # size of the (b, h, chunks, Q, Q) intermediates of one block of chunks
@@ -169,6 +171,45 @@ class _DecayedScores(torch.autograd.Function):
         return grad_a, grad_CB
 
 
+def _chunked(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, Q: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A run of m steps as c = ceil(m / Q) chunks: X = Delta x (b, h, c, Q, p), a = Delta A (b, h, c, Q)
+    and B (b, g, c, Q, n); the tail is padded with Delta = 0 steps (decay 1, input 0: the state passes unchanged)."""
+    b, m, h, p = x.shape
+    g, n = B.shape[-2:]
+    c = -(-m // Q)  # number of chunks
+    xd = x * delta[..., None]  # (b, m, h, p)  Delta_t x_t
+    a = delta * A  # (b, m, h)     a_t = Delta_t A <= 0
+    if c * Q > m:
+        xd, B = (F.pad(t, (0, 0, 0, 0, 0, c * Q - m)) for t in (xd, B))
+        a = F.pad(a, (0, 0, 0, c * Q - m))
+    X = xd.view(b, c, Q, h, p).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, Q, p)
+    a = a.view(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, n)
+    return X, a, Bg
+
+
+def _pass_states(X: Tensor, a: Tensor, Bg: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """SSD steps (2)-(3): the state entering each chunk, S_in (b, h, c, p, n), and the state after the last."""
+    # (2) chunk states from zero: S_k = sum_j exp(a_{j+1}+...+a_{Q-1}) Delta_j x_j B_j^T
+    to_end = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))  # (b, h, c, Q)  a_{j+1}+...+a_{Q-1}
+    states = X.transpose(-1, -2) @ _scaled_per_head(Bg, torch.exp(to_end))  # (b, h, c, p, n)
+
+    # (3) state passing: S_in[k+1] = exp(a_0+...+a_{Q-1} of chunk k) S_in[k] + S_k,  S_in[0] = s
+    chunk_decay = torch.exp(a.sum(dim=-1))  # (b, h, c)
+    incoming = []
+    for decay_k, state_k in zip(chunk_decay.unbind(2), states.unbind(2)):  # unbind: linear-cost backward
+        incoming.append(s)
+        s = s * decay_k[:, :, None, None] + state_k  # (b, h, p, n)
+    return torch.stack(incoming, dim=2), s  # (b, h, c, p, n), (b, h, p, n)
+
+
+@compiled
+def _final_state(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, s: Tensor, Q: int) -> Tensor:
+    """The state after a run of chunks entered with state s (steps (2)-(3) only)."""
+    return _pass_states(*_chunked(x, delta, A, B, Q), s)[1]
+
+
+@compiled
 def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Tensor, Q: int) -> tuple[Tensor, Tensor]:
     """SSD steps (1)-(4) over a run of consecutive chunks, all tensors in the compute dtype.
 
@@ -177,29 +218,11 @@ def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Te
     """
     b, m, h, p = x.shape
     g, n = B.shape[-2:]
-    c = -(-m // Q)  # number of chunks
-    xd = x * delta[..., None]  # (b, m, h, p)  Delta_t x_t
-    a = delta * A  # (b, m, h)     a_t = Delta_t A <= 0
-    if c * Q > m:  # pad the tail with Delta = 0 steps: decay 1, input 0, so the state passes unchanged
-        xd, B, C = (F.pad(t, (0, 0, 0, 0, 0, c * Q - m)) for t in (xd, B, C))
-        a = F.pad(a, (0, 0, 0, c * Q - m))
-    X = xd.view(b, c, Q, h, p).permute(0, 3, 1, 2, 4).contiguous()  # (b, h, c, Q, p)
-    a = a.view(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
-    Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, n)
-    Cg = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, n)
-
-    # (2) chunk states from zero: S_k = sum_j exp(a_{j+1}+...+a_{Q-1}) Delta_j x_j B_j^T
-    to_end = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))  # (b, h, c, Q)  a_{j+1}+...+a_{Q-1}
-    states = X.transpose(-1, -2) @ _scaled_per_head(Bg, torch.exp(to_end))  # (b, h, c, p, n)
-
-    # (3) state passing: S_in[k+1] = exp(a_0+...+a_{Q-1} of chunk k) S_in[k] + S_k,  S_in[0] = s
+    X, a, Bg = _chunked(x, delta, A, B, Q)
+    c = X.shape[2]
+    Cg = F.pad(C, (0, 0, 0, 0, 0, c * Q - m)).view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, n)
+    S_in, s = _pass_states(X, a, Bg, s)
     acs = a.cumsum(dim=-1)  # (b, h, c, Q)
-    chunk_decay = torch.exp(acs[..., -1])  # (b, h, c)
-    incoming = []
-    for decay_k, state_k in zip(chunk_decay.unbind(2), states.unbind(2)):  # unbind: linear-cost backward
-        incoming.append(s)
-        s = s * decay_k[:, :, None, None] + state_k  # (b, h, p, n)
-    S_in = torch.stack(incoming, dim=2)  # (b, h, c, p, n)
 
     # (4) off-diagonal blocks: y_i = exp(a_0+...+a_i) S_in C_i
     y_off = _scaled_per_head(Cg, torch.exp(acs)) @ S_in.transpose(-1, -2)  # (b, h, c, Q, p)
@@ -260,6 +283,48 @@ def ssd_scan(
         ys.append(_skip_and_gate(y_k, x_k, D, z_k))  # (b, m, h, p)
     y = torch.cat(ys, dim=1).to(x.dtype)  # (b, l, h, p)
     return (y, s) if return_final_states else y
+
+
+def ssd_readout(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    positions: Tensor,
+    *,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_LIMIT,
+) -> Tensor:
+    """The output of :func:`ssd_scan` at one position per sequence, without computing the others.
+
+    Steps after ``positions`` (b,) get Delta = 0, so the scan's final state is the state S_t at the
+    position t; only steps (2)-(3) run (chunk states and state passing, no diagonal or
+    off-diagonal output blocks), then y_t = S_t C_t + D x_t. About a third of a full scan's work;
+    what a read-out (the last layer of a model scored at ``len - 1``) needs.
+
+    Returns y (b, h, p) in x.dtype; arguments as :func:`ssd_scan` (no gate, no initial state).
+    """  # fmt: skip
+    if x.dim() != 4 or B.dim() != 4:
+        raise ValueError(f"x must be (b, l, h, p) and B, C (b, l, g, n); got {tuple(x.shape)}, {tuple(B.shape)}")
+    _check_shapes(x, dt, A, B, C, D, None, dt_bias, None)
+    b, l, h, p = x.shape
+    n, Q, cdt = B.shape[-1], int(chunk_size), _compute_dtype(x)
+    delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (b, l, h)
+    after = torch.arange(l, device=x.device)[None, :] > positions[:, None]  # (b, l)
+    delta = delta.masked_fill(after[..., None], 0.0)
+    s = x.new_zeros(b, h, p, n, dtype=cdt)
+    m = Q * max(1, _BLOCK_ELEMS // max(1, b * h * Q * Q))  # steps per block, as in ssd_scan
+    for x_k, delta_k, B_k in zip(*(t.split(m, dim=1) if l > 0 else () for t in (x, delta, B))):
+        s = _final_state(x_k.to(cdt), delta_k, A.to(cdt), B_k.to(cdt), s, Q)
+    rows = torch.arange(b, device=x.device)
+    here = positions.clamp(min=0)
+    C_t = _expand_groups(C[rows, here].to(cdt), h, 1)  # (b, h, n)
+    y = (s @ C_t[..., None]).squeeze(-1)  # (b, h, p)
+    return _skip_and_gate(y, x[rows, here], D, None).to(x.dtype)
 
 
 def ssd_step(

@@ -20,7 +20,10 @@ def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = 
     """Build the experiment of ``config`` and train it, under its thread and denormal settings."""
     folder = prepare_folder(output_dir or config.output_dir or default_output_dir(config))
     with runtime_settings(
-        threads=config.threads, flush_denormal=config.flush_denormal, reuse_memory=config.reuse_memory
+        threads=config.threads,
+        flush_denormal=config.flush_denormal,
+        reuse_memory=config.reuse_memory,
+        compile=config.compile,
     ) as runtime:
         experiment = build_experiment(config, list(notices))
         return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)

@@ -196,6 +196,7 @@ class Trainer:
             "threads": self.runtime.threads,
             "flush_denormal": self.runtime.flush_denormal,
             "reuse_memory": self.runtime.reuse_memory,
+            "compiled": self.runtime.compiled,
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
             "epochs": history,
             "epochs_run": len(history),
