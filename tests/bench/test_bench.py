@@ -105,3 +105,20 @@ def test_a_run_held_by_another_process_is_skipped(tmp_path: Path):
             assert not second
     with quality._claim(tmp_path / "run") as again:
         assert again
+
+
+def test_time_to_a_validation_level():
+    epochs = [
+        {"train_seconds": 10.0, "valid_seconds": 2.0, "valid": {"ndcg@10": 0.03}},
+        {"train_seconds": 10.0, "valid_seconds": 2.0, "valid": {"ndcg@10": 0.061}},
+        {"train_seconds": 10.0, "valid_seconds": 2.0, "valid": {"ndcg@10": 0.05}},
+    ]
+    assert quality.time_to({"epochs": epochs}, "ndcg@10", 0.06) == 24.0
+    assert quality.time_to({"epochs": epochs}, "ndcg@10", 0.07) is None
+
+
+def test_bad_time_to(tmp_path: Path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("dataset: ml-100k\ntime_to: 0.06\nruns: {a: {model: sasrec}}\n")
+    with pytest.raises(ConfigError, match="time_to: expected one metric"):
+        quality.read_plan(plan)

@@ -36,7 +36,7 @@ from tim4rec.io import write_json_atomic
 from tim4rec.training import api
 from tim4rec.training.trainer import log
 
-PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title"}
+PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to"}
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
 
 
@@ -52,6 +52,11 @@ def read_plan(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: run '{name}' needs a 'model' key")
     plan.setdefault("seeds", [2020])
     plan.setdefault("common", {})
+    target = plan.get("time_to")
+    if target is not None and not (
+        isinstance(target, dict) and len(target) == 1 and all(isinstance(v, (int, float)) for v in target.values())
+    ):
+        raise ConfigError(f"{path}: time_to: expected one metric and its level, like {{ndcg@10: 0.06}}, got {target!r}")
     return plan
 
 
@@ -148,7 +153,18 @@ def _epochs_reached(results: dict[str, Any]) -> str:
     return str(results["epochs_run"])
 
 
-def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def time_to(results: dict[str, Any], metric: str, value: float) -> float | None:
+    """Wall seconds (training and validation, compiling included) until the validation ``metric``
+    first reached ``value``; None if it never did."""
+    elapsed = 0.0
+    for epoch in results["epochs"]:
+        elapsed += epoch["train_seconds"] + epoch.get("valid_seconds", 0.0)
+        if epoch["valid"][metric] >= value:
+            return elapsed
+    return None
+
+
+def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = None) -> list[dict[str, Any]]:
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_run.setdefault(r["_run"], []).append(r)
@@ -178,6 +194,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["epochs_run"] = [_epochs_reached(r) for r in runs]
         row["stopped_by"] = sorted({r["stopped_by"] for r in runs})
         row["budget"] = sorted({r["config"].get("time_budget") for r in runs if r["stopped_by"] == "time_budget"})
+        if target:
+            ((metric, value),) = target.items()
+            row["time_to"] = [time_to(r, metric, value) for r in runs]
         summary.append(row)
     return summary
 
@@ -187,17 +206,28 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return f"{mean:.4f} ± {spread:.4f}" if len(row["seeds"]) > 1 else f"{mean:.4f}"
 
 
-def markdown(summary: list[dict[str, Any]], title: str, dataset: str) -> str:
+def _metric_title(metric: str) -> str:
+    return metric.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR")
+
+
+def markdown(summary: list[dict[str, Any]], title: str, dataset: str, target: dict[str, float] | None = None) -> str:
+    ((metric, value),) = (target or {"": 0}).items()
+    reached = f" | s to valid {_metric_title(metric)} ≥ {value:g}" if target else ""
     lines = [
         f"# {title}",
         "",
         f"Dataset `{dataset}`; test metrics at the best validation epoch (NDCG@10); "
-        "mean ± sample standard deviation over seeds.",
+        "mean ± sample standard deviation over seeds."
+        + (
+            " Time to a validation level: training and validation wall time until it was first reached."
+            if target
+            else ""
+        ),
         "",
         "| run | model | regime | seeds | "
-        + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in TABLE_METRICS)
-        + " | s/epoch | best epoch | epochs | stopped by |",
-        "|" + "---|" * (len(TABLE_METRICS) + 8),
+        + " | ".join(_metric_title(m) for m in TABLE_METRICS)
+        + f" | s/epoch | best epoch | epochs | stopped by{reached} |",
+        "|" + "---|" * (len(TABLE_METRICS) + 8 + bool(target)),
     ]
     for row in summary:
         stopped = ", ".join(
@@ -208,7 +238,9 @@ def markdown(summary: list[dict[str, Any]], title: str, dataset: str) -> str:
             f"| {row['run']} | {row['model']} | {row['regime']} | {', '.join(map(str, row['seeds']))} | "
             + " | ".join(_cell(row, f"test_{m}") for m in TABLE_METRICS)
             + f" | {row['seconds_per_epoch']:.1f}{' (est.)' if row['seconds_per_epoch_estimated'] else ''}"
-            + f" | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped} |"
+            + f" | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped}"
+            + (" | " + ", ".join("not reached" if t is None else f"{t:.0f}" for t in row["time_to"]) if target else "")
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -243,8 +275,9 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     if not results:
         return "no finished runs yet"
     order = list(plan["runs"])
-    summary = sorted(summarise(results), key=lambda row: order.index(row["run"]))
-    text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"])
+    target = plan.get("time_to")
+    summary = sorted(summarise(results, target), key=lambda row: order.index(row["run"]))
+    text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
     (output / "quality.md").write_text(text)
     keys = list(summary[0])
     with open(output / "quality.csv", "w", newline="") as handle:

@@ -70,6 +70,16 @@ def versions() -> dict[str, str]:
     }
 
 
+def peak_rss_mib() -> float | None:
+    """The process's peak resident memory so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
@@ -208,6 +218,7 @@ class Trainer:
             "valid_metric": self.config.valid_key,
             "stopped_by": self.state["stopped_by"],
             "test": test,
+            "peak_rss_mib": peak_rss_mib(),
             "versions": versions(),
             "machine": self.machine,
             "output_dir": str(self.output_dir),
