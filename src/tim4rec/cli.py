@@ -160,6 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 max_recurrent=args.max_recurrent,
                 max_quadratic=args.max_quadratic,
                 output=Path(args.output),
+                compile=args.compile,
             )
         )
         return 0
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("--repeats", type=int, default=5)
     kernel.add_argument("--max-recurrent", type=int, default=2048, help="longest length for the step-by-step loop")
     kernel.add_argument("--max-quadratic", type=int, default=2048, help="longest length for the (l, l) form")
+    kernel.add_argument("--compile", action="store_true", help="run the chunked scan through torch.compile")
     kernel.add_argument("--output", default="docs/benchmarks/kernel")
     quality = bench_commands.add_parser("quality", help="models x seeds from a plan file; resumes what is done")
     quality.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")

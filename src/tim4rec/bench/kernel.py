@@ -65,10 +65,13 @@ def matmul_gflops(device: str) -> float:
     return matmul_rate(device) / 1e9
 
 
-def run(lengths: list[int], *, threads: int, **options: Any) -> str:
-    """Time every method at every length under ``threads`` threads; write kernel.md, .csv and .png."""
-    with runtime_settings(threads=threads, reuse_memory=True):  # as training runs
-        return _run(lengths, threads=threads, **options)
+def run(lengths: list[int], *, threads: int, compile: bool = False, **options: Any) -> str:
+    """Time every method at every length under ``threads`` threads; write kernel.md, .csv and .png.
+
+    ``compile``: the chunked scan through ``torch.compile`` (:mod:`tim4rec.ops.compile`).
+    """
+    with runtime_settings(threads=threads, reuse_memory=True, compile=compile) as runtime:  # as training runs
+        return _run(lengths, threads=threads, mode="compiled" if runtime.compiled else "eager", **options)
 
 
 def _run(
@@ -86,6 +89,7 @@ def _run(
     max_recurrent: int,
     max_quadratic: int,
     output: Path,
+    mode: str = "eager",
 ) -> str:
     machine = machine_description(threads, device)
     matmul = matmul_gflops(device)
@@ -156,7 +160,7 @@ def _run(
     ]
     text = (
         f"# SSD kernel (b={batch}, h={heads}, p={head_dim}, n={state}, chunk {chunk}, {device}, "
-        f"{threads} thread(s))\n\n"
+        f"{threads} thread(s), {mode})\n\n"
         f"float32 matmul (1024 x 1024) in this run: {matmul:.1f} GFLOP/s\n\nMachine: {json.dumps(machine)}\n\n"
         + markdown_table(rows, columns)
     )
