@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("--heads", type=int, default=4)
     kernel.add_argument("--head-dim", type=int, default=32)
     kernel.add_argument("--state", type=int, default=32)
-    kernel.add_argument("--chunk", type=int, default=64)
+    kernel.add_argument("--chunk", type=int, default=32)
     kernel.add_argument("--threads", type=int, default=1)
     kernel.add_argument("--device", default="cpu")
     kernel.add_argument("--warmup", type=int, default=2)
