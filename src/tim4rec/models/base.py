@@ -122,6 +122,12 @@ class StreamingRecommender(Protocol):
         """Feed one event per user (item_ids, timestamps (B,)) -> (scores (B, n_items + 1), new state)."""
         ...
 
+    def step_hidden(
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
+        """As ``step``, returning the read-out state (B, d) instead of the scores (``item_scores`` of it)."""
+        ...
+
 
 class SequentialRecommender(nn.Module):
     """Base class: read-out, scoring against the item embedding table, and the CE loss."""
@@ -241,6 +247,13 @@ class SequentialRecommender(nn.Module):
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
         total, count = cross_entropy_terms(self, batch)
         return total / max(count, 1)
+
+    def step(
+        self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Feed one event per user (streaming models): item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        hidden, state = self.step_hidden(state, item_ids, timestamps)
+        return self.item_scores(hidden), state
 
     def extra_repr(self) -> str:
         return f"n_items={self.n_items}, max_seq_length={self.max_seq_length}"

@@ -85,10 +85,11 @@ class Caser(SequentialRecommender):
             nn.init.zeros_(linear.bias)
 
     def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """(B, L) right-padded ids, (B,) lengths -> (B, d) sequence representation."""
+        """(B, l) right-padded ids (l <= L; padded to L, the span of the filters), (B,) lengths -> (B, d)."""
         b, length = item_seq.shape
-        if length != self.max_seq_length:
-            raise ValueError(f"Caser's filters span exactly {self.max_seq_length} positions; got sequences of {length}")
+        if length < self.max_seq_length:
+            item_seq = torch.nn.functional.pad(item_seq, (0, self.max_seq_length - length))
+            length = self.max_seq_length
         positions = torch.arange(length, device=item_seq.device)
         ids = item_seq.masked_fill(positions[None, :] >= item_seq_len[:, None], 0)
         image = self.item_embedding(ids)  # (B, L, d)

@@ -70,12 +70,12 @@ class GRU4Rec(SequentialRecommender):
             {"hidden": torch.zeros(batch_size, layers, hidden, device=weight.device, dtype=weight.dtype)}
         )
 
-    def step(
+    def step_hidden(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        """Feed one event per user: item_ids, timestamps (B,) -> (hidden (B, d), state)."""
         self.check_events(item_ids, timestamps)
         embedded = self.emb_dropout(self.item_embedding(item_ids))[:, None, :]  # (B, 1, embedding_size)
         hidden = state["hidden"].transpose(0, 1).contiguous()  # (layers, B, hidden): the GRU's layout
         output, hidden = self.gru_layers(embedded, hidden)  # (B, 1, hidden), (layers, B, hidden)
-        return self.item_scores(self.dense(output[:, 0])), StreamState({"hidden": hidden.transpose(0, 1)})
+        return self.dense(output[:, 0]), StreamState({"hidden": hidden.transpose(0, 1)})

@@ -198,13 +198,13 @@ class LRURec(SequentialRecommender):
             }
         )
 
-    def step(
+    def step_hidden(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        """Feed one event per user: item_ids, timestamps (B,) -> (hidden (B, d), state)."""
         self.check_events(item_ids, timestamps)
         hidden = self.layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         layers = {}
         for i, block in enumerate(self.blocks):
             hidden, layers[f"layer{i}"] = block.step(hidden, state[f"layer{i}"])
-        return self.item_scores(hidden), StreamState(layers)
+        return hidden, StreamState(layers)

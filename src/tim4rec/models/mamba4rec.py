@@ -202,10 +202,10 @@ class Mamba4Rec(SequentialRecommender):
             **{f"layer{i}": layer.mamba.init_state(batch_size, device) for i, layer in enumerate(self.mamba_layers)}
         )
 
-    def step(
+    def step_hidden(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
+        """Feed one event per user: item_ids, timestamps (B,) -> (hidden (B, d), state).
 
         Timestamps are accepted for the common streaming interface and not used.
         """
@@ -214,4 +214,4 @@ class Mamba4Rec(SequentialRecommender):
         layers = {}
         for i, layer in enumerate(self.mamba_layers):
             hidden, layers[f"layer{i}"] = layer.step(hidden, state.part(f"layer{i}"))
-        return self.item_scores(hidden), StreamState.merge(**layers)
+        return hidden, StreamState.merge(**layers)

@@ -124,10 +124,10 @@ class SASRec(SequentialRecommender):
         }
         return StreamState.merge(length=torch.zeros(batch_size, dtype=torch.long, device=like.device), **caches)
 
-    def step(
+    def step_hidden(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
+        """Feed one event per user: item_ids, timestamps (B,) -> (hidden (B, d), state).
 
         O(L d) per block and event. The position table has ``max_seq_length`` rows, so a user's
         cache holds at most that many events; a longer history must be recomputed from its most
@@ -146,4 +146,4 @@ class SASRec(SequentialRecommender):
             cache = state.part(f"block{i}")
             hidden, keys, values = block.step(hidden, cache["keys"], cache["values"], position)
             caches[f"block{i}"] = {"keys": keys, "values": values}
-        return self.item_scores(hidden), StreamState.merge(length=position + 1, **caches)
+        return hidden, StreamState.merge(length=position + 1, **caches)

@@ -385,10 +385,10 @@ class TiM4Rec(SequentialRecommender):
             **{f"layer{i}": layer.ssd.init_state(batch_size, device) for i, layer in enumerate(self.ssd_layers)},
         )
 
-    def step(
+    def step_hidden(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state)."""
+        """Feed one event per user: item_ids, timestamps (B,) -> (hidden (B, d), state)."""
         self.check_events(item_ids, timestamps)
         hidden = self.in_layer_norm(self.dropout(self.item_embedding(item_ids)))  # (B, d)
         gaps = torch.where(state["seen"], (timestamps - state["last_time"]).clamp(min=0), torch.zeros_like(timestamps))
@@ -397,7 +397,7 @@ class TiM4Rec(SequentialRecommender):
         for i, layer in enumerate(self.ssd_layers):
             hidden, tau, layers[f"layer{i}"] = layer.step(hidden, tau, state.part(f"layer{i}"))
         new_state = StreamState.merge(last_time=timestamps.clone(), seen=torch.ones_like(state["seen"]), **layers)
-        return self.item_scores(hidden), new_state
+        return hidden, new_state
 
 
 class SSD4Rec(TiM4Rec):

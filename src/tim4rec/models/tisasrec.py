@@ -299,10 +299,10 @@ class TiSASRec(SequentialRecommender):
             times=counts.new_zeros(batch_size, self.max_seq_length), **caches,
         )  # fmt: skip
 
-    def step(
+    def step_hidden(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        """Feed one event per user: item_ids, timestamps (B,) -> (scores (B, n_items + 1), state).
+        """Feed one event per user: item_ids, timestamps (B,) -> (hidden (B, d), state).
 
         O(L d) per block and event; at most ``max_seq_length`` events per state (the position
         tables' size): longer histories are recomputed from their most recent events.
@@ -337,4 +337,4 @@ class TiSASRec(SequentialRecommender):
             )
             caches[f"block{i}"] = {"keys": keys, "values": values}
         new_state = StreamState.merge(length=position + 1, last_time=timestamps, min_gap=min_gap, times=times, **caches)
-        return self.item_scores(hidden), new_state
+        return hidden, new_state

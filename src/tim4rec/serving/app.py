@@ -1,0 +1,291 @@
+"""The HTTP service (FastAPI): recommendations for posted histories and for users' stored states.
+
+Ids are the dataset's raw item and user ids as strings, times unix seconds.
+
+- ``POST /recommend`` ``{"history": [{"item": "50", "time": 881250949}, ...], "k": 10, "exclude_seen": true}``
+  -> ``{"items": [{"item", "score", "title"}, ...], "unknown_items": [...], "metadata": {...}}``;
+- ``POST /users/{id}/events`` ``{"events": [{"item", "time"}, ...]}``: 200 once the events are stored;
+- ``GET /users/{id}/recommendations?k=10``: the same shape as ``/recommend``, from the user's state;
+- ``GET /users/{id}/history``, ``GET /users`` (some of the dataset's user ids), ``GET /items/{id}``;
+- ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI), ``GET /`` (the demo page).
+
+Concurrent ``/recommend`` requests are gathered for up to ``batch_wait_ms`` (at most ``max_batch``
+of them) into one batched forward, so throughput grows with load. The model runs on one worker
+thread; the event loop only parses, batches and answers. Bad input gets a 4xx with a message:
+malformed JSON and wrong types (422), decreasing times or unknown users' bad ids (400), ``k`` out of
+range and oversized histories (422), bodies over ``max_body_bytes`` (413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from tim4rec.serving.recommender import HistoryError, Recommendation, Recommender
+from tim4rec.serving.recommender import Query as RecommendQuery
+from tim4rec.serving.store import UserStore
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    batching: bool = True
+    batch_wait_ms: float = 3.0
+    max_batch: int = 64
+    max_k: int = 1000
+    max_history: int = 10_000
+    max_events: int = 1_000
+    max_body_bytes: int = 2_000_000
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: str = Field(min_length=1, max_length=512)
+    time: float = Field(allow_inf_nan=False)
+
+
+class RecommendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    history: list[EventIn]
+    k: int = Field(10, ge=1)
+    exclude_seen: bool = True
+    candidates: list[str] | None = None
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1)
+
+
+class Metrics:
+    """The service's Prometheus metrics (a registry of its own)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tim4rec_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "tim4rec_request_seconds", "Request latency", ["endpoint"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "tim4rec_batch_size", "Requests per batched forward", registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )  # fmt: skip
+        self.users_cached = Gauge("tim4rec_users_cached", "User states in memory", registry=self.registry)
+
+
+class Batcher:
+    """Gathers concurrent /recommend queries into one forward on the model's worker thread."""
+
+    def __init__(
+        self, recommender: Recommender, executor: ThreadPoolExecutor, settings: ServiceSettings, metrics: Metrics
+    ):
+        self.recommender, self.executor, self.settings, self.metrics = recommender, executor, settings, metrics
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.batches: list[int] = []  # sizes of the last batches (tests read them)
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def submit(self, query: RecommendQuery) -> Recommendation:
+        loop = asyncio.get_running_loop()
+        if not self.settings.batching:
+            self._observe(1)
+            return (await loop.run_in_executor(self.executor, self.recommender.answer, [query]))[0]
+        future = loop.create_future()
+        await self.queue.put((query, future))
+        return await future
+
+    def _observe(self, size: int) -> None:
+        self.metrics.batch_size.observe(size)
+        self.batches = (self.batches + [size])[-1000:]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.settings.batch_wait_ms / 1000
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + wait
+            while len(batch) < self.settings.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            self._observe(len(batch))
+            queries = [query for query, _ in batch]
+            try:
+                answers = await loop.run_in_executor(self.executor, self.recommender.answer, queries)
+            except HistoryError:  # one bad query: answer each on its own so the others still succeed
+                answers = [await loop.run_in_executor(self.executor, _answer_one, self.recommender, q) for q in queries]
+            except Exception as error:  # noqa: BLE001 -- handed to the waiting requests, not lost
+                answers = [error] * len(batch)
+            for (_, future), answer in zip(batch, answers):
+                if not future.done():
+                    future.set_exception(answer) if isinstance(answer, Exception) else future.set_result(answer)
+
+
+def _answer_one(recommender: Recommender, query: RecommendQuery) -> Recommendation | Exception:
+    try:
+        return recommender.answer([query])[0]
+    except HistoryError as error:
+        return error
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 without being read further."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _too_large(send, self.limit)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send, limit: int) -> None:
+    body = f'{{"detail": "request body over {limit} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _answer_json(answer: Recommendation) -> dict[str, Any]:
+    return answer.to_dict()
+
+
+def create_app(recommender: Recommender, store: UserStore, settings: ServiceSettings = ServiceSettings()) -> FastAPI:  # noqa: B008
+    """The FastAPI application serving ``recommender`` with users' states in ``store``."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tim4rec-model")
+    metrics = Metrics()
+    batcher = Batcher(recommender, executor, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+        await asyncio.get_running_loop().run_in_executor(executor, store.close)  # states written, db closed
+        executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="tim4rec", description="Next-item recommendations from a trained tim4rec model.", lifespan=lifespan
+    )
+    app.state.batcher, app.state.metrics, app.state.store = batcher, metrics, store
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    async def model_call(function, *args):
+        """Run ``function`` on the model's worker thread (one at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(HistoryError)
+    async def bad_history(request: Request, error: HistoryError):
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    def check_k(k: int) -> None:
+        if k > settings.max_k:
+            raise HTTPException(422, f"k: at most {settings.max_k}, got {k}")
+
+    @app.post("/recommend")
+    async def recommend(body: RecommendIn) -> dict[str, Any]:
+        check_k(body.k)
+        if len(body.history) > settings.max_history:
+            raise HTTPException(422, f"history: at most {settings.max_history} events, got {len(body.history)}")
+        history = [(event.item, event.time) for event in body.history]
+        query = RecommendQuery(history, body.k, body.exclude_seen, body.candidates)
+        return _answer_json(await batcher.submit(query))
+
+    @app.post("/users/{user}/events")
+    async def post_events(user: str, body: EventsIn) -> dict[str, Any]:
+        if len(body.events) > settings.max_events:
+            raise HTTPException(422, f"events: at most {settings.max_events} per request, got {len(body.events)}")
+        result = await model_call(store.observe, user, [(e.item, e.time) for e in body.events])
+        metrics.users_cached.set(store.cached_users())
+        return {"user": user, **result}
+
+    @app.get("/users/{user}/recommendations")
+    async def user_recommendations(user: str, k: int = Query(10, ge=1), exclude_seen: bool = True) -> dict[str, Any]:
+        check_k(k)
+        answer = await model_call(store.recommend, user, k, exclude_seen)
+        metrics.users_cached.set(store.cached_users())
+        return _answer_json(answer)
+
+    @app.get("/users/{user}/history")
+    async def user_history(user: str, limit: int = Query(50, ge=1, le=10_000)) -> dict[str, Any]:
+        events = await model_call(store.history, user)
+        shown = [{"item": item, "time": when, "title": recommender.title(item)} for item, when in events[-limit:]]
+        return {"user": user, "events": len(events), "history": shown}
+
+    @app.get("/users")
+    async def users(limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+        return {"users": list(recommender.user_index)[:limit], "dataset_users": len(recommender.user_index)}
+
+    @app.get("/items/{item}")
+    async def item(item: str) -> dict[str, Any]:
+        info = recommender.item_info(item)
+        if info is None:
+            raise HTTPException(404, f"unknown item {item!r}")
+        return info
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": recommender.saved.model, "items": recommender.n_items,
+                "streaming": recommender.streams, "batching": settings.batching}  # fmt: skip
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.users_cached.set(store.cached_users())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def demo() -> str:
+        return (resources.files("tim4rec.serving") / "demo.html").read_text(encoding="utf-8")
+
+    return app

@@ -1,0 +1,253 @@
+"""Recommendations from a saved model: raw item ids and unix times in, ranked raw item ids out.
+
+>>> recommender = Recommender.load("runs/tim4rec/best.pt")
+>>> answer = recommender.recommend([("Toy Story (1995)", 978300760), ("Heat (1995)", 978301968)], k=10)
+>>> answer.items[0].item, answer.items[0].score, answer.items[0].title
+
+A history is a list of (item id as in the dataset, unix time in seconds), oldest first. Item ids the
+model does not know are skipped and reported back (``unknown_items``): new items are normal in
+production. Models with a fixed length (attention models) see the most recent
+``max_seq_length`` events; recurrent models (TiM4Rec ``causal``/``none``, SSD4Rec, Mamba4Rec,
+GRU4Rec, LRURec) see the whole history; ``metadata`` says which. Items already in the history
+are left out of the ranking unless ``exclude_seen=False``; ``candidates`` restricts the ranking
+to the given item ids. Scores come from one batched forward for many histories
+(:meth:`Recommender.recommend_batch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tim4rec.config import Config
+from tim4rec.data import Interactions
+from tim4rec.data.items import item_metadata_path, read_item_metadata
+from tim4rec.errors import Tim4RecError
+from tim4rec.io import SavedModel, load_saved_model
+from tim4rec.models.base import SequentialRecommender
+
+Event = tuple[str, float]  # (raw item id, unix seconds)
+
+
+@dataclass
+class RecommendedItem:
+    item: str
+    score: float
+    title: str | None = None
+
+
+@dataclass
+class Recommendation:
+    """Ranked items (best first), the history's unknown item ids, and how the history was used."""
+
+    items: list[RecommendedItem]
+    unknown_items: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class HistoryError(Tim4RecError):
+    """A history that cannot be scored: times that decrease, values of the wrong type."""
+
+
+@dataclass
+class Query:
+    """One request: a history and how to rank for it."""
+
+    history: Sequence[Event]
+    k: int = 10
+    exclude_seen: bool = True
+    candidates: Sequence[str] | None = None
+
+
+@dataclass
+class EncodedHistory:
+    """A history in model ids: items (n,) long 1..n_items, times (n,) long seconds; the unknown raw ids."""
+
+    items: torch.Tensor
+    times: torch.Tensor
+    unknown: list[str]
+
+
+class Recommender:
+    """A saved model with its dataset's id maps (and, when available, item titles and user histories)."""
+
+    def __init__(
+        self,
+        model: SequentialRecommender,
+        saved: SavedModel,
+        config: Config,
+        item_metadata: dict[str, dict[str, str]] | None = None,
+        interactions: Interactions | None = None,
+    ):
+        self.model = model.eval()
+        self.saved = saved
+        self.config = config
+        self.item_tokens: list[str] = [str(t) for t in saved.item_tokens]
+        self.item_ids = {token: index for index, token in enumerate(self.item_tokens) if index > 0}
+        self.item_metadata = item_metadata or {}
+        self.interactions = interactions
+        self.user_index: dict[str, int] = {}
+        if interactions is not None:
+            self.user_index = {str(token): index for index, token in enumerate(interactions.user_tokens) if index > 0}
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, path: str | Path, *, with_dataset: bool = True, device: str = "cpu") -> Recommender:
+        """Load ``best.pt`` (never unpickles code); with its dataset's users and item titles when
+        ``with_dataset`` and the dataset can be read (named datasets are fetched)."""
+        saved = load_saved_model(path)
+        model = saved.build().to(device)
+        config = Config.from_dict(saved.config)
+        interactions = metadata = None
+        if with_dataset:
+            interactions = config.load_interactions()
+            if [str(t) for t in interactions.item_tokens] != [str(t) for t in saved.item_tokens]:
+                raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
+            metadata_path = item_metadata_path(str(config.dataset), config.data_cache)
+            metadata = read_item_metadata(metadata_path, config.ITEM_ID_FIELD) if metadata_path else None
+        return cls(model, saved, config, metadata, interactions)
+
+    # -- ids, titles, histories --------------------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return len(self.item_tokens) - 1
+
+    @property
+    def streams(self) -> bool:
+        """True when the model takes one event at a time (:class:`~tim4rec.models.base.StreamingRecommender`)."""
+        return bool(self.model.streaming)
+
+    def title(self, item: str) -> str | None:
+        return self.item_metadata.get(item, {}).get("title")
+
+    def item_info(self, item: str) -> dict[str, Any] | None:
+        """What is known of an item (None when the model does not know it)."""
+        if item not in self.item_ids:
+            return None
+        return {"item": item, "id": self.item_ids[item], **self.item_metadata.get(item, {})}
+
+    def user_history(self, user: str) -> list[Event]:
+        """A dataset user's events (raw item ids, seconds), oldest first; empty for unknown users."""
+        index = self.user_index.get(str(user))
+        if index is None or self.interactions is None:
+            return []
+        offsets = self.interactions.offsets
+        items = self.interactions.items[offsets[index - 1] : offsets[index]]
+        times = self.interactions.timestamps[offsets[index - 1] : offsets[index]]
+        return [(self.item_tokens[int(i)], float(t)) for i, t in zip(items, times)]
+
+    def encode(self, history: Sequence[Event]) -> EncodedHistory:
+        """Map raw ids to model ids; unknown ids are skipped and listed. Times must not decrease."""
+        items, times, unknown = [], [], []
+        previous = -math.inf
+        for position, event in enumerate(history):
+            try:
+                item, time = event
+                time = float(time)
+            except (TypeError, ValueError):
+                raise HistoryError(f"history[{position}]: expected (item id, unix time), got {event!r}") from None
+            if not math.isfinite(time):
+                raise HistoryError(f"history[{position}]: time {time!r} is not a finite number")
+            if time < previous:
+                raise HistoryError(
+                    f"history[{position}]: time {time:.0f} is before the previous event's {previous:.0f}"
+                )
+            previous = time
+            index = self.item_ids.get(str(item))
+            if index is None:
+                unknown.append(str(item))
+                continue
+            items.append(index)
+            times.append(int(math.floor(time)))
+        return EncodedHistory(torch.tensor(items, dtype=torch.long), torch.tensor(times, dtype=torch.long), unknown)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+    def window(self, encoded: EncodedHistory) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """What the model sees of a history: the most recent ``max_seq_length`` events for fixed-length models."""
+        n = len(encoded.items)
+        limit = self.model.max_seq_length if self.model.fixed_length else n
+        used = min(n, limit)
+        metadata = {
+            "events": n,
+            "events_used": used,
+            "truncated": used < n,
+            "whole_history": not self.model.fixed_length,
+        }
+        return encoded.items[n - used :], encoded.times[n - used :], metadata
+
+    @torch.no_grad()
+    def scores(self, windows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One batched forward: scores (B, n_items + 1) of right-padded histories (an empty one scores the padding)."""
+        length = max([len(items) for items, _ in windows] + [1])
+        item_seq = torch.zeros(len(windows), length, dtype=torch.long)
+        time_seq = torch.zeros(len(windows), length, dtype=torch.long)
+        lengths = torch.zeros(len(windows), dtype=torch.long)
+        for row, (items, times) in enumerate(windows):
+            item_seq[row, : len(items)], time_seq[row, : len(times)], lengths[row] = items, times, len(items)
+        device = self.device
+        return self.model.full_sort_predict(item_seq.to(device), lengths.to(device), time_seq.to(device)).float().cpu()
+
+    def rank(
+        self,
+        scores: torch.Tensor,
+        k: int,
+        *,
+        seen: Iterable[int] = (),
+        candidates: Sequence[str] | None = None,
+    ) -> list[RecommendedItem]:
+        """The top ``k`` items of one row of scores (n_items + 1,), padding and ``seen`` ids left out."""
+        scores = scores.clone()
+        scores[0] = -math.inf
+        if candidates is not None:
+            allowed = torch.zeros_like(scores, dtype=torch.bool)
+            allowed[[self.item_ids[c] for c in candidates if c in self.item_ids]] = True
+            scores[~allowed] = -math.inf
+        seen = list(seen)
+        if seen:
+            scores[seen] = -math.inf
+        available = int(torch.isfinite(scores).sum())
+        values, indices = scores.topk(min(k, available))
+        return [
+            RecommendedItem(self.item_tokens[i], float(v), self.title(self.item_tokens[i]))
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
+
+    def recommend(
+        self, history: Sequence[Event], k: int = 10, exclude_seen: bool = True, candidates: Sequence[str] | None = None
+    ) -> Recommendation:
+        """The top ``k`` next items for one history (see the module docstring)."""
+        return self.answer([Query(history, k, exclude_seen, candidates)])[0]
+
+    def recommend_batch(
+        self,
+        histories: Sequence[Sequence[Event]],
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> list[Recommendation]:
+        """:meth:`recommend` for many histories with one forward."""
+        return self.answer([Query(history, k, exclude_seen, candidates) for history in histories])
+
+    def answer(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Answer many queries (each with its own k, exclusion and candidates) with one forward."""
+        for query in queries:
+            if not isinstance(query.k, int) or isinstance(query.k, bool) or query.k < 1:
+                raise HistoryError(f"k: expected a positive integer, got {query.k!r}")
+        encoded = [self.encode(query.history) for query in queries]
+        windows = [self.window(e) for e in encoded]
+        scores = self.scores([(items, times) for items, times, _ in windows]) if windows else torch.zeros(0)
+        answers = []
+        for row, (query, e, (_, _, metadata)) in enumerate(zip(queries, encoded, windows)):
+            seen = np.unique(e.items.numpy()).tolist() if query.exclude_seen else []
+            ranked = self.rank(scores[row], query.k, seen=seen, candidates=query.candidates)
+            answers.append(Recommendation(ranked, e.unknown, {"model": self.saved.model, **metadata}))
+        return answers
