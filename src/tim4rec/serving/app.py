@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -228,6 +229,14 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
     @app.exception_handler(HistoryError)
     async def bad_history(request: Request, error: HistoryError):
         return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: RequestValidationError):
+        """422 with where and what, without echoing the input (it may hold NaN, which JSON cannot carry)."""
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in error.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     def check_k(k: int) -> None:
         if k > settings.max_k:

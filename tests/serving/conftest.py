@@ -1,0 +1,94 @@
+"""A small trained model per kind (streaming TiM4Rec, fixed-length SASRec, non-streaming BERT4Rec)
+on a slice of ml-100k with its item titles, and a real server process on a free port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import tim4rec
+from tim4rec.data.datasets import fetch_item_metadata
+
+SMALL = {
+    "tim4rec": {"hidden_size": 16, "head_dim": 8, "d_state": 8, "chunk_size": 4},
+    "sasrec": {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1},
+    "bert4rec": {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def slice_with_titles(ml100k_slice: Path) -> Path:
+    """The ml-100k slice with ml-100k's .item file beside it (titles)."""
+    shutil.copy(fetch_item_metadata("ml-100k", quiet=True), ml100k_slice.with_suffix(".item"))
+    return ml100k_slice
+
+
+@pytest.fixture(scope="session")
+def trained(slice_with_titles: Path, tmp_path_factory) -> dict[str, Path]:
+    """{model name: best.pt} after one short epoch each (L = 20)."""
+    root = tmp_path_factory.mktemp("models")
+    models = {}
+    for name, sizes in SMALL.items():
+        tim4rec.train(model=name, dataset=slice_with_titles, output_dir=root / name, epochs=1, threads=1,
+                      show_progress=False, MAX_ITEM_LIST_LENGTH=20, **sizes)  # fmt: skip
+        models[name] = root / name / "best.pt"
+    return models
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``tim4rec serve`` in a subprocess; ``client`` talks to it."""
+
+    def __init__(self, checkpoint: Path, database: Path, *extra: str):
+        self.checkpoint, self.database, self.extra = checkpoint, database, extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        command = [sys.executable, "-m", "tim4rec", "serve", str(self.checkpoint), "--port", str(self.port),
+                   "--db", str(self.database), "--threads", "1", *self.extra]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self, signal_number: int | None = None) -> int:
+        if self.process is None:
+            return 0
+        if signal_number is None:
+            self.process.terminate()
+        else:
+            self.process.send_signal(signal_number)
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict[str, Path], tmp_path_factory) -> Server:
+    running = Server(trained["tim4rec"], tmp_path_factory.mktemp("db") / "serving.sqlite").start()
+    yield running
+    running.stop()

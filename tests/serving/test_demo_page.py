@@ -1,0 +1,65 @@
+"""The demo page in a real headless browser (Debian's chromium, driven by Selenium): pick a user,
+see the history and the top 10, click a recommendation, watch both change (the streaming path).
+
+Under CI (``CI`` set, as ``.ci/run`` does) a missing browser fails the test instead of skipping it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.serving.conftest import Server
+
+
+def browser_or_skip():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        message = "Debian's chromium and chromium-driver are needed for the browser test (.ci/run installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,800",
+    ):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+def test_demo_page_streams_a_click_into_the_recommendations(server: Server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = browser_or_skip()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#recommendations li")) == 10)
+        user = browser.find_element(By.ID, "user").get_attribute("value")
+        note = browser.find_element(By.ID, "history-note").text
+        events = int(note.split()[0])
+        first = browser.find_elements(By.CSS_SELECTOR, "#recommendations li")[0]
+        clicked = first.get_attribute("data-item")
+        before = [li.get_attribute("data-item") for li in browser.find_elements(By.CSS_SELECTOR, "#recommendations li")]
+        first.click()
+        wait.until(lambda b: b.find_element(By.ID, "history-note").text.startswith(f"{events + 1} events"))
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#recommendations li")) == 10)
+        history = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#history li")]
+        after = [li.get_attribute("data-item") for li in browser.find_elements(By.CSS_SELECTOR, "#recommendations li")]
+        assert f"({clicked})" in history[-1]  # the clicked item is the newest event
+        assert clicked not in after and after != before  # seen items leave the ranking; the state moved
+        assert "streaming state" in browser.find_element(By.ID, "recommendation-note").text
+        assert user
+    finally:
+        browser.quit()
