@@ -31,8 +31,8 @@ def compiled(function: Callable) -> Callable:
     def dispatch(*args: Any, **kwargs: Any) -> Any:
         if not _state["enabled"] or _state["broken"] is not None or torch.compiler.is_compiling():
             return function(*args, **kwargs)
-        if function not in _compiled:
-            _compiled[function] = torch.compile(function)
+        if function not in _compiled:  # one specialisation per shape: dynamic-shape code ran slower here
+            _compiled[function] = torch.compile(function, dynamic=False)
         try:
             return _compiled[function](*args, **kwargs)
         except Exception as error:  # a missing compiler surfaces here, on the first call
