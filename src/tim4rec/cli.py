@@ -137,6 +137,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.bench_command == "serve":
+        from tim4rec.bench import serve
+
+        print(serve.run(args.checkpoint, history=args.history, concurrency=args.concurrency, requests=args.requests,
+                        warmup=args.warmup, lengths=args.lengths, repeats=args.repeats, users=args.users,
+                        output=Path(args.output)))  # fmt: skip
+        return 0
     if args.bench_command == "threads":
         from tim4rec.bench import threads
 
@@ -265,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not flush denormal numbers to zero (training flushes them by default)",
     )
     speed.add_argument("--output", default="docs/benchmarks/speed")
+    serve_bench = bench_commands.add_parser("serve", help="the HTTP service under load; streaming updates; memory")
+    serve_bench.add_argument("checkpoint", help="a saved model (best.pt)")
+    serve_bench.add_argument("--history", type=int, default=200, help="events per /recommend history")
+    serve_bench.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
+    serve_bench.add_argument("--requests", type=int, default=2000, help="measured requests per level")
+    serve_bench.add_argument("--warmup", type=int, default=100)
+    serve_bench.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 1000])
+    serve_bench.add_argument("--repeats", type=int, default=20)
+    serve_bench.add_argument("--users", type=int, default=10_000, help="new users for the memory measurement")
+    serve_bench.add_argument("--output", default="docs/benchmarks/serve")
     threads = bench_commands.add_parser("threads", help="training speed by thread setting, idle and with one core busy")
     threads.add_argument("--dataset", default="ml-1m")
     threads.add_argument("--steps", type=int, default=25)

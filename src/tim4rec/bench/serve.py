@@ -1,0 +1,274 @@
+"""``tim4rec bench serve``: the HTTP service under load, streaming updates against recomputing, memory per user.
+
+1. Latency and throughput of ``POST /recommend`` (histories of ``--history`` events from the
+   dataset's users): a server process (``tim4rec serve``) and, in a separate client process, an
+   async HTTP client keeping ``c`` requests in flight for c in ``--concurrency``; 100 warm-up and
+   ``--requests`` measured requests per level; with request batching on and off. Client and server
+   share the machine's cores (2 here): the figures include that contention.
+2. Per-event update against recomputing: for histories of 50, 200 and 1000 events, the time of
+   ``UserStore.observe`` of one more event followed by ``recommend`` from the state, against
+   ``Recommender.recommend`` on the whole (untruncated) history; in this process, one thread.
+3. Resident memory of the server before and after 10,000 new users post one event each.
+
+Writes ``serve.md``, ``serve.csv`` and ``serve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tim4rec.bench.common import machine_description, markdown_table, write_csv
+
+
+# -- the client process ------------------------------------------------------------------------------------------
+async def _load(url: str, bodies: list[dict], concurrency: int, warmup: int) -> dict[str, Any]:
+    import httpx
+
+    latencies, errors = [], 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for index, body in enumerate(bodies):
+        queue.put_nowait((index, body))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker():
+            nonlocal errors
+            while not queue.empty():
+                index, body = queue.get_nowait()
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/recommend", json=body)
+                    ok = response.status_code == 200
+                except Exception:  # noqa: BLE001 -- counted as an error
+                    ok = False
+                if index >= warmup:
+                    latencies.append(time.perf_counter() - started)
+                    errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+
+    def percentile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    measured = len(latencies)
+    return {"p50_ms": percentile(0.5), "p95_ms": percentile(0.95), "p99_ms": percentile(0.99),
+            "mean_ms": statistics.fmean(latencies) * 1000, "requests": measured, "errors": errors,
+            "requests_per_s": measured / wall * (len(bodies) - warmup) / len(bodies) if wall else 0.0}  # fmt: skip
+
+
+def client_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url")
+    parser.add_argument("--bodies", help="a JSON file of request bodies")
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--warmup", type=int)
+    arguments = parser.parse_args(argv)
+    bodies = json.loads(Path(arguments.bodies).read_text())
+    print(json.dumps(asyncio.run(_load(arguments.url, bodies, arguments.concurrency, arguments.warmup))))
+    return 0
+
+
+# -- the server and the measurements -----------------------------------------------------------------------------
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _start_server(checkpoint: str, port: int, database: Path, batching: bool, cache_size: int) -> subprocess.Popen:
+    import httpx
+
+    command = [sys.executable, "-m", "tim4rec", "serve", checkpoint, "--port", str(port), "--db", str(database),
+               "--cache-size", str(cache_size), "--threads", "1"] + ([] if batching else ["--no-batching"])  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _bodies(recommender, history: int, count: int) -> list[dict]:
+    users = [u for u in recommender.user_index if len(recommender.user_history(u)) >= history] or list(
+        recommender.user_index
+    )
+    bodies = []
+    for n in range(count):
+        events = recommender.user_history(users[n % len(users)])[-history:]
+        bodies.append({"history": [{"item": i, "time": t} for i, t in events], "k": 10})
+    return bodies
+
+
+def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> list[dict[str, Any]]:
+    import torch
+
+    from tim4rec.serving.store import UserStore
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for length in lengths:
+        items = torch.randint(1, recommender.n_items + 1, (length + repeats,), generator=generator).tolist()
+        events = [(recommender.item_tokens[i], 1_000_000_000 + 3600 * n) for n, i in enumerate(items)]
+        store = UserStore(recommender, None, cache_size=10)
+        store.observe("u", events[:length])
+        store.recommend("u")
+        update, recompute = [], []
+        for n in range(repeats):
+            event = events[length + n]
+            started = time.perf_counter()
+            store.observe("u", [event])
+            store.recommend("u")
+            update.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            recommender.recommend(events[: length + n + 1])
+            recompute.append(time.perf_counter() - started)
+        store.close()
+        row = {"length": length, "update_ms": statistics.median(update) * 1000,
+               "recompute_ms": statistics.median(recompute) * 1000}  # fmt: skip
+        row["speedup"] = row["recompute_ms"] / row["update_ms"]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def _memory_per_users(checkpoint: str, users: int, database: Path) -> dict[str, Any]:
+    import httpx
+
+    port = _free_port()
+    server = _start_server(checkpoint, port, database, True, cache_size=users + 10)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            first_item = client.post("/recommend", json={"history": [], "k": 1}).json()["items"][0]["item"]
+            before = _rss_mib(server.pid)
+            for n in range(users):
+                client.post(f"/users/bench-{n}/events", json={"events": [{"item": first_item, "time": 1000 + n}]})
+            after = _rss_mib(server.pid)
+        return {"users": users, "rss_before_mib": before, "rss_after_mib": after,
+                "kib_per_user": (after - before) * 1024 / users}  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+
+
+def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int, warmup: int,
+        lengths: list[int], repeats: int, users: int, output: Path) -> str:  # fmt: skip
+    from tim4rec.runtime import runtime_settings
+    from tim4rec.serving.recommender import Recommender
+
+    machine = machine_description(1)
+    with runtime_settings(threads=1, flush_denormal=True, reuse_memory=True):
+        recommender = Recommender.load(checkpoint)
+        bodies = _bodies(recommender, history, requests + warmup)
+        load_rows = []
+        with tempfile.TemporaryDirectory(prefix="tim4rec-bench-serve-") as folder:
+            (Path(folder) / "bodies.json").write_text(json.dumps(bodies))
+            for batching in (True, False):
+                port = _free_port()
+                server = _start_server(checkpoint, port, Path(folder) / f"db-{batching}.sqlite", batching, 10_000)
+                try:
+                    for level in concurrency:
+                        done = subprocess.run(
+                            [sys.executable, "-m", "tim4rec.bench.serve", "--url", f"http://127.0.0.1:{port}",
+                             "--bodies", f"{folder}/bodies.json", "--concurrency", str(level), "--warmup", str(warmup)],
+                            capture_output=True, text=True, check=True,
+                        )  # fmt: skip
+                        row = {"batching": "on" if batching else "off", "concurrency": level, "history": history,
+                               **json.loads(done.stdout.strip().splitlines()[-1])}  # fmt: skip
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+                        load_rows.append(row)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=120)
+            memory = _memory_per_users(checkpoint, users, Path(folder) / "memory.sqlite")
+        update_rows = _update_vs_recompute(recommender, lengths, repeats)
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(load_rows, output / "serve.csv")
+    write_csv(update_rows, output / "serve_updates.csv")
+    _plot(load_rows, output / "serve.png")
+    text = (
+        f"# Serving {Path(checkpoint).name} ({recommender.saved.model}, {recommender.n_items} items)\n\n"
+        f"Machine: {json.dumps(machine)}; the load generator shares the cores with the server.\n\n"
+        f"## POST /recommend, histories of {history} events ({requests} measured requests per level)\n\n"
+        + markdown_table(
+            load_rows,
+            [
+                ("batching", "batching"),
+                ("concurrency", "clients"),
+                ("p50_ms", "p50 ms"),
+                ("p95_ms", "p95 ms"),
+                ("p99_ms", "p99 ms"),
+                ("requests_per_s", "requests/s"),
+                ("errors", "errors"),
+            ],
+        )  # fmt: skip
+        + "\n## One new event: streaming update and scoring against recomputing from the whole history\n\n"
+        + markdown_table(
+            update_rows,
+            [
+                ("length", "history length"),
+                ("update_ms", "update + score ms"),
+                ("recompute_ms", "recompute ms"),
+                ("speedup", "x faster"),
+            ],
+        )  # fmt: skip
+        + f"\n## Resident memory of the server\n\n{memory['rss_before_mib']:.0f} MiB before, "
+        f"{memory['rss_after_mib']:.0f} MiB after {memory['users']} new users (one event each, states cached): "
+        f"{memory['kib_per_user']:.1f} KiB per user.\n"
+    )
+    (output / "serve.md").write_text(text)
+    return text
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(10, 4))
+    for batching in ("on", "off"):
+        points = sorted((r for r in rows if r["batching"] == batching), key=lambda r: r["concurrency"])
+        levels = [p["concurrency"] for p in points]
+        latency.plot(levels, [p["p99_ms"] for p in points], marker="o", label=f"batching {batching}: p99")
+        latency.plot(levels, [p["p50_ms"] for p in points], "--", marker="o", label=f"batching {batching}: p50")
+        throughput.plot(levels, [p["requests_per_s"] for p in points], marker="o", label=f"batching {batching}")
+    for axis, label in ((latency, "latency ms"), (throughput, "requests/s")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(client_main(sys.argv[1:]))

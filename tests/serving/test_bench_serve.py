@@ -1,0 +1,18 @@
+"""``tim4rec bench serve`` at tiny sizes (the README's command, smoke form)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_serve_command(trained, tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "tim4rec", "bench", "serve", str(trained["tim4rec"]), "--history", "5",
+         "--concurrency", "1", "4", "--requests", "12", "--warmup", "2", "--lengths", "5", "--repeats", "2",
+         "--users", "5", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "serve.md").read_text()
+    assert "| on | 4 |" in text and "| off | 1 |" in text and "after 5 new users" in text
+    assert (tmp_path / "serve.png").stat().st_size > 0
