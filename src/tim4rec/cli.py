@@ -97,7 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tim4rec.evaluation import evaluate_saved_model
 
-    results = evaluate_saved_model(args.checkpoint, split=args.split, mask_history=args.mask_history)
+    results = evaluate_saved_model(
+        args.checkpoint, split=args.split, mask_history=args.mask_history, streaming=args.streaming
+    )
     config = results["config"]
     print(_format_metrics_table({args.split: results["metrics"]}, config.topk, config.metric_names))
     return 0
@@ -335,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"])
     evaluate.add_argument("--mask-history", action="store_true", default=None)
+    evaluate.add_argument(
+        "--streaming", action="store_true", help="feed each user's whole history through the streaming state"
+    )
     return parser
 
 

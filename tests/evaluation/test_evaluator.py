@@ -35,3 +35,26 @@ def test_padding_never_ranked_and_history_masking():
     assert plain["hit@1"] == 0.0 and plain["mrr@10"] == 1 / 7
     # masked: history at -inf, the target ties with the one other unseen item -> rank 2
     assert masked["hit@1"] == 0.0 and masked["mrr@10"] == 1 / 2
+
+
+def test_streaming_evaluation_equals_windowed_when_the_window_holds_every_event(tmp_path):
+    """With L at least every user's history, feeding events one by one gives the windowed metrics."""
+    import torch
+
+    from tests.conftest import synthetic_rows, write_inter
+    from tim4rec.data import load_interactions
+    from tim4rec.data.batches import SequenceData
+    from tim4rec.data.split import LeaveOneOut
+    from tim4rec.evaluation.evaluator import evaluate, evaluate_streaming
+    from tim4rec.models import create
+
+    data = load_interactions(write_inter(tmp_path / "d.inter", synthetic_rows()))
+    sequences = SequenceData(data, LeaveOneOut()(data), max_seq_length=20)
+    torch.manual_seed(0)
+    model = create("tim4rec", data.n_items, 20, hidden_size=16, head_dim=8, d_state=8, chunk_size=4).eval()
+    test = sequences.evaluation_samples("test")
+    windowed = evaluate(model, sequences, test)
+    streamed = evaluate_streaming(model, sequences, test, batch_size=7)
+    assert windowed.keys() == streamed.keys()
+    for key in windowed:
+        assert abs(windowed[key] - streamed[key]) < 1e-6, key

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tim4rec.config import Config
@@ -55,10 +56,59 @@ def evaluate(
     return metrics_from_ranks(torch.cat(ranks), ks, metric_names)
 
 
-def evaluate_saved_model(path: str | Path, *, split: str = "test", mask_history: bool | None = None) -> dict[str, Any]:
+@torch.no_grad()
+def evaluate_streaming(
+    model: torch.nn.Module,
+    data: SequenceData,
+    samples: SampleSet,
+    *,
+    ks: Sequence[int] = (10, 20, 50),
+    metric_names: Sequence[str] = ("hit", "ndcg", "mrr"),
+    batch_size: int = 4096,
+) -> dict[str, float]:
+    """As :func:`evaluate`, with each user's whole history (not the last L events) fed one event at a
+    time through the model's streaming state (``step_hidden``); the model must stream.
+
+    Users are stepped together: at step t, the rows of users with more than t events.
+    """
+    if not getattr(model, "streaming", False):
+        raise Tim4RecError("streaming evaluation needs a streaming model (a causal model that implements step)")
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    offsets = data.interactions.offsets
+    items, times = torch.from_numpy(data.interactions.items), torch.from_numpy(data.interactions.timestamps)
+    ranks = []
+    try:
+        for begin in range(0, len(samples), batch_size):
+            rows = np.arange(begin, min(begin + batch_size, len(samples)))
+            starts = torch.from_numpy(offsets[samples.users[rows] - 1])  # every event before the target
+            lengths = torch.from_numpy(samples.targets[rows]) - starts
+            state = model.init_state(len(rows))
+            hidden = torch.zeros(len(rows), model.output_layer()[0].shape[1], device=device)
+            for t in range(int(lengths.max()) if len(rows) else 0):
+                active = torch.nonzero(lengths > t).squeeze(1)
+                step_hidden, part = model.step_hidden(
+                    state.gather(active), items[starts[active] + t].to(device), times[starts[active] + t].to(device)
+                )
+                state = state.scatter(active, part)
+                hidden[active.to(device)] = step_hidden
+            scores = model.item_scores(hidden).float()
+            targets = torch.from_numpy(data.interactions.items[samples.targets[rows]]).to(device)
+            ranks.append(target_ranks(scores[:, 1:], targets - 1).cpu())
+    finally:
+        model.train(was_training)
+    return metrics_from_ranks(torch.cat(ranks), ks, metric_names)
+
+
+def evaluate_saved_model(
+    path: str | Path, *, split: str = "test", mask_history: bool | None = None, streaming: bool = False
+) -> dict[str, Any]:
     """Evaluate a saved model (``best.pt``) on its dataset's ``split`` (``valid`` or ``test``).
 
-    Returns ``{"metrics", "config", "epoch"}``; the dataset must have the item ids the model was trained on.
+    ``streaming``: every user's whole history through the streaming state (:func:`evaluate_streaming`)
+    instead of the last ``max_seq_length`` events. Returns ``{"metrics", "config", "epoch"}``; the
+    dataset must have the item ids the model was trained on.
     """
     saved = load_saved_model(path)
     model = saved.build()
@@ -66,13 +116,12 @@ def evaluate_saved_model(path: str | Path, *, split: str = "test", mask_history:
     data = config.load_data()
     if data.interactions.item_tokens.tolist() != saved.item_tokens:
         raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
-    metrics = evaluate(
-        model,
-        data,
-        data.evaluation_samples(split),
-        batch_size=config.eval_batch_size,
-        ks=config.topk,
-        metric_names=config.metric_names,
-        mask_history=config.mask_history if mask_history is None else mask_history,
-    )
+    samples = data.evaluation_samples(split)
+    if streaming:
+        metrics = evaluate_streaming(model, data, samples, ks=config.topk, metric_names=config.metric_names)
+    else:
+        metrics = evaluate(
+            model, data, samples, batch_size=config.eval_batch_size, ks=config.topk, metric_names=config.metric_names,
+            mask_history=config.mask_history if mask_history is None else mask_history,
+        )  # fmt: skip
     return {"metrics": metrics, "config": config, "epoch": saved.epoch}
