@@ -10,9 +10,9 @@ from tim4rec.errors import ConfigError
 def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(
-        f"dataset: {synthetic_inter}\nseeds: [1, 2]\n"
+        f"dataset: {synthetic_inter}\nseeds: [1, 2]\ncompare_to: floor\n"
         "common: {epochs: 2, threads: 1, MAX_ITEM_LIST_LENGTH: 8}\n"
-        "runs:\n  small: {model: sasrec, hidden_size: 8, n_heads: 2, inner_size: 16}\n"
+        "runs:\n  small: {model: sasrec, hidden_size: 8, n_heads: 2, inner_size: 16}\n  floor: {model: mostpop}\n"
     )
     output = tmp_path / "out"
     quality.run_plan(plan, output, deadline=0)  # a deadline of 0 starts nothing
@@ -22,6 +22,7 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     assert first["status"] == "finished" and first["epochs_run"] == 2
     text = quality.report(plan, output)
     assert "| small | sasrec |" in text and "1, 2" in text
+    assert "Paired comparison with `floor`" in text and "| small | 30 |" in text  # 30 users, both seeds paired
     assert (output / "quality.csv").exists() and (output / "quality_valid_ndcg.png").stat().st_size > 0
     # raising the plan's epochs resumes the finished runs instead of starting over
     plan.write_text(plan.read_text().replace("epochs: 2", "epochs: 3"))

@@ -33,6 +33,8 @@ def test_scores_shape_and_gradient(name, extra):
     items, lengths, times = batch()
     scores = model.full_sort_predict(items, lengths, times)
     assert scores.shape == (4, N_ITEMS + 1)
+    if not list(model.parameters()):  # MostPop: counts, nothing to learn
+        return
     scores.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     assert model.regime in ("prefix", "causal")

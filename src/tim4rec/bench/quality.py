@@ -32,11 +32,12 @@ from typing import Any
 
 from tim4rec.config import Config, load_config, read_yaml
 from tim4rec.errors import ConfigError
+from tim4rec.evaluation.significance import paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
 from tim4rec.training import api
 from tim4rec.training.trainer import log
 
-PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to"}
+PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to"}
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
 
 
@@ -245,6 +246,31 @@ def markdown(summary: list[dict[str, Any]], title: str, dataset: str, target: di
     return "\n".join(lines) + "\n"
 
 
+def comparisons(results: list[dict[str, Any]], reference: str, order: list[str]) -> str:
+    """A table of paired comparisons of each run against ``reference`` on per-user test NDCG@10."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_run.setdefault(r["_run"], []).append(r)
+    if reference not in by_run or not all("test_ranks" in r for r in by_run[reference]):
+        return f"(no paired comparison: run '{reference}' has no finished runs with per-user ranks)\n"
+    base = per_user_ndcg(by_run[reference])
+    lines = [
+        f"Paired comparison with `{reference}` on per-user test NDCG@10 (each user's value averaged over the "
+        "run's seeds): the difference of the means (run minus reference), its 95% bootstrap interval over "
+        "users, and a two-sided sign-flip permutation p-value (10,000 draws each).",
+        "",
+        f"| run | users | ΔNDCG@10 vs {reference} | 95% interval | p |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(by_run, key=order.index):
+        runs = by_run[name]
+        if name == reference or not all("test_ranks" in r for r in runs):
+            continue
+        c = paired_comparison(per_user_ndcg(runs), base)
+        lines.append(f"| {name} | {c.users} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | {c.p_value:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_validation(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -278,6 +304,8 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     target = plan.get("time_to")
     summary = sorted(summarise(results, target), key=lambda row: order.index(row["run"]))
     text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
+    if plan.get("compare_to"):
+        text += "\n" + comparisons(results, plan["compare_to"], order)
     (output / "quality.md").write_text(text)
     keys = list(summary[0])
     with open(output / "quality.csv", "w", newline="") as handle:

@@ -31,8 +31,11 @@ def evaluate(
     ks: Sequence[int] = (10, 20, 50),
     metric_names: Sequence[str] = ("hit", "ndcg", "mrr"),
     mask_history: bool = False,
+    ranks_out: list | None = None,
 ) -> dict[str, float]:
     """Rank each sample's target among all items 1..n_items with the model's scores.
+
+    ``ranks_out``: a list that receives the targets' ranks (one int per sample, in sample order).
 
     Batches go to the model's device. The padding column (item 0) is dropped before ranking; with
     ``mask_history`` every item the user met before the target (other than the target itself)
@@ -53,7 +56,10 @@ def evaluate(
             ranks.append(target_ranks(scores[:, 1:], batch.target - 1).cpu())
     finally:
         model.train(was_training)
-    return metrics_from_ranks(torch.cat(ranks), ks, metric_names)
+    all_ranks = torch.cat(ranks)
+    if ranks_out is not None:
+        ranks_out.extend(all_ranks.tolist())
+    return metrics_from_ranks(all_ranks, ks, metric_names)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "bert4rec": ("tim4rec.models.bert4rec", "BERT4Rec"),
     "caser": ("tim4rec.models.caser", "Caser"),
     "lrurec": ("tim4rec.models.lrurec", "LRURec"),
+    "mostpop": ("tim4rec.models.mostpop", "MostPop"),
 }
 
 

@@ -225,6 +225,9 @@ class SequentialRecommender(nn.Module):
         return self.item_scores(self.readout(item_seq, item_seq_len, timestamps))
 
     # -- training objective -------------------------------------------------------------------
+    def fit_data(self, data: Any) -> None:
+        """Take what the model computes from its training data rather than learns (MostPop's counts)."""
+
     def prepare_training_batch(self, batch: Batch) -> Batch:
         """Add what the training objective draws at random (on the CPU, before the batch moves to a device)."""
         return batch

@@ -31,7 +31,7 @@ class Experiment:
     data: SequenceData
     model: SequentialRecommender
     loss: NextItemLoss
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None: nothing to learn (MostPop)
     regime: str
     device: torch.device
     notices: list[str] = field(default_factory=list)
@@ -62,7 +62,11 @@ def build_experiment(config: Config, notices: list[str] | None = None) -> Experi
             f"train_regime: model '{config.model}' (as configured) is not causal, "
             "so it trains only in the prefix regime"
         )
+    model.fit_data(data)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    parameters = list(model.parameters())
+    optimizer = (
+        torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay) if parameters else None
+    )
     loss = NextItemLoss(model, fused=config.fused_cross_entropy)
     return Experiment(config, data, model, loss, optimizer, regime, device, list(notices or []))

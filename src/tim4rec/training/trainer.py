@@ -132,7 +132,7 @@ class Trainer:
             config=self.config.to_dict(),
             item_tokens=self.item_tokens,
             model_state=self.model.state_dict(),
-            optimizer_state=self.optimizer.state_dict(),
+            optimizer_state=self.optimizer.state_dict() if self.optimizer else {},
             state=self.state,
         )
 
@@ -173,7 +173,8 @@ class Trainer:
             )
         try:
             self.model.load_state_dict(checkpoint["model_state"])
-            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         except (RuntimeError, ValueError, KeyError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Tim4RecError(f"{self.checkpoint_path}: the saved weights do not fit this model ({first})") from None
@@ -240,7 +241,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         rows = experiment.rows_per_batch
         n_batches = math.ceil(len(self.train_samples) / rows)
-        batches = self.data.iterate(self.train_samples, rows, generator=generator)
+        batches = self.data.iterate(self.train_samples, rows, generator=generator) if self.optimizer else iter(())
         progress = tqdm(
             batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
             disable=not config.show_progress or None, file=sys.stderr,
@@ -299,11 +300,11 @@ class Trainer:
         self.optimizer.step()
         return loss / total_targets
 
-    def _evaluate(self, samples: SampleSet) -> dict[str, float]:
+    def _evaluate(self, samples: SampleSet, ranks_out: list | None = None) -> dict[str, float]:
         config = self.config
         return evaluate(
             self.model, self.data, samples, batch_size=config.eval_batch_size, ks=config.topk,
-            metric_names=config.metric_names, mask_history=config.mask_history,
+            metric_names=config.metric_names, mask_history=config.mask_history, ranks_out=ranks_out,
         )  # fmt: skip
 
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
@@ -334,6 +335,9 @@ class Trainer:
                     break
                 if self.state["epochs_since_best"] >= config.stopping_step:
                     self.state["stopped_by"] = "early_stopping"
+                    break
+                if self.optimizer is None and self.state["epoch"] >= 1:  # nothing to learn: one epoch validates
+                    self.state["stopped_by"] = "nothing_to_learn"
                     break
                 self._run_epoch(self.state["epoch"] + 1)
         except Diverged as error:
@@ -390,8 +394,11 @@ class Trainer:
         if not self.best_path.exists():
             raise Tim4RecError("no epoch finished, so there is no model to evaluate; raise the limits")
         self.model.load_state_dict(load_saved_model(self.best_path).model_state)
-        test = self._evaluate(self.test_samples)
+        ranks: list[int] = []
+        test = self._evaluate(self.test_samples, ranks)
         results = self.results("finished", test)
+        users = self.data.interactions.user_tokens[self.test_samples.users]
+        results["test_ranks"] = {"users": [str(u) for u in users], "ranks": ranks}  # per user: paired comparisons
         write_json_atomic(results, self.results_path)
         log(
             f"best epoch {self.state['best_epoch']} of {self.state['epoch']} ({self.state['stopped_by']}); "
