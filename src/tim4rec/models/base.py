@@ -142,6 +142,9 @@ class SequentialRecommender(nn.Module):
     #: True when a table or layer limits histories to ``max_seq_length`` positions; recurrent models
     #: run at any length
     fixed_length: bool = True
+    #: True when the training objective draws its own targets inside a window (BERT4Rec's cloze), so
+    #: the model trains on windows of L events (the ``causal`` regime's batches) without being causal
+    window_objective: ClassVar[bool] = False
 
     @classmethod
     def check_hyperparameters(cls, values: dict[str, Any]) -> None:

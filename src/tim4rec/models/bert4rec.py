@@ -17,7 +17,10 @@ then sits at L-1). RecBole 1.2's ``reconstruct_test_data`` differs slightly: it 
 oldest item for every history, not only full ones.
 
 Training (``calculate_loss``), RecBole 1.2's ``mask_itemseq`` transform with its defaults, on
-prefix samples (history -> target). The target item of the sample is **not used**: only the
+prefix samples (history -> target) by default, or, with ``train_regime: causal``, on windows of L
+training events, the masks drawn over each whole window as the BERT4Rec paper trains (each
+user's events then pass through an epoch about once instead of once per prefix: on ML-1M,
+about 6,000 windows instead of about 1,000,000 prefixes). The target item of the sample is **not used**: only the
 history is. Per batch, with probability ``ft_ratio`` it is a fine-tuning batch, else a Cloze
 batch:
 
@@ -72,6 +75,7 @@ class BERT4Rec(SequentialRecommender):
     name = "bert4rec"
     regime = PREFIX
     causal = False
+    window_objective = True  # cloze masks over whole windows, as the paper trains (train_regime: causal)
     hyperparameters = {
         "n_layers": 2,
         "n_heads": 2,

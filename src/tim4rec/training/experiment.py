@@ -57,7 +57,7 @@ def build_experiment(config: Config, notices: list[str] | None = None) -> Experi
     seed_everything(config.seed)
     model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
     regime = config.train_regime or model.regime
-    if regime != PREFIX and not model.causal:
+    if regime != PREFIX and not (model.causal or model.window_objective):
         raise ConfigError(
             f"train_regime: model '{config.model}' (as configured) is not causal, "
             "so it trains only in the prefix regime"
