@@ -23,7 +23,7 @@ def tim4rec(*args: str) -> subprocess.CompletedProcess:
 def test_committed_plans_parse_and_their_tables_regenerate(plan: Path, tmp_path: Path):
     parsed = quality.read_plan(plan)
     for name in parsed["runs"]:
-        for seed in parsed["seeds"]:
+        for seed in quality.run_seeds(parsed, name):
             load_config(overrides=quality._run_config(parsed, name, seed))  # every run's config is valid
     committed = plan.with_suffix("")
     if not (committed / "runs").exists():

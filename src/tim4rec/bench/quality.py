@@ -61,8 +61,14 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     return plan
 
 
+def run_seeds(plan: dict[str, Any], name: str) -> list[int]:
+    """The run's own ``seeds`` if it gives them, else the plan's."""
+    return list(plan["runs"][name].get("seeds", plan["seeds"]))
+
+
 def _run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
-    return {"dataset": plan["dataset"], **plan["common"], **plan["runs"][name], "seed": seed, "show_progress": False}
+    run = {key: value for key, value in plan["runs"][name].items() if key != "seeds"}
+    return {"dataset": plan["dataset"], **plan["common"], **run, "seed": seed, "show_progress": False}
 
 
 def _status(folder: Path, config: Config) -> str:
@@ -108,7 +114,7 @@ def run_plan(
     for name in plan["runs"]:
         if only and name not in only:
             continue
-        for seed in plan["seeds"]:
+        for seed in run_seeds(plan, name):
             if deadline is not None and time.monotonic() - started >= deadline:
                 log(f"deadline of {deadline:.0f} s reached; run the same command again to go on")
                 return
