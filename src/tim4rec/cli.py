@@ -176,7 +176,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "quality":
         output = args.output or str(Path(args.plan).with_suffix(""))
         if not args.report_only:
-            quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline)
+            quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds)
         print(quality.report(args.plan, output))
     return 0
 
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")
     quality.add_argument("--only", nargs="+", help="run only these runs of the plan")
     quality.add_argument("--deadline", type=float, help="stop starting new runs after this many seconds")
+    quality.add_argument("--seeds", nargs="+", type=int, help="run only these seeds of the plan")
     quality.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
 
     recommend = commands.add_parser("recommend", help="recommendations from a saved model: every user, or one history")

@@ -106,8 +106,14 @@ def _claim(folder: Path) -> Iterator[bool]:
 
 
 def run_plan(
-    plan_path: str | Path, output: str | Path, *, only: list[str] | None = None, deadline: float | None = None
+    plan_path: str | Path,
+    output: str | Path,
+    *,
+    only: list[str] | None = None,
+    deadline: float | None = None,
+    seeds: list[int] | None = None,
 ) -> None:
+    """Train every (run, seed) of the plan not done yet (only the runs ``only`` and seeds ``seeds`` if given)."""
     plan = read_plan(plan_path)
     output = Path(output)
     started = time.monotonic()
@@ -115,6 +121,8 @@ def run_plan(
         if only and name not in only:
             continue
         for seed in run_seeds(plan, name):
+            if seeds and seed not in seeds:
+                continue
             if deadline is not None and time.monotonic() - started >= deadline:
                 log(f"deadline of {deadline:.0f} s reached; run the same command again to go on")
                 return
