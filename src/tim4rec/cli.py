@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config, notices = load_config(model=args.model, dataset=args.dataset, config_files=args.config, set_args=args.set)
     results = run(config, output_dir=args.output, resume=args.resume, notices=notices)
-    _print_results(results)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        _print_results(results)
     return 0
 
 

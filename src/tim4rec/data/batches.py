@@ -118,6 +118,11 @@ class SampleSet:
     def regime(self) -> str:
         return PREFIX if self.targets is not None else CAUSAL
 
+    def subset(self, rows: np.ndarray) -> SampleSet:
+        """The samples at ``rows``."""
+        targets = None if self.targets is None else self.targets[rows]
+        return SampleSet(self.starts[rows], self.lengths[rows], targets, self.users[rows])
+
     @property
     def n_targets(self) -> int:
         return int(len(self) if self.targets is not None else self.lengths.sum())

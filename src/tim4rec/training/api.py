@@ -8,24 +8,45 @@ from pathlib import Path
 from typing import Any
 
 from tim4rec.config import Config, load_config
-from tim4rec.errors import ConfigError
+from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.io import prepare_folder
-from tim4rec.runtime import runtime_settings
+from tim4rec.runtime import resolve_device, runtime_settings
+from tim4rec.training.distributed import Distributed, join, leave, peer_lost
 from tim4rec.training.experiment import build_experiment
 from tim4rec.training.trainer import Trainer, default_output_dir
 from tim4rec.values import boolean
 
 
 def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = False, notices=()) -> dict[str, Any]:
-    """Build the experiment of ``config`` and train it, under its thread and denormal settings."""
-    folder = prepare_folder(output_dir or config.output_dir or default_output_dir(config))
+    """Build the experiment of ``config`` and train it, under its thread and denormal settings
+    (on every process of a torchrun launch: :mod:`tim4rec.training.distributed`)."""
+    distributed = join(resolve_device(config.device))
+    try:
+        return _run(config, output_dir, resume, notices, distributed)
+    except RuntimeError as error:
+        if not (distributed.active and peer_lost(error)):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Tim4RecError(
+            f"rank {distributed.rank} of {distributed.world}: another process of the distributed run stopped or "
+            f"stopped answering ({first[:300]}); the last complete epoch is in the output folder's checkpoint.pt, "
+            "continue with the same torchrun command and --resume"
+        ) from None
+    finally:
+        leave()
+
+
+def _run(config: Config, output_dir, resume: bool, notices, distributed: Distributed) -> dict[str, Any]:
+    folder = Path(output_dir or config.output_dir or default_output_dir(config))
+    if distributed.main:
+        prepare_folder(folder)
     with runtime_settings(
         threads=config.threads,
         flush_denormal=config.flush_denormal,
         reuse_memory=config.reuse_memory,
         compile=config.compile,
     ) as runtime:
-        experiment = build_experiment(config, list(notices))
+        experiment = build_experiment(config, list(notices), distributed)
         return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)
 
 

@@ -21,7 +21,7 @@ FORMAT = "tim4rec-checkpoint-2"
 
 
 def rng_state() -> dict[str, Any]:
-    """The torch, NumPy and Python RNG states as tensors and plain data."""
+    """The torch (CPU and, where initialised, CUDA), NumPy and Python RNG states as tensors and plain data."""
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     version, python_state, gauss_next = random.getstate()
     return {
@@ -34,11 +34,14 @@ def rng_state() -> dict[str, Any]:
             "cached_gaussian": float(cached_gaussian),
         },
         "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
     }
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     numpy = state["numpy"]
     np.random.set_state(
         (
@@ -54,8 +57,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, **contents: Any) -> None:
-    """Write the run's state atomically (``contents``: config, model_state, optimizer_state, state, item_tokens)."""
-    save_atomic({"format": FORMAT, **contents, "rng": rng_state()}, path)
+    """Write the run's state atomically (``contents``: config, model_state, optimizer_state, state, item_tokens,
+    and under torchrun ``rng_by_rank``); ``rng`` is this process's RNG state."""
+    save_atomic({"format": FORMAT, "rng": rng_state(), **contents}, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from tim4rec.errors import ConfigError
 from tim4rec.models import create
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.runtime import resolve_device
+from tim4rec.training.distributed import SINGLE, Distributed
 from tim4rec.training.loss import NextItemLoss
 
 
@@ -35,6 +36,7 @@ class Experiment:
     regime: str
     device: torch.device
     notices: list[str] = field(default_factory=list)
+    distributed: Distributed = SINGLE
 
     @property
     def rows_per_batch(self) -> int:
@@ -50,10 +52,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_experiment(config: Config, notices: list[str] | None = None) -> Experiment:
-    """Load and split the data, then build the model from ``config.seed``, its loss and Adam."""
+def build_experiment(config: Config, notices: list[str] | None = None, distributed: Distributed = SINGLE) -> Experiment:
+    """Load and split the data, then build the model from ``config.seed``, its loss and Adam.
+
+    Under torchrun, rank 0 loads (and fetches) the data first; every rank builds the same model
+    from the same seed, and the loss module is wrapped in DistributedDataParallel.
+    """
     device = resolve_device(config.device)
-    data = config.load_data()
+    if distributed.active and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
+    with distributed.main_first():
+        data = config.load_data()
     seed_everything(config.seed)
     model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
     regime = config.train_regime or model.regime
@@ -69,4 +78,12 @@ def build_experiment(config: Config, notices: list[str] | None = None) -> Experi
         torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay) if parameters else None
     )
     loss = NextItemLoss(model, fused=config.fused_cross_entropy)
-    return Experiment(config, data, model, loss, optimizer, regime, device, list(notices or []))
+    if distributed.active and parameters:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters: some weights take no part in some losses (the last TiM4Rec layer's next-tau
+        # gate, a read-out step's unused rows), and DDP must not wait for their gradients
+        loss = DistributedDataParallel(
+            loss, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    return Experiment(config, data, model, loss, optimizer, regime, device, list(notices or []), distributed)

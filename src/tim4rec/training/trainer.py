@@ -14,6 +14,8 @@ optimiser) and owns only the loop. Files in the output folder:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import platform
@@ -30,9 +32,10 @@ from tim4rec.config import Config
 from tim4rec.data.batches import REGIMES, Batch, SampleSet
 from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
+from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.io import load_saved_model, save_model, write_json_atomic
 from tim4rec.runtime import RuntimeSettings
-from tim4rec.training.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from tim4rec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from tim4rec.training.experiment import Experiment
 from tim4rec.version import __version__
 
@@ -95,6 +98,7 @@ class Trainer:
 
     def __init__(self, experiment: Experiment, output_dir: str | Path | None = None, *, runtime: RuntimeSettings):
         self.experiment = experiment
+        self.distributed = experiment.distributed
         self.config = config = experiment.config
         self.model, self.data, self.optimizer = experiment.model, experiment.data, experiment.optimizer
         self.output_dir = Path(output_dir or config.output_dir or default_output_dir(config))
@@ -108,6 +112,10 @@ class Trainer:
         }  # fmt: skip
         self.epoch_end_hook: Callable[[int], None] | None = None  # tests use it to simulate a kill
         self.machine = machine()
+
+    def _log(self, message: str) -> None:
+        if self.distributed.main:
+            log(message)
 
     # ------------------------------------------------------------------------------ files
     @property
@@ -126,7 +134,15 @@ class Trainer:
     def item_tokens(self) -> list[str]:
         return self.data.interactions.item_tokens.tolist()
 
+    def _write_results(self, status: str) -> None:
+        if self.distributed.main:
+            write_json_atomic(self.results(status), self.results_path)
+
     def _save_checkpoint(self) -> None:
+        # every rank's RNG state, so a resumed rank draws what it would have drawn (dropout differs by rank)
+        rng_by_rank = self.distributed.gather([rng_state()])
+        if not self.distributed.main:
+            return
         save_checkpoint(
             self.checkpoint_path,
             config=self.config.to_dict(),
@@ -134,9 +150,12 @@ class Trainer:
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if self.optimizer else {},
             state=self.state,
+            rng_by_rank=rng_by_rank,
         )
 
     def _save_best(self) -> None:
+        if not self.distributed.main:
+            return
         save_model(
             self.best_path,
             self.model,
@@ -150,8 +169,30 @@ class Trainer:
             valid=self.state["best_valid"],
         )
 
+    def _on_main(self, action: Callable[[], Any]) -> Any:
+        """``action()`` run by rank 0 and its value (or its error) shared with every rank: the checkpoint
+        lives beside rank 0 only, and no rank may wait for one that failed."""
+        if not self.distributed.active:
+            return action()
+        outcome: tuple[str, Any] | None = None
+        if self.distributed.main:
+            try:
+                outcome = ("value", action())
+            except Tim4RecError as error:
+                outcome = ("error", error)
+        kind, value = self.distributed.broadcast(outcome)
+        if kind == "error":
+            raise value
+        return value
+
+    def _check_fresh_folder(self) -> None:
+        if any((self.output_dir / name).exists() for name in RUN_FILES):
+            raise Tim4RecError(
+                f"{self.output_dir} already holds a run; pass --resume to continue it or choose another --output"
+            )
+
     def _resume(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path)
+        checkpoint = self._on_main(lambda: load_checkpoint(self.checkpoint_path))
         if checkpoint["config"].get("model") != self.config.model:
             raise ConfigError(
                 f"--resume: {self.checkpoint_path} holds a '{checkpoint['config'].get('model')}' run, "
@@ -178,10 +219,16 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Tim4RecError(f"{self.checkpoint_path}: the saved weights do not fit this model ({first})") from None
-        restore_rng_state(checkpoint["rng"])
+        by_rank = checkpoint.get("rng_by_rank") or [checkpoint["rng"]]
+        if len(by_rank) != self.distributed.world:
+            self._log(
+                f"the run was checkpointed with {len(by_rank)} process(es) and continues with "
+                f"{self.distributed.world}: the global batch changes from here on"
+            )
+        restore_rng_state(by_rank[self.distributed.rank] if len(by_rank) == self.distributed.world else by_rank[0])
         self.state = checkpoint["state"]
         self.state["stopped_by"] = None
-        log(f"resumed {self.output_dir} after epoch {self.state['epoch']} (step {self.state['step']})")
+        self._log(f"resumed {self.output_dir} after epoch {self.state['epoch']} (step {self.state['step']})")
 
     def results(self, status: str, test: dict[str, float] | None = None) -> dict[str, Any]:
         history = self.state["history"]
@@ -203,6 +250,7 @@ class Trainer:
             "rows_per_batch": self.experiment.rows_per_batch,
             "evaluated_users": len(self.test_samples),
             "seed": self.config.seed,
+            "processes": self.distributed.world,  # the global batch is train_batch_size x processes
             "device": str(self.experiment.device),
             "threads": self.runtime.threads,
             "flush_denormal": self.runtime.flush_denormal,
@@ -227,21 +275,29 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ loop
     def _limit_reached(self, started: float) -> str | None:
+        """``max_steps`` or ``time_budget`` when one is reached (on any rank: every rank stops together)."""
         config = self.config
         if config.max_steps and self.state["step"] >= config.max_steps:
             return "max_steps"
-        if config.time_budget and self.state["elapsed"] + (time.perf_counter() - started) >= config.time_budget:
-            return "time_budget"
-        return None
+        over = (
+            bool(config.time_budget) and self.state["elapsed"] + (time.perf_counter() - started) >= config.time_budget
+        )
+        return "time_budget" if self.distributed.any(over) else None
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm import tqdm
 
         config, experiment = self.config, self.experiment
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        rows = experiment.rows_per_batch
-        n_batches = math.ceil(len(self.train_samples) / rows)
-        batches = self.data.iterate(self.train_samples, rows, generator=generator) if self.optimizer else iter(())
+        rows, world = experiment.rows_per_batch, self.distributed.world
+        # step t of rank r takes batch t * world + r of the epoch's order: the same steps on every rank
+        n_batches = (
+            math.ceil(len(self.train_samples) / rows) // world
+            if world > 1
+            else math.ceil(len(self.train_samples) / rows)
+        )
+        order = self.data.iterate(self.train_samples, rows, generator=generator) if self.optimizer else iter(())
+        batches = itertools.islice(order, self.distributed.rank, n_batches * world, world)
         progress = tqdm(
             batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
             disable=not config.show_progress or None, file=sys.stderr,
@@ -258,7 +314,7 @@ class Trainer:
                 )
             total_loss += value
             n_steps += 1
-            n_samples += len(batch)
+            n_samples += len(batch) * world
             self.state["step"] += 1
             progress.set_postfix(
                 loss=f"{total_loss / n_steps:.4f}", samples_s=f"{n_samples / (time.perf_counter() - started):.0f}"
@@ -288,42 +344,59 @@ class Trainer:
         summed loss divided by the whole batch's target count: the gradients add up to those of
         the whole batch (to float rounding) while peak memory depends on ``micro_batch`` only.
         """
-        experiment = self.experiment
+        experiment, distributed = self.experiment, self.distributed
         batch = self.model.prepare_training_batch(batch)
-        total_targets = max(batch.n_targets, 1)
+        # over all ranks: DDP averages the gradients over ranks, so each rank's sum is scaled by their number
+        total_targets = max(distributed.sum(batch.n_targets), 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss = 0.0
-        for part in batch.split(self.config.micro_batch):
-            summed, _ = experiment.loss(part.to(experiment.device))
-            (summed / total_targets).backward()
+        parts = batch.split(self.config.micro_batch)
+        for index, part in enumerate(parts):
+            synchronise = index == len(parts) - 1 or not distributed.active
+            with contextlib.nullcontext() if synchronise else experiment.loss.no_sync():
+                summed, _ = experiment.loss(part.to(experiment.device))
+                (summed * distributed.world / total_targets).backward()
             loss += float(summed.detach())
         self.optimizer.step()
-        return loss / total_targets
+        return distributed.sum(loss) / total_targets
 
     def _evaluate(self, samples: SampleSet, ranks_out: list | None = None) -> dict[str, float]:
-        config = self.config
-        return evaluate(
-            self.model, self.data, samples, batch_size=config.eval_batch_size, ks=config.topk,
-            metric_names=config.metric_names, mask_history=config.mask_history, ranks_out=ranks_out,
+        """Full-ranking metrics of ``samples``; under DDP each rank ranks every world-th sample and the
+        targets' ranks are gathered, so the metrics equal one process's."""
+        config, distributed = self.config, self.distributed
+        mine = (
+            samples.subset(np.arange(distributed.rank, len(samples), distributed.world))
+            if distributed.active
+            else samples
+        )
+        ranks: list[int] = []
+        metrics = evaluate(
+            self.model, self.data, mine, batch_size=config.eval_batch_size, ks=config.topk,
+            metric_names=config.metric_names, mask_history=config.mask_history, ranks_out=ranks,
         )  # fmt: skip
+        if distributed.active:
+            shares = distributed.gather([ranks])  # one list per rank, in rank order
+            ranks = [shares[i % distributed.world][i // distributed.world] for i in range(len(samples))]
+            metrics = metrics_from_ranks(torch.tensor(ranks), config.topk, config.metric_names)
+        if ranks_out is not None:
+            ranks_out.extend(ranks)
+        return metrics
 
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
         """Train (or continue), then evaluate the best epoch on test; returns the results dict."""
         if resume:
             self._resume()
-        elif any((self.output_dir / name).exists() for name in RUN_FILES):
-            raise Tim4RecError(
-                f"{self.output_dir} already holds a run; pass --resume to continue it or choose another --output"
-            )
+        else:
+            self._on_main(self._check_fresh_folder)
         config, interactions = self.config, self.data.interactions
-        log(
+        self._log(
             f"{config.model} on {interactions.source}: {interactions.n_users} users, {interactions.n_items} items, "
             f"{interactions.n_interactions} interactions; {self.data.split.description}; regime "
             f"{self.experiment.regime} ({self.train_samples.n_targets} targets in {len(self.train_samples)} samples); "
             f"{self.runtime.threads} threads on {self.experiment.device}; output {self.output_dir}"
         )
         for notice in self.experiment.notices:
-            log(notice)
+            self._log(notice)
         try:
             while self.state["stopped_by"] is None:
                 limit = self._limit_reached(time.perf_counter()) if self.state["step"] else None
@@ -342,13 +415,15 @@ class Trainer:
                 self._run_epoch(self.state["epoch"] + 1)
         except Diverged as error:
             self.state["stopped_by"] = error.reason
-            write_json_atomic(self.results("failed"), self.results_path)
-            log(f"stopped: {error}; the last complete epoch is in {self.checkpoint_path}")
+            self._write_results("failed")
+            self._log(f"stopped: {error}; the last complete epoch is in {self.checkpoint_path}")
             raise
         except KeyboardInterrupt:
             if self.results_path.exists():
-                write_json_atomic(self.results("interrupted"), self.results_path)
-            log(f"interrupted; the last complete epoch is saved in {self.checkpoint_path}; continue with --resume")
+                self._write_results("interrupted")
+            self._log(
+                f"interrupted; the last complete epoch is saved in {self.checkpoint_path}; continue with --resume"
+            )
             raise
         return self.finish()
 
@@ -379,28 +454,33 @@ class Trainer:
         if improved:
             self._save_best()
         self._save_checkpoint()
-        write_json_atomic(self.results("running"), self.results_path)
+        self._write_results("running")
         best = " (best)" if improved else f" (best {self.state['best_score']:.4f} at epoch {self.state['best_epoch']})"
         stopped = f"; stopped by {self.state['stopped_by']}" if self.state["stopped_by"] else ""
-        log(
+        self._log(
             f"epoch {epoch}: loss {entry['loss']:.4f}, {entry['train_seconds']:.1f} s train "
             f"({entry['samples_per_second']:.0f} samples/s), valid {key} {score:.4f}{best}{stopped}"
         )
         if self.epoch_end_hook is not None:
             self.epoch_end_hook(epoch)
 
-    def finish(self) -> dict[str, Any]:
-        """Evaluate the best epoch's weights on the test users and write the final results."""
+    def _load_best(self) -> None:
         if not self.best_path.exists():
             raise Tim4RecError("no epoch finished, so there is no model to evaluate; raise the limits")
         self.model.load_state_dict(load_saved_model(self.best_path).model_state)
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the best epoch's weights on the test users and write the final results."""
+        self._on_main(self._load_best)  # best.pt lies beside rank 0; the other ranks receive its weights
+        self.distributed.broadcast_weights(self.model)
         ranks: list[int] = []
         test = self._evaluate(self.test_samples, ranks)
         results = self.results("finished", test)
         users = self.data.interactions.user_tokens[self.test_samples.users]
         results["test_ranks"] = {"users": [str(u) for u in users], "ranks": ranks}  # per user: paired comparisons
-        write_json_atomic(results, self.results_path)
-        log(
+        if self.distributed.main:
+            write_json_atomic(results, self.results_path)
+        self._log(
             f"best epoch {self.state['best_epoch']} of {self.state['epoch']} ({self.state['stopped_by']}); "
             f"results in {self.results_path}"
         )

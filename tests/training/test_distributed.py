@@ -1,0 +1,128 @@
+"""torchrun with two CPU processes (gloo): a step equals the single-process step on the global batch,
+metrics equal a single-process evaluation, a dead rank ends the job, kill and --resume, two "nodes"."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import synthetic_rows, write_inter
+
+SETTINGS = ["--model", "tim4rec", "--set", "hidden_size=16", "--set", "head_dim=8", "--set", "d_state=8",
+            "--set", "chunk_size=4", "--set", "MAX_ITEM_LIST_LENGTH=10", "--set", "dropout_prob=0.0",
+            "--set", "time_drop_out=0.0", "--set", "threads=1", "--set", "show_progress=false"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = (), wait: bool = True, **popen):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), *extra, "-m", "tim4rec", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if wait:
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def single(*args: str):
+    return subprocess.run([sys.executable, "-m", "tim4rec", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_inter(tmp_path_factory.mktemp("ddp") / "data.inter", synthetic_rows(n_users=60, per_user=14))
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["model_state"]
+
+
+def test_two_processes_equal_one_process_on_the_global_batch(data: Path, tmp_path: Path):
+    # per rank 4 windows of 10 (40 targets); one process with the global batch of 8 windows
+    ddp = torchrun("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "ddp"),
+                   "--set", "train_batch_size=40", "--set", "epochs=2")  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = single("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "one"),
+                 "--set", "train_batch_size=80", "--set", "epochs=2")  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert (
+        results["processes"] == 2
+        and results["steps"] == json.loads((tmp_path / "one" / "results.json").read_text())["steps"]
+    )
+    # (b) the test metrics equal a single-process evaluation of the saved weights
+    evaluated = single("evaluate", str(tmp_path / "ddp" / "best.pt"))
+    assert evaluated.returncode == 0
+    ndcg = f"{results['test']['ndcg@10']:.4f}"
+    assert ndcg in evaluated.stdout
+
+
+def test_a_dead_rank_ends_the_job_with_a_clear_error(data: Path, tmp_path: Path):
+    job = torchrun("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "run"),
+                   "--set", "epochs=100000", "--set", "stopping_step=100000", wait=False)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "results.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    workers = subprocess.run(["pgrep", "-f", f"tim4rec train.*{tmp_path / 'run'}"], capture_output=True, text=True)
+    pids = [int(p) for p in workers.stdout.split() if int(p) != job.pid]
+    os.kill(max(pids), signal.SIGKILL)  # one worker dies
+    started = time.monotonic()
+    _, err = job.communicate(timeout=120)
+    assert time.monotonic() - started < 60 and job.returncode != 0
+    survivor = err.split("ChildFailedError")[0]  # the surviving rank's words, before torchrun's summary
+    assert "another process of the distributed run stopped" in survivor and "[rank0]: Traceback" not in survivor
+
+
+def test_kill_and_resume_under_torchrun(data: Path, tmp_path: Path):
+    args = ("train", *SETTINGS, "--dataset", str(data), "--set", "train_batch_size=40", "--set", "epochs=8")
+    whole = torchrun(*args, "--output", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = tmp_path / "cut"
+    job = torchrun(*args, "--output", str(cut), wait=False, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (cut / "results.json").exists():
+        time.sleep(0.02)
+    # the launcher and both ranks (torchrun starts each rank in a session of its own), mid-run
+    subprocess.run(["pkill", "-KILL", "-f", f"tim4rec train.*{cut}"])
+    os.killpg(job.pid, signal.SIGKILL)
+    job.communicate(timeout=60)
+    killed = json.loads((cut / "results.json").read_text())
+    assert killed["status"] == "running" and len(killed["epochs"]) < 8  # the kill came before the end
+    resumed = torchrun(*args, "--output", str(cut), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stderr
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((cut / "results.json").read_text())
+    assert b["steps"] == a["steps"] and b["best_epoch"] == a["best_epoch"]
+    assert b["test"] == pytest.approx(a["test"], abs=1e-6)
+
+
+def test_two_nodes_on_localhost(data: Path, tmp_path: Path):
+    port = free_port()
+    nodes = []
+    for rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   "-m", "tim4rec", "train", *SETTINGS, "--dataset", str(data), "--output",
+                   str(tmp_path / f"node{rank}"), "--set", "epochs=1"]  # fmt: skip
+        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    codes = [node.wait(timeout=600) for node in nodes]
+    assert codes == [0, 0], nodes[0].stderr.read()[-2000:]
+    assert json.loads((tmp_path / "node0" / "results.json").read_text())["processes"] == 2
+    assert not (tmp_path / "node1" / "results.json").exists()  # only rank 0 writes
