@@ -148,6 +148,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         warmup=args.warmup, lengths=args.lengths, repeats=args.repeats, users=args.users,
                         output=Path(args.output)))  # fmt: skip
         return 0
+    if args.bench_command == "catalogue":
+        from tim4rec.bench import catalogue
+
+        print(catalogue.run(args.sizes, negatives=args.negatives, windows=args.windows, length=args.length,
+                            users=args.users, threads=args.threads, repeats=args.repeats, output=Path(args.output),
+                            memory_limit_gib=args.memory_limit_gib, device=args.device))  # fmt: skip
+        return 0
+    if args.bench_command == "data":
+        from tim4rec.bench import data
+
+        print(data.run(args.dataset, Path(args.output)))
+        return 0
     if args.bench_command == "threads":
         from tim4rec.bench import threads
 
@@ -286,6 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench.add_argument("--repeats", type=int, default=20)
     serve_bench.add_argument("--users", type=int, default=10_000, help="new users for the memory measurement")
     serve_bench.add_argument("--output", default="docs/benchmarks/serve")
+    catalogue = bench_commands.add_parser(
+        "catalogue", help="training step and scoring time and memory against catalogue size, full vs sampled softmax"
+    )
+    catalogue.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    catalogue.add_argument("--negatives", type=int, default=1024, help="K of the sampled softmax")
+    catalogue.add_argument("--windows", type=int, default=10, help="causal windows per training step")
+    catalogue.add_argument("--length", type=int, default=200)
+    catalogue.add_argument("--users", type=int, default=256, help="histories scored in the scoring measurement")
+    catalogue.add_argument("--threads", type=int, default=1)
+    catalogue.add_argument("--repeats", type=int, default=3)
+    catalogue.add_argument("--device", default="cpu")
+    catalogue.add_argument("--memory-limit-gib", type=float, default=16.0)
+    catalogue.add_argument("--output", default="docs/benchmarks/catalogue")
+    data_bench = bench_commands.add_parser("data", help="the data pipeline's peak memory and time in each regime")
+    data_bench.add_argument("dataset", nargs="?", default="ml-1m")
+    data_bench.add_argument("--output", default="docs/benchmarks/data")
     threads = bench_commands.add_parser("threads", help="training speed by thread setting, idle and with one core busy")
     threads.add_argument("--dataset", default="ml-1m")
     threads.add_argument("--steps", type=int, default=25)

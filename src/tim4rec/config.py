@@ -176,6 +176,10 @@ class Config:
     reuse_memory: bool = _setting(True, boolean, resumable=True)  # CPU: freed memory kept for the next step
     fused_cross_entropy: bool = _setting(True, boolean, resumable=True)  # output layer and loss in one pass
     compile: bool = _setting(False, boolean, resumable=True)  # torch.compile the SSD kernel and gated norm
+    kernels: str = _setting("auto", choice("auto", "torch"), resumable=True)  # torch: never mamba-ssm's CUDA kernels
+    mixed_precision: str = _setting("off", choice("off", "bf16", "fp16"))  # the forward under torch.autocast
+    sampled_negatives: int | None = _setting(None, optional(positive_int))  # None: softmax over all items
+    negative_distribution: str = _setting("popularity", choice("uniform", "popularity"))  # Q of the negatives
     show_progress: bool = _setting(True, boolean, resumable=True)
     loss_type: str = _setting("CE", only("CE", "only 'CE' (cross-entropy over all items) is supported"))
     learner: str = _setting("adam", only("adam", "only 'adam' is supported"))

@@ -34,6 +34,7 @@ import torch
 
 from tim4rec.errors import ConfigError
 from tim4rec.ops.compile import compiling
+from tim4rec.ops.kernels import kernel_mode
 
 _DENORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
 
@@ -137,6 +138,7 @@ class RuntimeSettings:
     flush_denormal: bool
     reuse_memory: bool = False
     compiled: bool = False
+    kernels: str = "auto"
 
 
 @contextlib.contextmanager
@@ -146,9 +148,11 @@ def runtime_settings(
     flush_denormal: bool | None = None,
     reuse_memory: bool = False,
     compile: bool = False,
+    kernels: str = "auto",
 ) -> Iterator[RuntimeSettings]:
     """Set threads (None: the cores idle now, :func:`default_threads`), denormal flushing (None: leave it), the reuse of
-    freed memory and the compiled kernels (:mod:`tim4rec.ops.compile`) inside the block.
+    freed memory, the compiled kernels (:mod:`tim4rec.ops.compile`) and whether mamba-ssm's CUDA kernels may
+    run (``kernels``: auto or torch, :mod:`tim4rec.ops.kernels`) inside the block.
 
     Yields what took effect (flushing is False where the CPU cannot flush, reuse where the C
     library is not glibc); the previous values are restored on exit, also after an exception or Ctrl-C.
@@ -158,12 +162,13 @@ def runtime_settings(
     try:
         torch.set_num_threads(wanted)
         flushed = previous_flush if flush_denormal is None else bool(torch.set_flush_denormal(flush_denormal))
-        with _reused_memory(reuse_memory) as reused, compiling(compile) as compiled:
+        with _reused_memory(reuse_memory) as reused, compiling(compile) as compiled, kernel_mode(kernels):
             yield RuntimeSettings(
                 threads=wanted,
                 flush_denormal=flush_denormal is not False and flushed,
                 reuse_memory=reused,
                 compiled=compiled,
+                kernels=kernels,
             )
     finally:
         torch.set_num_threads(previous_threads)

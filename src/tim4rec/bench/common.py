@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,3 +75,35 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def max_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_point(module: str, arguments: dict[str, Any], memory_limit_gib: float | None) -> dict[str, Any]:
+    """``python -m module --point JSON`` in a fresh process (its own peak memory), its last stdout line as
+    a dict; ``{"error": ...}`` (the last stderr line) when it fails or runs out of the memory limit."""
+    command = [sys.executable, "-m", module, "--point", json.dumps(arguments)]
+    if memory_limit_gib:
+        command += ["--memory-limit-gib", str(memory_limit_gib)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": ((done.stderr.strip().splitlines() or ["killed"])[-1])[:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def point_main(prog: str, measure: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> int:
+    """The entry of a point subprocess: ``--point JSON`` (``measure``'s keyword arguments), ``--memory-limit-gib``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--point", required=True, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-limit-gib", type=float, default=None)
+    arguments = parser.parse_args(argv)
+    if arguments.memory_limit_gib:
+        limit = int(arguments.memory_limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    print(json.dumps(measure(**json.loads(arguments.point))))
+    return 0

@@ -23,17 +23,15 @@ ratios against SASRec from the same run and the machine's load at start.
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tim4rec.bench import common
 from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
 from tim4rec.runtime import runtime_settings
 
@@ -49,10 +47,6 @@ def _dropout_free(name: str) -> dict[str, Any]:
         for key, value in model_defaults(name).items()
         if ("dropout" in key or "drop_out" in key) and isinstance(value, float)
     }
-
-
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 MEASURES = ("causal", "readout", "infer")
@@ -98,7 +92,7 @@ def _measure_point(
         extra.update(_dropout_free(model_name))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated() if device.startswith("cuda") else _max_rss_bytes()
+    baseline = torch.cuda.memory_allocated() if device.startswith("cuda") else common.max_rss_bytes()
     model = create(model_name, items, length, **extra).to(device)
     loss = NextItemLoss(model, fused=True)
     predict = model.full_sort_predict
@@ -136,7 +130,7 @@ def _measure_point(
             f"{what}_s": timing["median"], f"{what}_min_s": timing["min"], f"{what}_max_s": timing["max"],
             f"{what}_gflop": flops / 1e9, f"{what}_mfu": flops / timing["median"] / rate,
         })  # fmt: skip
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _max_rss_bytes()
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else common.max_rss_bytes()
     row.update({
         "matmul_gflops": rate / 1e9, "peak_mib": (peak - baseline) / 2**20, "repeats": repeats, "device": device,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -145,19 +139,13 @@ def _measure_point(
 
 
 def _run_point_subprocess(arguments: dict[str, Any], memory_limit_gib: float | None) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tim4rec.bench.speed", "--point", json.dumps(arguments)]
-    if memory_limit_gib:
-        command += ["--memory-limit-gib", str(memory_limit_gib)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
-        return {
-            "model": arguments["model_name"],
-            "length": arguments["length"],
-            "dropout": "on" if arguments["dropout"] else "off",
-            "error": tail[:200],
-        }
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    row = common.run_point("tim4rec.bench.speed", arguments, memory_limit_gib)
+    if "error" in row:
+        row = {
+            "model": arguments["model_name"], "length": arguments["length"],
+            "dropout": "on" if arguments["dropout"] else "off", **row,
+        }  # fmt: skip
+    return row
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -253,15 +241,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tim4rec bench speed")
-    parser.add_argument("--point", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-limit-gib", type=float, default=None)
-    arguments = parser.parse_args(argv)
-    if arguments.memory_limit_gib:
-        limit = int(arguments.memory_limit_gib * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    print(json.dumps(measure_point(**json.loads(arguments.point))))
-    return 0
+    return common.point_main("tim4rec bench speed", measure_point, argv)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,15 @@ class SequenceData:
         users, targets = self.split.evaluation_targets(split)
         return self._one_target(targets, users)
 
+    def train_target_counts(self) -> np.ndarray:
+        """(n_items + 1,) int64: how often each item is a training target of the split (0 for padding)."""
+        split = self.split
+        has = split.train_last >= split.train_first
+        first, last = split.train_first[has], split.train_last[has]
+        counts = last - first + 1
+        targets = np.repeat(first, counts) + _ranges(counts)  # every training target's event index
+        return np.bincount(self.interactions.items[targets], minlength=self.interactions.n_items + 1)
+
     def train_samples(self, regime: str) -> SampleSet:
         if regime not in REGIMES:
             raise DataError(f"unknown training regime {regime!r}; expected one of {REGIMES}")

@@ -12,7 +12,8 @@ import torch
 from tim4rec.config import Config
 from tim4rec.data.batches import SampleSet, SequenceData
 from tim4rec.errors import Tim4RecError
-from tim4rec.evaluation.metrics import metrics_from_ranks, target_ranks
+from tim4rec.evaluation.metrics import metrics_from_ranks
+from tim4rec.evaluation.scoring import ITEM_BLOCK, blocked_target_ranks
 from tim4rec.io import load_saved_model
 
 
@@ -32,14 +33,16 @@ def evaluate(
     metric_names: Sequence[str] = ("hit", "ndcg", "mrr"),
     mask_history: bool = False,
     ranks_out: list | None = None,
+    item_block: int = ITEM_BLOCK,
 ) -> dict[str, float]:
     """Rank each sample's target among all items 1..n_items with the model's scores.
 
     ``ranks_out``: a list that receives the targets' ranks (one int per sample, in sample order).
 
-    Batches go to the model's device. The padding column (item 0) is dropped before ranking; with
-    ``mask_history`` every item the user met before the target (other than the target itself)
-    scores -inf.
+    Batches go to the model's device. The padding id 0 is never ranked; with ``mask_history`` every
+    item the user met before the target (other than the target itself) scores -inf. Scores are
+    computed ``item_block`` items at a time (:mod:`tim4rec.evaluation.scoring`): the ranks equal
+    those of the whole (users x items) matrix, which never exists at once.
     """
     was_training = model.training
     model.eval()
@@ -49,11 +52,14 @@ def evaluate(
         for begin in range(0, len(samples), batch_size):
             rows = torch.arange(begin, min(begin + batch_size, len(samples)))
             batch = data.batch(samples, rows).to(device)
-            scores = model.full_sort_predict(batch.item_seq, batch.item_seq_len, batch.timestamps).float()
+            hidden = model.predict_hidden(batch.item_seq, batch.item_seq_len, batch.timestamps)
+            masked = None
             if mask_history:
                 row_index, item_index = data.history_mask_indices(samples, rows)
-                scores[row_index.to(device), item_index.to(device)] = float("-inf")
-            ranks.append(target_ranks(scores[:, 1:], batch.target - 1).cpu())
+                masked = (row_index.to(device), item_index.to(device))
+            weight, bias = model.output_layer()
+            target_ranks = blocked_target_ranks(hidden, weight, bias, batch.target, block=item_block, masked=masked)
+            ranks.append(target_ranks.cpu())
     finally:
         model.train(was_training)
     all_ranks = torch.cat(ranks)
@@ -71,6 +77,7 @@ def evaluate_streaming(
     ks: Sequence[int] = (10, 20, 50),
     metric_names: Sequence[str] = ("hit", "ndcg", "mrr"),
     batch_size: int = 4096,
+    item_block: int = ITEM_BLOCK,
 ) -> dict[str, float]:
     """As :func:`evaluate`, with each user's whole history (not the last L events) fed one event at a
     time through the model's streaming state (``step_hidden``); the model must stream.
@@ -99,9 +106,8 @@ def evaluate_streaming(
                 )
                 state = state.scatter(active, part)
                 hidden[active.to(device)] = step_hidden
-            scores = model.item_scores(hidden).float()
             targets = torch.from_numpy(data.interactions.items[samples.targets[rows]]).to(device)
-            ranks.append(target_ranks(scores[:, 1:], targets - 1).cpu())
+            ranks.append(blocked_target_ranks(hidden, *model.output_layer(), targets, block=item_block).cpu())
     finally:
         model.train(was_training)
     return metrics_from_ranks(torch.cat(ranks), ks, metric_names)

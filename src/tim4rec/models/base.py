@@ -31,6 +31,7 @@ Inputs are right-padded: ``item_seq`` (B, L) long with ids 1..n_items and 0 at p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -41,6 +42,7 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL, PREFIX, Batch
 from tim4rec.errors import ConfigError
 from tim4rec.ops.cross_entropy import linear_cross_entropy
+from tim4rec.ops.sampled_softmax import sampled_softmax_loss
 
 
 class StreamState:
@@ -221,11 +223,19 @@ class SequentialRecommender(nn.Module):
         """
         return self.gather_last(self.forward(item_seq, item_seq_len, timestamps), item_seq_len)
 
+    def predict_hidden(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
+        """The checked histories' hidden states (B, d) whose scores through the output layer rank the
+        next item: what :meth:`full_sort_predict` scores, for callers that score in blocks of items."""
+        self.check_history(item_seq, item_seq_len, timestamps)
+        return self.readout(item_seq, item_seq_len, timestamps)
+
     def full_sort_predict(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
-        self.check_history(item_seq, item_seq_len, timestamps)
-        return self.item_scores(self.readout(item_seq, item_seq_len, timestamps))
+        """Scores (B, n_items + 1) of every item id as the next item (the padding id 0 included)."""
+        return self.item_scores(self.predict_hidden(item_seq, item_seq_len, timestamps))
 
     # -- training objective -------------------------------------------------------------------
     def fit_data(self, data: Any) -> None:
@@ -280,17 +290,35 @@ def require(condition: torch.Tensor, message: str) -> None:
         raise ValueError(message)
 
 
-def cross_entropy_terms(model: SequentialRecommender, batch: Batch, *, fused: bool = False) -> tuple[torch.Tensor, int]:
+def cross_entropy_terms(
+    model: SequentialRecommender,
+    batch: Batch,
+    *,
+    fused: bool = False,
+    negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[torch.Tensor, int]:
     """(summed loss, number of targets) of ``batch``: cross-entropy over all items at the model's
     target positions, plus ``regularization()`` once per target (so that the mean is CE + reg).
 
     The sum and the count, not the mean: a data-parallel run divides by the count over all ranks.
     ``fused``: the output layer and the loss in one pass (:func:`tim4rec.ops.linear_cross_entropy`,
     the same value without materialising the logits twice); otherwise the plain reference form.
+    ``negatives``: (ids (K,), log expected counts (K,)) for the sampled softmax over the target and
+    those negatives instead (:func:`tim4rec.ops.sampled_softmax.sampled_softmax_loss`).
+    ``autocast``: a mixed-precision context for the model's forward; the output layer and the loss
+    then run in float32 on float32 hidden states.
     """
-    hidden, targets = model.target_states(batch)
+    if autocast is None:
+        hidden, targets = model.target_states(batch)
+    else:
+        with autocast:
+            hidden, targets = model.target_states(batch)
+        hidden = hidden.float()
     count = targets.shape[0]
-    if fused:
+    if negatives is not None:
+        total = sampled_softmax_loss(hidden, *model.output_layer(), targets, *negatives)
+    elif fused:
         weight, bias = model.output_layer()
         total = linear_cross_entropy(hidden, weight, targets, bias)
     else:

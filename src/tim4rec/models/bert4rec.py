@@ -161,13 +161,13 @@ class BERT4Rec(SequentialRecommender):
         new_len = torch.where(full, item_seq_len, item_seq_len + 1)
         return shifted.scatter(1, (new_len - 1)[:, None], self.mask_token), new_len
 
-    def full_sort_predict(
+    def predict_hidden(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
+        """The hidden state (B, d) at the mask token written after each history."""
         self.check_history(item_seq, item_seq_len, timestamps)
         masked_seq, masked_len = self.append_mask(item_seq, item_seq_len)
-        hidden = self._encode(masked_seq, masked_len)
-        return self.item_scores(self.gather_last(hidden, masked_len))  # (B, n_items + 1)
+        return self.gather_last(self._encode(masked_seq, masked_len), masked_len)
 
     def cloze_mask(self, item_seq_len: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw the masked positions of a training batch: (B,) lengths -> (masked, scored), both (B, L) bool.

@@ -29,13 +29,7 @@ class MostPop(SequentialRecommender):
 
     def fit_data(self, data: SequenceData) -> None:
         """Count how often each item is a training target of ``data``'s split."""
-        split = data.split
-        targets = [
-            np.arange(first, last + 1) for first, last in zip(split.train_first, split.train_last) if last >= first
-        ]
-        items = data.interactions.items[np.concatenate(targets)] if targets else np.zeros(0, dtype=np.int64)
-        counts = np.bincount(items, minlength=self.n_items + 1).astype(np.float32)
-        self.counts.copy_(torch.from_numpy(counts))
+        self.counts.copy_(torch.from_numpy(data.train_target_counts().astype(np.float32)))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """A hidden state of 1 at every position (B, L, 1): the score of an item is its count."""

@@ -34,7 +34,7 @@ about 0.3 s at l=200 and 1.3 s at l=800 with the default Q=8; 0.5 s / 2.0 s with
 0.8 s / 3.2 s with Q=64 (shared, loaded machine: timings are rough).
 
 On CUDA, when mamba-ssm is installed and no ``initial_state`` is given, :func:`selective_scan`
-calls mamba-ssm's fused kernel instead (same semantics); it is never required.
+calls mamba-ssm's fused kernel instead (same semantics; the choice: :mod:`tim4rec.ops.kernels`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from tim4rec.ops.kernels import fused_kernel
 
 __all__ = ["selective_scan", "selective_scan_step"]
 
@@ -212,22 +214,6 @@ class _SelectiveScanCore(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C, carry, None
 
 
-_CUDA_KERNEL: object = None  # mamba-ssm's selective_scan_fn, False when it does not import
-
-
-def _cuda_kernel():
-    """mamba-ssm's fused CUDA selective scan, or None when it is not installed."""
-    global _CUDA_KERNEL
-    if _CUDA_KERNEL is None:
-        try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except ImportError:
-            _CUDA_KERNEL = False
-        else:
-            _CUDA_KERNEL = selective_scan_fn
-    return _CUDA_KERNEL or None
-
-
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -261,8 +247,9 @@ def selective_scan(
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    if u.is_cuda and initial_state is None and _cuda_kernel() is not None:
-        return _cuda_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    kernel = fused_kernel("selective_scan", u, supported=initial_state is None)  # (tim4rec.ops.kernels)
+    if kernel is not None:
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     b, d, l = u.shape
     cdt = _compute_dtype(u)
     h0 = u.new_zeros(b, d, A.shape[1], dtype=cdt) if initial_state is None else initial_state.to(cdt)

@@ -18,6 +18,9 @@ carrying the state from block to block: the big temporaries stay cache-sized and
 allocator, so time stays linear in l in practice (one whole-sequence pass was about 2x slower
 at l = 4096, b = 16, h = 4 on a CPU, largely from page faults on fresh 64 MB temporaries).
 
+On CUDA with mamba-ssm installed, :func:`ssd_scan` and :func:`ssd_readout` call its Triton kernel
+``mamba_chunk_scan_combined`` instead (same arguments and semantics; :mod:`tim4rec.ops.kernels`).
+
 Beside the fast path, :func:`ssd_recurrent` (the recurrence step by step) and :func:`ssd_quadratic`
 (the (l, l) matrix form) state the same function as the paper does; the tests and the kernel
 benchmark use them as the oracle.
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tim4rec.ops.compile import compiled
+from tim4rec.ops.kernels import fused_kernel
 
 __all__ = ["ssd_quadratic", "ssd_readout", "ssd_recurrent", "ssd_scan", "ssd_step"]
 
@@ -266,6 +270,12 @@ def ssd_scan(
     _check_shapes(x, dt, A, B, C, D, z, dt_bias, initial_states)
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    kernel = fused_kernel("ssd_scan", x)  # mamba-ssm's Triton kernel on CUDA (tim4rec.ops.kernels)
+    if kernel is not None:
+        return kernel(
+            x, dt, A, B, C, int(chunk_size), D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
+            dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states,
+        )  # fmt: skip
     b, l, h, p = x.shape
     n, Q, cdt = B.shape[-1], int(chunk_size), _compute_dtype(x)
     delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (b, l, h)
@@ -312,6 +322,11 @@ def ssd_readout(
         raise ValueError(f"x must be (b, l, h, p) and B, C (b, l, g, n); got {tuple(x.shape)}, {tuple(B.shape)}")
     _check_shapes(x, dt, A, B, C, D, None, dt_bias, None)
     b, l, h, p = x.shape
+    rows = torch.arange(b, device=x.device)
+    kernel = fused_kernel("ssd_scan", x)
+    if kernel is not None:  # the fused whole scan, read at the positions, beats the PyTorch read-out on a GPU
+        y = kernel(x, dt, A, B, C, int(chunk_size), D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+        return y[rows, positions.clamp(min=0)]
     n, Q, cdt = B.shape[-1], int(chunk_size), _compute_dtype(x)
     delta = _step_size(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (b, l, h)
     after = torch.arange(l, device=x.device)[None, :] > positions[:, None]  # (b, l)
@@ -320,7 +335,6 @@ def ssd_readout(
     m = Q * max(1, _BLOCK_ELEMS // max(1, b * h * Q * Q))  # steps per block, as in ssd_scan
     for x_k, delta_k, B_k in zip(*(t.split(m, dim=1) if l > 0 else () for t in (x, delta, B))):
         s = _final_state(x_k.to(cdt), delta_k, A.to(cdt), B_k.to(cdt), s, Q)
-    rows = torch.arange(b, device=x.device)
     here = positions.clamp(min=0)
     C_t = _expand_groups(C[rows, here].to(cdt), h, 1)  # (b, h, n)
     y = (s @ C_t[..., None]).squeeze(-1)  # (b, h, p)

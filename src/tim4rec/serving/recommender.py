@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tim4rec.config import Config
 from tim4rec.data import Interactions
 from tim4rec.data.items import item_metadata_path, read_item_metadata
 from tim4rec.errors import Tim4RecError
+from tim4rec.evaluation.scoring import blocked_topk, stable_topk
 from tim4rec.io import SavedModel, load_saved_model
 from tim4rec.models.base import SequentialRecommender
 
@@ -185,8 +187,9 @@ class Recommender:
         return encoded.items[n - used :], encoded.times[n - used :], metadata
 
     @torch.no_grad()
-    def scores(self, windows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One batched forward: scores (B, n_items + 1) of right-padded histories (an empty one scores the padding)."""
+    def hidden(self, windows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One batched forward: hidden states (B, d) of right-padded histories (an empty one: a padding
+        event), whose products with the output layer score the next item."""
         length = max([len(items) for items, _ in windows] + [1])
         item_seq = torch.zeros(len(windows), length, dtype=torch.long)
         time_seq = torch.zeros(len(windows), length, dtype=torch.long)
@@ -194,28 +197,38 @@ class Recommender:
         for row, (items, times) in enumerate(windows):
             item_seq[row, : len(items)], time_seq[row, : len(times)], lengths[row] = items, times, len(items)
         device = self.device
-        return self.model.full_sort_predict(item_seq.to(device), lengths.to(device), time_seq.to(device)).float().cpu()
+        return self.model.predict_hidden(item_seq.to(device), lengths.to(device), time_seq.to(device))
 
+    @torch.no_grad()
     def rank(
         self,
-        scores: torch.Tensor,
+        hidden: torch.Tensor,
         k: int,
         *,
         seen: Iterable[int] = (),
         candidates: Sequence[str] | None = None,
     ) -> list[RecommendedItem]:
-        """The top ``k`` items of one row of scores (n_items + 1,), padding and ``seen`` ids left out."""
-        scores = scores.clone()
-        scores[0] = -math.inf
+        """The top ``k`` items for one hidden state (d,), padding and ``seen`` ids left out; ties: the
+        lower id first. Without ``candidates`` the catalogue is scored in blocks
+        (:func:`~tim4rec.evaluation.scoring.blocked_topk`), so a million items need no million-score row."""
+        weight, bias = self.model.output_layer()
+        hidden = hidden[None]  # (1, d)
+        seen = sorted(set(seen))
         if candidates is not None:
-            allowed = torch.zeros_like(scores, dtype=torch.bool)
-            allowed[[self.item_ids[c] for c in candidates if c in self.item_ids]] = True
-            scores[~allowed] = -math.inf
-        seen = list(seen)
-        if seen:
-            scores[seen] = -math.inf
-        available = int(torch.isfinite(scores).sum())
-        values, indices = scores.topk(min(k, available))
+            ids = sorted({self.item_ids[c] for c in candidates if c in self.item_ids} - set(seen) - {0})
+            index = torch.tensor(ids, dtype=torch.long, device=weight.device)
+            scores = F.linear(hidden, weight[index], None if bias is None else bias[index]).float()
+            values, columns = stable_topk(scores, k)
+            values, indices = values[0], index[columns[0]]
+        else:
+            masked = None
+            if seen:
+                ids = torch.tensor(seen, dtype=torch.long, device=weight.device)
+                masked = (torch.zeros_like(ids), ids)
+            values, indices = blocked_topk(hidden, weight, bias, k, masked=masked)
+            values, indices = values[0], indices[0]
+        keep = torch.isfinite(values)
+        values, indices = values[keep], indices[keep]
         return [
             RecommendedItem(self.item_tokens[i], float(v), self.title(self.item_tokens[i]))
             for v, i in zip(values.tolist(), indices.tolist())
@@ -244,10 +257,10 @@ class Recommender:
                 raise HistoryError(f"k: expected a positive integer, got {query.k!r}")
         encoded = [self.encode(query.history) for query in queries]
         windows = [self.window(e) for e in encoded]
-        scores = self.scores([(items, times) for items, times, _ in windows]) if windows else torch.zeros(0)
+        hidden = self.hidden([(items, times) for items, times, _ in windows]) if windows else torch.zeros(0)
         answers = []
         for row, (query, e, (_, _, metadata)) in enumerate(zip(queries, encoded, windows)):
             seen = np.unique(e.items.numpy()).tolist() if query.exclude_seen else []
-            ranked = self.rank(scores[row], query.k, seen=seen, candidates=query.candidates)
+            ranked = self.rank(hidden[row], query.k, seen=seen, candidates=query.candidates)
             answers.append(Recommendation(ranked, e.unknown, {"model": self.saved.model, **metadata}))
         return answers

@@ -179,11 +179,9 @@ class UserStore:
             answer = self.recommender.recommend(history, k, exclude_seen)
             answer.metadata["source"] = "recomputed from the history"
             return answer
-        with torch.no_grad():
-            scores = self.model.item_scores(state.hidden[None]).float().cpu()[0]
         encoded = self.recommender.encode(history)
         seen = torch.unique(encoded.items).tolist() if exclude_seen else []
-        ranked = self.recommender.rank(scores, k, seen=seen)
+        ranked = self.recommender.rank(state.hidden, k, seen=seen)
         metadata = {"model": self.recommender.saved.model, "events": state.events, "events_used": state.events,
                     "truncated": False, "whole_history": True, "source": "streaming state"}  # fmt: skip
         return Recommendation(ranked, encoded.unknown, metadata)

@@ -45,6 +45,7 @@ def _run(config: Config, output_dir, resume: bool, notices, distributed: Distrib
         flush_denormal=config.flush_denormal,
         reuse_memory=config.reuse_memory,
         compile=config.compile,
+        kernels=config.kernels,
     ) as runtime:
         experiment = build_experiment(config, list(notices), distributed)
         return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)

@@ -22,6 +22,7 @@ from tim4rec.models.base import SequentialRecommender
 from tim4rec.runtime import resolve_device
 from tim4rec.training.distributed import SINGLE, Distributed
 from tim4rec.training.loss import NextItemLoss
+from tim4rec.training.negatives import NegativeSampler
 
 
 @dataclass
@@ -40,10 +41,14 @@ class Experiment:
 
     @property
     def rows_per_batch(self) -> int:
-        """``train_batch_size`` counts training targets: a causal batch holds about as many targets
-        (windows x L) as a prefix batch holds samples, so both regimes take similar steps."""
-        size, length = self.config.train_batch_size, self.config.max_seq_length
-        return size if self.regime == PREFIX else max(1, round(size / length))
+        return rows_per_batch(self.config, self.regime)
+
+
+def rows_per_batch(config: Config, regime: str) -> int:
+    """Rows of a training batch: ``train_batch_size`` counts training targets, so a causal batch holds
+    about as many targets (windows x L) as a prefix batch holds samples, and both regimes take similar steps."""
+    size, length = config.train_batch_size, config.max_seq_length
+    return size if regime == PREFIX else max(1, round(size / length))
 
 
 def seed_everything(seed: int) -> None:
@@ -77,7 +82,14 @@ def build_experiment(config: Config, notices: list[str] | None = None, distribut
     optimizer = (
         torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay) if parameters else None
     )
-    loss = NextItemLoss(model, fused=config.fused_cross_entropy)
+    sampler = None
+    if config.sampled_negatives:
+        counts = data.train_target_counts() if config.negative_distribution == "popularity" else None
+        n_items = data.interactions.n_items
+        sampler = NegativeSampler(config.sampled_negatives, n_items, config.negative_distribution, counts)
+    loss = NextItemLoss(
+        model, fused=config.fused_cross_entropy, sampler=sampler, mixed_precision=config.mixed_precision
+    )
     if distributed.active and parameters:
         from torch.nn.parallel import DistributedDataParallel
 

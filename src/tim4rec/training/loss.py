@@ -13,18 +13,38 @@ from torch import nn
 
 from tim4rec.data.batches import Batch
 from tim4rec.models.base import SequentialRecommender, cross_entropy_terms
+from tim4rec.training.negatives import NegativeSampler
+
+PRECISIONS = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NextItemLoss(nn.Module):
     """Cross-entropy over all items at the model's target positions (plus its regularisation).
 
     ``fused``: the output layer and the loss in one pass (the same value, less memory traffic).
+    ``sampler``: a sampled softmax over the target and the sampler's negatives, drawn anew for
+    every forward pass (a micro-batch) and shared by its rows, instead of all items.
+    ``mixed_precision``: ``off``, ``bf16`` or ``fp16``: the model's forward under ``torch.autocast``
+    in that type, the output layer and the loss in float32 (fp16 also needs a gradient scaler,
+    which the trainer keeps).
     """
 
-    def __init__(self, model: SequentialRecommender, *, fused: bool = True):
+    def __init__(
+        self,
+        model: SequentialRecommender,
+        *,
+        fused: bool = True,
+        sampler: NegativeSampler | None = None,
+        mixed_precision: str = "off",
+    ):
         super().__init__()
         self.model = model
         self.fused = fused
+        self.sampler = sampler
+        self.precision = PRECISIONS[mixed_precision]
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        return cross_entropy_terms(self.model, batch, fused=self.fused)
+        device = batch.item_seq.device
+        negatives = self.sampler.draw(device) if self.sampler is not None else None
+        autocast = None if self.precision is None else torch.autocast(device.type, dtype=self.precision)
+        return cross_entropy_terms(self.model, batch, fused=self.fused, negatives=negatives, autocast=autocast)

@@ -34,6 +34,7 @@ from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.io import load_saved_model, save_model, write_json_atomic
+from tim4rec.ops.kernels import paths_taken
 from tim4rec.runtime import RuntimeSettings
 from tim4rec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from tim4rec.training.experiment import Experiment
@@ -110,6 +111,9 @@ class Trainer:
             "epoch": 0, "step": 0, "elapsed": 0.0, "best_score": -math.inf, "best_epoch": None,
             "best_valid": None, "epochs_since_best": 0, "history": [], "stopped_by": None,
         }  # fmt: skip
+        # fp16 gradients underflow without loss scaling (bf16 has float32's range and needs none)
+        fp16 = config.mixed_precision == "fp16" and self.optimizer is not None
+        self.scaler = torch.amp.GradScaler(experiment.device.type) if fp16 else None
         self.epoch_end_hook: Callable[[int], None] | None = None  # tests use it to simulate a kill
         self.machine = machine()
 
@@ -151,6 +155,7 @@ class Trainer:
             optimizer_state=self.optimizer.state_dict() if self.optimizer else {},
             state=self.state,
             rng_by_rank=rng_by_rank,
+            scaler_state=self.scaler.state_dict() if self.scaler else None,
         )
 
     def _save_best(self) -> None:
@@ -216,6 +221,8 @@ class Trainer:
             self.model.load_state_dict(checkpoint["model_state"])
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            if self.scaler is not None and checkpoint.get("scaler_state"):
+                self.scaler.load_state_dict(checkpoint["scaler_state"])
         except (RuntimeError, ValueError, KeyError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Tim4RecError(f"{self.checkpoint_path}: the saved weights do not fit this model ({first})") from None
@@ -256,6 +263,7 @@ class Trainer:
             "flush_denormal": self.runtime.flush_denormal,
             "reuse_memory": self.runtime.reuse_memory,
             "compiled": self.runtime.compiled,
+            "kernels": paths_taken(),  # the path each scan took (tim4rec.ops.kernels)
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
             "epochs": history,
             "epochs_run": len(history),
@@ -355,9 +363,14 @@ class Trainer:
             synchronise = index == len(parts) - 1 or not distributed.active
             with contextlib.nullcontext() if synchronise else experiment.loss.no_sync():
                 summed, _ = experiment.loss(part.to(experiment.device))
-                (summed * distributed.world / total_targets).backward()
+                scaled = summed * distributed.world / total_targets
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss += float(summed.detach())
-        self.optimizer.step()
+        if self.scaler:  # fp16: steps with inf/NaN gradients are skipped and the scale lowered
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return distributed.sum(loss) / total_targets
 
     def _evaluate(self, samples: SampleSet, ranks_out: list | None = None) -> dict[str, float]:
