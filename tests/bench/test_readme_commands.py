@@ -63,3 +63,20 @@ def test_bench_threads_command(synthetic_inter: Path, tmp_path: Path):
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "threads.md").read_text()
     assert "| idle | threads=1 | 1 |" in text and "default (threads unset)" in text
+
+
+def test_bench_catalogue_and_data_commands(tmp_path: Path):
+    done = tim4rec(
+        "bench", "catalogue", "--sizes", "500", "--windows", "2", "--length", "10", "--users", "4", "--repeats", "1",
+        "--negatives", "16", "--output", str(tmp_path / "catalogue"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "catalogue" / "catalogue.md").read_text()
+    assert "| 500 | full |" in table and "| 500 | sampled | 16 |" in table
+    from tests.conftest import synthetic_rows, write_inter
+
+    data = write_inter(tmp_path / "log.inter", synthetic_rows())
+    done = tim4rec("bench", "data", str(data), "--output", str(tmp_path / "data"))
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "data" / "data.md").read_text()
+    assert "| prefix | 352 | 262 | 262 |" in table and "| causal | 352 | 30 | 262 |" in table  # 5-core filtered

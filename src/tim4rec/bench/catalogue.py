@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tim4rec.bench import common
-from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
+from tim4rec.bench.common import machine_description, time_call
 from tim4rec.runtime import runtime_settings
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
@@ -132,25 +132,22 @@ def run(
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     output.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, output / "catalogue.csv")
     plot(rows, output / "catalogue.png")
     columns = [
         ("items", "items"), ("loss", "loss"), ("negatives", "K"), ("targets", "targets per step"),
         ("step_s", "step s"), ("train_peak_mib", "training peak MiB"), ("score_s", f"scoring {users} users s"),
         ("peak_mib", "peak MiB"), ("parameters", "parameters"), ("error", "error"),
     ]  # fmt: skip
-    text = (
-        f"# Training step and scoring against catalogue size (TiM4Rec 64-d, L = {length}, {windows} windows "
-        f"per step, {device}, {threads} thread(s))\n\n"
+    return common.write_report(
+        output, "catalogue",
+        f"Training step and scoring against catalogue size (TiM4Rec 64-d, L = {length}, {windows} windows "
+        f"per step, {device}, {threads} thread(s))",
         "Full: cross-entropy over every item (the fused output layer and loss); sampled: over the target and "
         f"K = {negatives} uniform negatives shared by the step, log-Q corrected. Scoring: full ranking of "
         f"{users} users over every item in blocks of 65,536 items. Memory: the subprocess's peak resident "
-        "memory over its start (training peak: after the training steps; peak: after scoring too).\n\n"
-        f"Machine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
-    )
-    (output / "catalogue.md").write_text(text)
-    (output / "machine.json").write_text(json.dumps(machine, indent=2))
-    return text
+        "memory over its start (training peak: after the training steps; peak: after scoring too).",
+        machine, rows, columns,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,20 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def write_report(
+    output: Path, name: str, title: str, notes: str, machine: dict[str, Any], rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+) -> str:  # fmt: skip
+    """Write ``name.csv`` (every key), ``name.md`` (title, notes, machine, the table of ``columns``) and
+    ``machine.json`` into ``output``; returns the markdown."""
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, output / f"{name}.csv")
+    text = f"# {title}\n\n{notes}\n\nMachine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
+    (output / f"{name}.md").write_text(text)
+    (output / "machine.json").write_text(json.dumps(machine, indent=2))
+    return text
+
+
 def max_rss_bytes() -> int:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tim4rec.bench import common
-from tim4rec.bench.common import machine_description, markdown_table, write_csv
+from tim4rec.bench.common import machine_description
 from tim4rec.data.batches import REGIMES
 
 
@@ -63,24 +63,20 @@ def run(dataset: str, output: Path) -> str:
         }
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
-    output.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, output / "data.csv")
     columns = [
         ("regime", "regime"), ("interactions", "interactions"), ("samples", "training samples"),
         ("targets", "targets per epoch"), ("batches", "batches"), ("load_s", "read + filter + split s"),
         ("epoch_batches_s", "one epoch's batches s"), ("evaluation_batches_s", "valid + test batches s"),
         ("peak_mib", "peak MiB over start"), ("process_peak_mib", "process peak MiB"), ("error", "error"),
     ]  # fmt: skip
-    machine = machine_description(1)
-    text = (
-        f"# The data pipeline on {dataset}: peak memory and time (no model; L = 200, 2,048 targets per step)\n\n"
+    return common.write_report(
+        output, "data",
+        f"The data pipeline on {dataset}: peak memory and time (no model; L = 200, 2,048 targets per step)",
         "Each regime in a fresh process: the packaged TiM4Rec config's data settings, the training samples, "
         "every batch of one shuffled epoch and every validation and test batch. Peak over start: the resident "
-        "memory the pipeline added to a process that had imported torch; process peak: all of it.\n\n"
-        f"Machine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
-    )
-    (output / "data.md").write_text(text)
-    return text
+        "memory the pipeline added to a process that had imported torch; process peak: all of it.",
+        machine_description(1), rows, columns,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

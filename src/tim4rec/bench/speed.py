@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from tim4rec.bench import common
-from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
+from tim4rec.bench.common import machine_description, time_call
 from tim4rec.runtime import runtime_settings
 
 DEFAULT_MODELS = ("sasrec", "tim4rec", "ssd4rec", "mamba4rec")
@@ -221,23 +221,20 @@ def run(
                 row[f"{what}_vs_sasrec"] = row[f"{what}_s"] / base[f"{what}_s"]
         row["memory_vs_sasrec"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
     output.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, output / "speed.csv")
     plot(rows, output / "speed.png")
     columns = [("model", "model"), ("dropout", "dropout"), ("mode", "mode"), ("length", "L")]
     for what, title in (("causal", "causal step"), ("readout", "read-out step"), ("infer", "inference")):
         columns += [(f"{what}_s", f"{title} s"), (f"{what}_mfu", "MFU"), (f"{what}_vs_sasrec", "x SASRec")]
     columns += [("peak_mib", "peak MiB"), ("memory_vs_sasrec", "x SASRec"), ("error", "error")]
-    text = (
-        f"# Speed, MFU and memory (training batch {batch}, inference batch {infer_batch}, {items} items, {device}, "
-        f"{threads} thread(s), denormals {'flushed to zero' if flush_denormal else 'kept'})\n\n"
+    rate = statistics.median(r["matmul_gflops"] for r in rows if "matmul_gflops" in r)
+    return common.write_report(
+        output, "speed",
+        f"Speed, MFU and memory (training batch {batch}, inference batch {infer_batch}, {items} items, {device}, "
+        f"{threads} thread(s), denormals {'flushed to zero' if flush_denormal else 'kept'})",
         "MFU: the model's FLOPs (eager reference path, chunk 32) per second over the float32 matmul rate of the "
-        f"same subprocess (median {statistics.median(r['matmul_gflops'] for r in rows if 'matmul_gflops' in r):.1f} "
-        "GFLOP/s over the points).\n\n"
-        f"Machine: {json.dumps(machine)}\n\n" + markdown_table(rows, columns)
-    )
-    (output / "speed.md").write_text(text)
-    (output / "machine.json").write_text(json.dumps(machine, indent=2))
-    return text
+        f"same subprocess (median {rate:.1f} GFLOP/s over the points).",
+        machine, rows, columns,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
