@@ -360,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--cache-size", type=int, default=10_000, help="user states kept in memory")
     serve.add_argument("--no-batching", action="store_true", help="score each /recommend request on its own")
-    serve.add_argument("--batch-wait-ms", type=float, default=3.0, help="how long to gather concurrent requests")
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="also wait this long for more requests to batch (default 0: batch what arrived while the model was busy)",
+    )
     serve.add_argument("--max-batch", type=int, default=64)
     serve.add_argument("--threads", type=int, default=None)
 

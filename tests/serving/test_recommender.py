@@ -69,6 +69,29 @@ def test_candidates_and_batches(recommenders):
     assert {i.item for i in ranked.items} <= {"1", "50", "100"}
 
 
+def test_one_batched_ranking_equals_sorting_each_row(recommenders):
+    """Queries with different k and exclusions, answered together, equal a whole-row sort of each
+    history's scores (seen ids and padding removed, ties: the lower id first)."""
+    from tim4rec.serving.recommender import Query
+
+    recommender = recommenders["tim4rec"]
+    users = list(recommender.user_index)[:6]
+    queries = [Query(recommender.user_history(u)[: 5 + 7 * n], k=1 + 9 * n, exclude_seen=n % 2 == 0)
+               for n, u in enumerate(users)]  # fmt: skip
+    answers = recommender.answer(queries)
+    for query, answer in zip(queries, answers):
+        encoded = recommender.encode(query.history)
+        hidden = recommender.hidden([(encoded.items, encoded.times)])[0]
+        weight, bias = recommender.model.output_layer()
+        scores = weight @ hidden + (0 if bias is None else bias)
+        scores[0] = float("-inf")
+        if query.exclude_seen:
+            scores[encoded.items] = float("-inf")
+        order = torch.sort(-scores, stable=True).indices[: query.k].tolist()
+        assert [item.item for item in answer.items] == [recommender.item_tokens[i] for i in order]
+        assert [item.score for item in answer.items] == pytest.approx(scores[order].tolist(), rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["tim4rec", "sasrec", "bert4rec"])
 def test_store_scores_equal_recomputing_from_the_history(name, recommenders, tmp_path: Path):
     recommender = recommenders[name]

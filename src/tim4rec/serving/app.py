@@ -9,8 +9,9 @@ Ids are the dataset's raw item and user ids as strings, times unix seconds.
 - ``GET /users/{id}/history``, ``GET /users`` (some of the dataset's user ids), ``GET /items/{id}``;
 - ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI), ``GET /`` (the demo page).
 
-Concurrent ``/recommend`` requests are gathered for up to ``batch_wait_ms`` (at most ``max_batch``
-of them) into one batched forward, so throughput grows with load. The model runs on one worker
+Concurrent ``/recommend`` requests are gathered into one batched forward (at most ``max_batch``):
+the requests that arrived while the model was busy, and those arriving within ``batch_wait_ms``
+(0 by default: a lone request never waits), so throughput grows with load. The model runs on one worker
 thread; the event loop only parses, batches and answers. Bad input gets a 4xx with a message:
 malformed JSON and wrong types (422), decreasing times or unknown users' bad ids (400), ``k`` out of
 range and oversized histories (422), bodies over ``max_body_bytes`` (413).
@@ -40,7 +41,7 @@ from tim4rec.serving.store import UserStore
 @dataclass(frozen=True)
 class ServiceSettings:
     batching: bool = True
-    batch_wait_ms: float = 3.0
+    batch_wait_ms: float = 0.0
     max_batch: int = 64
     max_k: int = 1000
     max_history: int = 10_000
@@ -121,6 +122,8 @@ class Batcher:
         wait = self.settings.batch_wait_ms / 1000
         while True:
             batch = [await self.queue.get()]
+            while len(batch) < self.settings.max_batch and not self.queue.empty():  # what came in meanwhile
+                batch.append(self.queue.get_nowait())
             deadline = loop.time() + wait
             while len(batch) < self.settings.max_batch:
                 remaining = deadline - loop.time()
@@ -189,8 +192,49 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _answer_json(answer: Recommendation) -> dict[str, Any]:
-    return answer.to_dict()
+class RequestMetrics:
+    """ASGI middleware: counts requests by route and status and observes their latency (a plain ASGI
+    wrapper: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+class ItemOut(BaseModel):
+    item: str
+    score: float
+    title: str | None = None
+
+
+class RecommendationOut(BaseModel):
+    """The answer of ``/recommend`` and ``/users/{id}/recommendations`` (the OpenAPI schema)."""
+
+    items: list[ItemOut]
+    unknown_items: list[str]
+    metadata: dict[str, Any]
+
+
+def _answer_json(answer: Recommendation) -> JSONResponse:
+    """The answer as JSON, written directly (FastAPI's response validation cost more than the ranking)."""
+    return JSONResponse(answer.to_dict())
 
 
 def create_app(recommender: Recommender, store: UserStore, settings: ServiceSettings = ServiceSettings()) -> FastAPI:  # noqa: B008
@@ -217,14 +261,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         """Run ``function`` on the model's worker thread (one at a time)."""
         return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(HistoryError)
     async def bad_history(request: Request, error: HistoryError):
@@ -242,8 +279,8 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         if k > settings.max_k:
             raise HTTPException(422, f"k: at most {settings.max_k}, got {k}")
 
-    @app.post("/recommend")
-    async def recommend(body: RecommendIn) -> dict[str, Any]:
+    @app.post("/recommend", response_model=RecommendationOut)
+    async def recommend(body: RecommendIn) -> JSONResponse:
         check_k(body.k)
         if len(body.history) > settings.max_history:
             raise HTTPException(422, f"history: at most {settings.max_history} events, got {len(body.history)}")
@@ -259,8 +296,8 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         metrics.users_cached.set(store.cached_users())
         return {"user": user, **result}
 
-    @app.get("/users/{user}/recommendations")
-    async def user_recommendations(user: str, k: int = Query(10, ge=1), exclude_seen: bool = True) -> dict[str, Any]:
+    @app.get("/users/{user}/recommendations", response_model=RecommendationOut)
+    async def user_recommendations(user: str, k: int = Query(10, ge=1), exclude_seen: bool = True) -> JSONResponse:
         check_k(k)
         answer = await model_call(store.recommend, user, k, exclude_seen)
         metrics.users_cached.set(store.cached_users())

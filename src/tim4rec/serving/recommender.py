@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,7 +52,8 @@ class Recommendation:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        items = [{"item": i.item, "score": i.score, "title": i.title} for i in self.items]
+        return {"items": items, "unknown_items": list(self.unknown_items), "metadata": dict(self.metadata)}
 
 
 class HistoryError(Tim4RecError):
@@ -211,27 +211,39 @@ class Recommender:
         """The top ``k`` items for one hidden state (d,), padding and ``seen`` ids left out; ties: the
         lower id first. Without ``candidates`` the catalogue is scored in blocks
         (:func:`~tim4rec.evaluation.scoring.blocked_topk`), so a million items need no million-score row."""
-        weight, bias = self.model.output_layer()
-        hidden = hidden[None]  # (1, d)
-        seen = sorted(set(seen))
         if candidates is not None:
-            ids = sorted({self.item_ids[c] for c in candidates if c in self.item_ids} - set(seen) - {0})
+            weight, bias = self.model.output_layer()
+            seen = set(_unique_ids(seen).tolist())
+            ids = sorted({self.item_ids[c] for c in candidates if c in self.item_ids} - seen - {0})
             index = torch.tensor(ids, dtype=torch.long, device=weight.device)
-            scores = F.linear(hidden, weight[index], None if bias is None else bias[index]).float()
+            scores = F.linear(hidden[None], weight[index], None if bias is None else bias[index]).float()
             values, columns = stable_topk(scores, k)
-            values, indices = values[0], index[columns[0]]
-        else:
-            masked = None
-            if seen:
-                ids = torch.tensor(seen, dtype=torch.long, device=weight.device)
-                masked = (torch.zeros_like(ids), ids)
-            values, indices = blocked_topk(hidden, weight, bias, k, masked=masked)
-            values, indices = values[0], indices[0]
+            return self._items(values[0], index[columns[0]])
+        return self.rank_batch(hidden[None], [k], [seen])[0]
+
+    @torch.no_grad()
+    def rank_batch(
+        self, hidden: torch.Tensor, ks: Sequence[int], seen: Sequence[Iterable[int]]
+    ) -> list[list[RecommendedItem]]:
+        """:meth:`rank` over the whole catalogue for many rows at once: hidden (B, d), one k and one
+        collection of left-out ids per row; one blocked top-k of the (B, items) scores."""
+        if len(ks) == 0:
+            return []
+        weight, bias = self.model.output_layer()
+        columns = [_unique_ids(ids) for ids in seen]
+        rows = [torch.full((len(ids),), row, dtype=torch.long) for row, ids in enumerate(columns)]
+        masked = None
+        if any(len(c) for c in columns):
+            masked = (torch.cat(rows).to(weight.device), torch.cat(columns).to(weight.device))
+        values, indices = blocked_topk(hidden, weight, bias, max(ks), masked=masked)
+        return [self._items(values[row, :k], indices[row, :k]) for row, k in enumerate(ks)]
+
+    def _items(self, values: torch.Tensor, indices: torch.Tensor) -> list[RecommendedItem]:
+        """Ranked (score, model id) pairs as raw ids with titles; non-finite scores (left-out ids) dropped."""
         keep = torch.isfinite(values)
-        values, indices = values[keep], indices[keep]
         return [
             RecommendedItem(self.item_tokens[i], float(v), self.title(self.item_tokens[i]))
-            for v, i in zip(values.tolist(), indices.tolist())
+            for v, i in zip(values[keep].tolist(), indices[keep].tolist())
         ]
 
     def recommend(
@@ -258,9 +270,23 @@ class Recommender:
         encoded = [self.encode(query.history) for query in queries]
         windows = [self.window(e) for e in encoded]
         hidden = self.hidden([(items, times) for items, times, _ in windows]) if windows else torch.zeros(0)
-        answers = []
-        for row, (query, e, (_, _, metadata)) in enumerate(zip(queries, encoded, windows)):
-            seen = np.unique(e.items.numpy()).tolist() if query.exclude_seen else []
-            ranked = self.rank(hidden[row], query.k, seen=seen, candidates=query.candidates)
-            answers.append(Recommendation(ranked, e.unknown, {"model": self.saved.model, **metadata}))
-        return answers
+        seen = [e.items if query.exclude_seen else () for query, e in zip(queries, encoded)]
+        whole = [row for row, query in enumerate(queries) if query.candidates is None]
+        ranked: dict[int, list[RecommendedItem]] = {}
+        if whole:  # one scoring pass for every query over the whole catalogue
+            lists = self.rank_batch(hidden[whole], [queries[r].k for r in whole], [seen[r] for r in whole])
+            ranked.update(zip(whole, lists))
+        for row, query in enumerate(queries):
+            if query.candidates is not None:
+                ranked[row] = self.rank(hidden[row], query.k, seen=seen[row], candidates=query.candidates)
+        return [
+            Recommendation(ranked[row], e.unknown, {"model": self.saved.model, **metadata})
+            for row, (e, (_, _, metadata)) in enumerate(zip(encoded, windows))
+        ]
+
+
+def _unique_ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:
+    """Distinct model ids as a long tensor (a history's items, or any collection of ids)."""
+    if not isinstance(ids, torch.Tensor):
+        ids = torch.tensor(list(ids), dtype=torch.long)
+    return torch.unique(ids.long())

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tim4rec.models.base import StreamState
-from tim4rec.serving.recommender import Event, HistoryError, Recommendation, Recommender
+from tim4rec.serving.recommender import EncodedHistory, Event, HistoryError, Recommendation, Recommender
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (user TEXT NOT NULL, time REAL NOT NULL, seq INTEGER NOT NULL, item TEXT NOT NULL,
@@ -47,6 +47,10 @@ class UserState:
     last_time: float
     state: StreamState | None
     hidden: torch.Tensor | None
+    #: the model ids and the unknown raw ids of the user's history, kept so that a recommendation
+    #: from the state never reads the history again (None after loading a state from the database)
+    seen: set[int] | None = None
+    unknown: list[str] | None = None
 
 
 class UserStore:
@@ -80,8 +84,9 @@ class UserStore:
 
     # -- states ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _feed(self, current: UserState, items: torch.Tensor, times: torch.Tensor) -> UserState:
-        """Step the model through events (known items, in time order) from ``current``."""
+    def _feed(self, current: UserState, encoded: EncodedHistory) -> UserState:
+        """Step the model through encoded events (in time order) from ``current``."""
+        items, times = encoded.items, encoded.times
         state, hidden = current.state, current.hidden
         device = self.recommender.device
         if state is None:
@@ -91,15 +96,17 @@ class UserStore:
                 state, torch.tensor([item], device=device), torch.tensor([time], device=device)
             )
         last = float(times[-1]) if len(times) else current.last_time
-        return UserState(current.events + len(items), last, state, None if hidden is None else hidden[0])
+        seen = None if current.seen is None else current.seen | set(items.tolist())
+        unknown = None if current.unknown is None else current.unknown + encoded.unknown
+        return UserState(current.events + len(items), last, state, None if hidden is None else hidden[0], seen, unknown)
 
     def _rebuild(self, user: str) -> UserState:
         encoded = self.recommender.encode(self.history(user))
-        empty = UserState(0, float("-inf"), None, None)
+        empty = UserState(0, float("-inf"), None, None, set(), [])
         if not self._streams(len(encoded.items)):
             return UserState(len(encoded.items), float(encoded.times[-1]) if len(encoded.times) else empty.last_time,
-                             None, None)  # fmt: skip
-        return self._feed(empty, encoded.items, encoded.times)
+                             None, None, set(encoded.items.tolist()), encoded.unknown)  # fmt: skip
+        return self._feed(empty, encoded)
 
     def _load(self, user: str) -> UserState:
         """The user's state: cached, else stored (if of this model and complete), else rebuilt from events."""
@@ -165,7 +172,7 @@ class UserStore:
             if late or not self._streams(total) or (current.state is None and current.events > 0):
                 state = self._rebuild(user)
             else:
-                state = self._feed(current, encoded.items, encoded.times)
+                state = self._feed(current, encoded)
             self._remember(user, state)
         return {"stored": len(checked), "unknown_items": encoded.unknown, "late": late, "events": state.events}
 
@@ -174,17 +181,22 @@ class UserStore:
         user = str(user)
         with self.lock:
             state = self._load(user)
-            history = self.history(user)
-        if state.hidden is None or not self._streams(state.events):
+            if state.hidden is None or not self._streams(state.events):
+                history = self.history(user)
+            else:
+                history = None
+                if state.seen is None or state.unknown is None:  # a state read back from the database
+                    encoded = self.recommender.encode(self.history(user))
+                    state.seen, state.unknown = set(encoded.items.tolist()), encoded.unknown
+                seen, unknown = (state.seen if exclude_seen else ()), list(state.unknown)
+        if history is not None:
             answer = self.recommender.recommend(history, k, exclude_seen)
             answer.metadata["source"] = "recomputed from the history"
             return answer
-        encoded = self.recommender.encode(history)
-        seen = torch.unique(encoded.items).tolist() if exclude_seen else []
         ranked = self.recommender.rank(state.hidden, k, seen=seen)
         metadata = {"model": self.recommender.saved.model, "events": state.events, "events_used": state.events,
                     "truncated": False, "whole_history": True, "source": "streaming state"}  # fmt: skip
-        return Recommendation(ranked, encoded.unknown, metadata)
+        return Recommendation(ranked, unknown, metadata)
 
     def cached_users(self) -> int:
         return len(self.cache)
