@@ -7,6 +7,7 @@ application's shutdown then writes the cached user states and closes the databas
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def serve(args: argparse.Namespace) -> int:
             batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch
         )
         app = create_app(recommender, store, settings)
+        # the model, id maps and titles live as long as the process: keep them out of the cyclic
+        # collector's full passes (about 200,000 objects for ML-1M; a full pass took ~0.1 s mid-request)
+        gc.collect()
+        gc.freeze()
         print(f"tim4rec: serving {args.checkpoint} on http://{args.host}:{args.port} (users' events in {database})",
               file=sys.stderr, flush=True)  # fmt: skip
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
