@@ -48,9 +48,9 @@ class UserState:
     state: StreamState | None
     hidden: torch.Tensor | None
     #: the model ids and the unknown raw ids of the user's history, kept so that a recommendation
-    #: from the state never reads the history again (None after loading a state from the database)
-    seen: set[int] | None = None
-    unknown: list[str] | None = None
+    #: from the state never reads the history again
+    seen: set[int]
+    unknown: list[str]
 
 
 class UserStore:
@@ -96,8 +96,7 @@ class UserStore:
                 state, torch.tensor([item], device=device), torch.tensor([time], device=device)
             )
         last = float(times[-1]) if len(times) else current.last_time
-        seen = None if current.seen is None else current.seen | set(items.tolist())
-        unknown = None if current.unknown is None else current.unknown + encoded.unknown
+        seen, unknown = current.seen | set(items.tolist()), current.unknown + encoded.unknown
         return UserState(current.events + len(items), last, state, None if hidden is None else hidden[0], seen, unknown)
 
     def _rebuild(self, user: str) -> UserState:
@@ -113,13 +112,14 @@ class UserStore:
         if user in self.cache:
             self.cache.move_to_end(user)
             return self.cache[user]
-        known = len(self.recommender.encode(self.history(user)).items)
+        encoded = self.recommender.encode(self.history(user))
         row = self.db.execute("SELECT fingerprint, events, blob FROM states WHERE user = ?", (user,)).fetchone()
         state = None
-        if row is not None and row[0] == self.fingerprint and row[1] == known:
+        if row is not None and row[0] == self.fingerprint and row[1] == len(encoded.items):
             saved = torch.load(io.BytesIO(row[2]), weights_only=True)
             stream = StreamState(saved["tensors"]) if saved["tensors"] else None
-            state = UserState(saved["events"], saved["last_time"], stream, saved["hidden"])
+            state = UserState(saved["events"], saved["last_time"], stream, saved["hidden"],
+                              set(encoded.items.tolist()), encoded.unknown)  # fmt: skip
         if state is None:
             state = self._rebuild(user)
         self._remember(user, state)
@@ -185,9 +185,6 @@ class UserStore:
                 history = self.history(user)
             else:
                 history = None
-                if state.seen is None or state.unknown is None:  # a state read back from the database
-                    encoded = self.recommender.encode(self.history(user))
-                    state.seen, state.unknown = set(encoded.items.tolist()), encoded.unknown
                 seen, unknown = (state.seen if exclude_seen else ()), list(state.unknown)
         if history is not None:
             answer = self.recommender.recommend(history, k, exclude_seen)
