@@ -189,7 +189,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.bench_command == "quality":
         output = args.output or str(Path(args.plan).with_suffix(""))
-        if not args.report_only:
+        if args.add_seen_removed:
+            for line in quality.add_seen_removed(args.plan, output):
+                print(line)
+        elif not args.report_only:
             quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds)
         print(quality.report(args.plan, output))
     return 0
@@ -341,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--deadline", type=float, help="stop starting new runs after this many seconds")
     quality.add_argument("--seeds", nargs="+", type=int, help="run only these seeds of the plan")
     quality.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    quality.add_argument(
+        "--add-seen-removed",
+        action="store_true",
+        help="give finished runs that lack them test metrics with seen items removed (from their best.pt), then report",
+    )
 
     recommend = commands.add_parser("recommend", help="recommendations from a saved model: every user, or one history")
     recommend.add_argument("checkpoint", help="a saved model (best.pt)")

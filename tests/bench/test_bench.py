@@ -1,10 +1,13 @@
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
 from tim4rec.bench import kernel, quality, speed
-from tim4rec.errors import ConfigError
+from tim4rec.cli import build_parser
+from tim4rec.config import load_config
+from tim4rec.errors import ConfigError, Tim4RecError
 
 
 def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: Path):
@@ -30,6 +33,48 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     again = json.loads((output / "runs/small/seed1/results.json").read_text())
     assert again["epochs_run"] == 3
     assert again["epochs"][:2] == first["epochs"][:2]
+
+    # every row's `tim4rec train` command gives the config the run trained with
+    text = quality.report(plan, output)
+    commands = [line for line in text.splitlines() if line.startswith("tim4rec train ")]
+    assert len(commands) == 4  # two runs x two seeds
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        from_command, _ = load_config(model=args.model, dataset=args.dataset, set_args=args.set)
+        recorded = json.loads((output / args.output / "results.json").read_text())["config"]
+        assert from_command.to_dict() == {**recorded, "show_progress": from_command.show_progress}
+
+    # seen items removed: computed by the trainer; --add-seen-removed restores them from best.pt
+    assert "seen removed" in text and "| small | 1, 2 |" in text
+    path = output / "runs/small/seed1/results.json"
+    trained = json.loads(path.read_text())
+    del trained["test_seen_removed"]
+    path.write_text(json.dumps(trained))
+    assert len(quality.add_seen_removed(plan, output)) == 1
+    restored = json.loads(path.read_text())
+    assert restored["test_seen_removed"] == again["test_seen_removed"]
+    assert quality.add_seen_removed(plan, output) == []  # nothing left to add
+    del restored["test_seen_removed"]
+    restored["test"]["ndcg@10"] += 0.01  # results.json no longer matches best.pt
+    path.write_text(json.dumps(restored))
+    with pytest.raises(Tim4RecError, match="not the run's best weights"):
+        quality.add_seen_removed(plan, output)
+
+
+def test_anchors_are_shown_and_checked(tmp_path: Path):
+    anchor = "{model: SASRec, source: a paper, hit@10: 0.3152, ndcg@10: 0.1821, seen_items: removed}"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"dataset: ml-100k\nruns: {{a: {{model: sasrec}}}}\nanchors: [{anchor}]\n")
+    loaded = quality.read_plan(plan)
+    assert "| SASRec | a paper | 0.3152 | 0.1821 | removed |" in quality.anchors_table(loaded["anchors"])
+    for bad, message in [
+        (anchor.replace("0.1821", "18.21"), "ndcg@10: expected a number in"),
+        (anchor.replace("removed", "hidden"), "seen_items: expected one of"),
+        (anchor.replace(", source: a paper", ""), r"anchors\[1\]: expected the keys"),
+    ]:
+        plan.write_text(f"dataset: ml-100k\nruns: {{a: {{model: sasrec}}}}\nanchors: [{bad}]\n")
+        with pytest.raises(ConfigError, match=message):
+            quality.read_plan(plan)
 
 
 def test_bad_plan(tmp_path: Path):

@@ -43,6 +43,18 @@ def test_one_epoch_on_a_real_slice(ml100k_slice: Path, tmp_path: Path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_test_metrics_also_with_seen_items_removed(ml100k_slice: Path, tmp_path: Path):
+    """Beside the plain test metrics, the protocol that never ranks an item the user already met (as the
+    RecSys 2023 SASRec figures are computed): equal to evaluating best.pt that way, and never lower."""
+    from tim4rec.evaluation import evaluate_saved_model
+
+    results = tim4rec.train({**TINY, "dataset": str(ml100k_slice), "epochs": 1}, output_dir=tmp_path / "run")
+    removed = results["test_seen_removed"]
+    assert removed == evaluate_saved_model(tmp_path / "run" / "best.pt", mask_history=True)["metrics"]
+    assert all(removed[name] >= results["test"][name] for name in results["test"])
+    assert removed["hit@10"] > results["test"]["hit@10"]  # this slice's users re-meet items: masking matters
+
+
 def _fit(dataset: Path, output: Path, *, resume: bool = False, hook=None, **extra) -> dict:
     """Train as ``tim4rec train`` does, with ``hook(epoch)`` called after every epoch."""
     config, notices = load_config(overrides={**TINY, "dataset": str(dataset), **extra})

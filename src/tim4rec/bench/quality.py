@@ -15,6 +15,13 @@ resumed, so a long plan can be worked through over several invocations (``--dead
 invocation cleanly between runs), and several invocations may share a plan (a run being trained
 holds a lock on its folder; the others skip it). Then ``quality.md``, ``quality.csv`` and
 ``quality_valid_ndcg.png`` are written from every ``results.json`` found.
+
+Optional plan keys: ``title``; ``time_to: {ndcg@10: 0.15}`` (a time-to-accuracy column);
+``compare_to: RUN`` (paired per-user tests against that run); ``anchors:`` published figures shown
+beside the table, each ``{model, source, hit@10, ndcg@10, seen_items}`` where ``seen_items`` says
+whether that evaluation ranks the items a user already met (``ranked``, as here and in RecBole's
+sequential evaluation), removes them (``removed``) or does not say (``not stated``). Every row's
+``tim4rec train`` commands are listed under the tables.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import csv
 import fcntl
 import json
 import math
+import shlex
 import statistics
 import time
 from collections.abc import Iterator
@@ -31,14 +39,34 @@ from pathlib import Path
 from typing import Any
 
 from tim4rec.config import Config, load_config, read_yaml
-from tim4rec.errors import ConfigError
+from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.evaluation.significance import paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
+from tim4rec.runtime import runtime_settings
 from tim4rec.training import api
 from tim4rec.training.trainer import log
 
-PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to"}
+PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to", "anchors"}
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
+SEEN_REMOVED_METRICS = ("ndcg@10", "hit@10", "mrr@10")
+ANCHOR_KEYS = {"model", "source", "hit@10", "ndcg@10", "seen_items"}
+SEEN_ITEMS = ("ranked", "removed", "not stated")
+
+
+def _check_anchors(path: str | Path, anchors: Any) -> None:
+    if not isinstance(anchors, list):
+        raise ConfigError(f"{path}: anchors: expected a list of {sorted(ANCHOR_KEYS)} mappings")
+    for number, anchor in enumerate(anchors, 1):
+        if not isinstance(anchor, dict) or set(anchor) != ANCHOR_KEYS:
+            got = sorted(anchor) if isinstance(anchor, dict) else anchor
+            raise ConfigError(f"{path}: anchors[{number}]: expected the keys {sorted(ANCHOR_KEYS)}, got {got}")
+        for metric in ("hit@10", "ndcg@10"):
+            if not isinstance(anchor[metric], (int, float)) or not 0 <= anchor[metric] <= 1:
+                got = anchor[metric]
+                raise ConfigError(f"{path}: anchors[{number}].{metric}: expected a number in [0, 1], got {got!r}")
+        if anchor["seen_items"] not in SEEN_ITEMS:
+            got = anchor["seen_items"]
+            raise ConfigError(f"{path}: anchors[{number}].seen_items: expected one of {list(SEEN_ITEMS)}, got {got!r}")
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:
@@ -58,6 +86,8 @@ def read_plan(path: str | Path) -> dict[str, Any]:
         isinstance(target, dict) and len(target) == 1 and all(isinstance(v, (int, float)) for v in target.values())
     ):
         raise ConfigError(f"{path}: time_to: expected one metric and its level, like {{ndcg@10: 0.06}}, got {target!r}")
+    if "anchors" in plan:
+        _check_anchors(path, plan["anchors"])
     return plan
 
 
@@ -154,6 +184,73 @@ def collect(output: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def add_seen_removed(plan_path: str | Path, output: str | Path) -> list[str]:
+    """Give every finished run of the plan that lacks them its test metrics with seen items removed.
+
+    Runs trained before the trainer computed ``test_seen_removed`` get them here from their
+    ``best.pt`` (kept only on the machine that trained them), on one thread. The saved model must
+    first reproduce the run's recorded test NDCG@10 and HR@10 (to 1e-4), so the added figures belong
+    to the same weights. Returns a line per run touched.
+    """
+    from tim4rec.evaluation import evaluate_saved_model
+
+    plan = read_plan(plan_path)
+    lines = []
+    for path in sorted(Path(output).glob("runs/*/seed*/results.json")):
+        results = json.loads(path.read_text())
+        if path.parent.parent.name not in plan["runs"] or results.get("status") != "finished":
+            continue
+        if "test_seen_removed" in results or results["config"].get("mask_history"):
+            continue
+        best = path.parent / "best.pt"
+        if not best.exists():
+            lines.append(f"{path.parent}: no best.pt here, so no figures with seen items removed")
+            continue
+        with runtime_settings(threads=1):
+            plain = evaluate_saved_model(best, mask_history=False)["metrics"]
+            removed = evaluate_saved_model(best, mask_history=True)["metrics"]
+        recorded = results["test"]
+        if any(abs(plain[m] - recorded[m]) > 1e-4 for m in ("ndcg@10", "hit@10")):
+            raise Tim4RecError(
+                f"{best}: test NDCG@10 {plain['ndcg@10']:.4f}, HR@10 {plain['hit@10']:.4f} differ from "
+                f"{path}'s {recorded['ndcg@10']:.4f}, {recorded['hit@10']:.4f}: not the run's best weights"
+            )
+        results["test_seen_removed"] = removed
+        results["test_seen_removed_from"] = "best.pt, by tim4rec bench quality --add-seen-removed"
+        write_json_atomic(results, path)
+        lines.append(
+            f"{path.parent}: test NDCG@10 {recorded['ndcg@10']:.4f}, {removed['ndcg@10']:.4f} with seen items removed"
+        )
+    return lines
+
+
+def _set_value(value: Any) -> str:
+    """A config value as ``--set key=VALUE`` reads it back (YAML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def train_command(plan: dict[str, Any], name: str, results: dict[str, Any]) -> str:
+    """The ``tim4rec train`` command that trains what the plan's (run, seed) trained into ``results``.
+
+    The settings are the plan's keys for the run; their values are the ones the run recorded (a run
+    whose budget was changed for a session shows the budget it ran under). ``--output`` is relative
+    to the plan's output folder.
+    """
+    keys = {**plan["common"], **plan["runs"][name]}
+    keys.pop("seeds", None)
+    model = keys.pop("model")
+    recorded = results["config"]
+    parts = ["tim4rec", "train", "--model", model, "--dataset", str(plan["dataset"])]
+    for key in keys:
+        parts += ["--set", f"{key}={_set_value(recorded.get(key, keys[key]))}"]
+    parts += ["--set", f"seed={results['seed']}", "--output", f"runs/{name}/seed{results['seed']}"]
+    return shlex.join(parts)
+
+
 def _mean_spread(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -194,6 +291,11 @@ def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = N
         }
         for metric in runs[0]["test"]:
             row[f"test_{metric}"], row[f"test_{metric}_std"] = _mean_spread([r["test"][metric] for r in runs])
+        if all("test_seen_removed" in r for r in runs):
+            for metric in SEEN_REMOVED_METRICS:
+                row[f"seen_removed_{metric}"], row[f"seen_removed_{metric}_std"] = _mean_spread(
+                    [r["test_seen_removed"][metric] for r in runs]
+                )
         per_epoch = [r["seconds_per_epoch"] for r in runs if r["seconds_per_epoch"]]
         # a run stopped inside its first epoch: extrapolate the epoch's time from the part done
         estimated = [
@@ -260,6 +362,54 @@ def markdown(summary: list[dict[str, Any]], title: str, dataset: str, target: di
     return "\n".join(lines) + "\n"
 
 
+def seen_removed_table(summary: list[dict[str, Any]]) -> str:
+    """The runs' test metrics when the items each user already met are not ranked (if any run has them)."""
+    rows = [row for row in summary if "seen_removed_ndcg@10" in row]
+    if not rows:
+        return ""
+    lines = [
+        "The same runs' test metrics when the items each user already met are not ranked (the protocol of "
+        "some published figures; the table above ranks them, as RecBole's sequential evaluation does):",
+        "",
+        "| run | seeds | " + " | ".join(f"{_metric_title(m)}, seen removed" for m in SEEN_REMOVED_METRICS) + " |",
+        "|" + "---|" * (len(SEEN_REMOVED_METRICS) + 2),
+    ]
+    for row in rows:
+        cells = " | ".join(_cell(row, f"seen_removed_{m}") for m in SEEN_REMOVED_METRICS)
+        lines.append(f"| {row['run']} | {', '.join(map(str, row['seeds']))} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def anchors_table(anchors: list[dict[str, Any]]) -> str:
+    """Published figures on the same dataset and protocol family, not run here."""
+    lines = [
+        "Published figures (not run here; `seen items` says whether that evaluation ranks the items a user "
+        "already met):",
+        "",
+        "| model | source | HR@10 | NDCG@10 | seen items |",
+        "|---|---|---|---|---|",
+    ]
+    for a in anchors:
+        lines.append(f"| {a['model']} | {a['source']} | {a['hit@10']:.4f} | {a['ndcg@10']:.4f} | {a['seen_items']} |")
+    return "\n".join(lines) + "\n"
+
+
+def commands_block(plan: dict[str, Any], results: list[dict[str, Any]], order: list[str]) -> str:
+    """Every (run, seed)'s ``tim4rec train`` command, folded (GitHub shows a ``<details>`` block closed)."""
+    ordered = sorted(results, key=lambda r: (order.index(r["_run"]), r["seed"]))
+    lines = [
+        "<details><summary>The <code>tim4rec train</code> command of every row (run, seed); "
+        "<code>--output</code> is relative to this folder</summary>",
+        "",
+        "```sh",
+        *(train_command(plan, r["_run"], r) for r in ordered),
+        "```",
+        "",
+        "</details>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def comparisons(results: list[dict[str, Any]], reference: str, order: list[str]) -> str:
     """A table of paired comparisons of each run against ``reference`` on per-user test NDCG@10."""
     by_run: dict[str, list[dict[str, Any]]] = {}
@@ -320,8 +470,14 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
     if plan.get("compare_to"):
         text += "\n" + comparisons(results, plan["compare_to"], order)
+    removed = seen_removed_table(summary)
+    if removed:
+        text += "\n" + removed
+    if plan.get("anchors"):
+        text += "\n" + anchors_table(plan["anchors"])
+    text += "\n" + commands_block(plan, results, order)
     (output / "quality.md").write_text(text)
-    keys = list(summary[0])
+    keys = list(dict.fromkeys(key for row in summary for key in row))  # rows differ: seen-removed figures
     with open(output / "quality.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()

@@ -373,10 +373,15 @@ class Trainer:
             self.optimizer.step()
         return distributed.sum(loss) / total_targets
 
-    def _evaluate(self, samples: SampleSet, ranks_out: list | None = None) -> dict[str, float]:
+    def _evaluate(
+        self, samples: SampleSet, ranks_out: list | None = None, *, mask_history: bool | None = None
+    ) -> dict[str, float]:
         """Full-ranking metrics of ``samples``; under DDP each rank ranks every world-th sample and the
-        targets' ranks are gathered, so the metrics equal one process's."""
+        targets' ranks are gathered, so the metrics equal one process's. ``mask_history`` overrides the
+        config's ``mask_history`` (True: the items each user already met are not ranked)."""
         config, distributed = self.config, self.distributed
+        if mask_history is None:
+            mask_history = config.mask_history
         mine = (
             samples.subset(np.arange(distributed.rank, len(samples), distributed.world))
             if distributed.active
@@ -385,7 +390,7 @@ class Trainer:
         ranks: list[int] = []
         metrics = evaluate(
             self.model, self.data, mine, batch_size=config.eval_batch_size, ks=config.topk,
-            metric_names=config.metric_names, mask_history=config.mask_history, ranks_out=ranks,
+            metric_names=config.metric_names, mask_history=mask_history, ranks_out=ranks,
         )  # fmt: skip
         if distributed.active:
             shares = distributed.gather([ranks])  # one list per rank, in rank order
@@ -491,6 +496,8 @@ class Trainer:
         results = self.results("finished", test)
         users = self.data.interactions.user_tokens[self.test_samples.users]
         results["test_ranks"] = {"users": [str(u) for u in users], "ranks": ranks}  # per user: paired comparisons
+        if not self.config.mask_history:  # also the protocol that never ranks an item the user already met
+            results["test_seen_removed"] = self._evaluate(self.test_samples, mask_history=True)
         if self.distributed.main:
             write_json_atomic(results, self.results_path)
         self._log(
