@@ -77,6 +77,15 @@ def test_anchors_are_shown_and_checked(tmp_path: Path):
             quality.read_plan(plan)
 
 
+def test_models_left_out_say_why(tmp_path: Path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("dataset: ml-100k\nruns: {a: {model: sasrec}}\nnot_run: {caser: too slow here}\n")
+    assert quality.not_run_list(quality.read_plan(plan)["not_run"]) == "Not run:\n\n- **caser**: too slow here\n"
+    plan.write_text("dataset: ml-100k\nruns: {a: {model: sasrec}}\nnot_run: {caser: ''}\n")
+    with pytest.raises(ConfigError, match="not_run: expected a mapping of model to the reason"):
+        quality.read_plan(plan)
+
+
 def test_bad_plan(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("dataset: ml-100k\nrunz: {}\n")

@@ -20,7 +20,8 @@ Optional plan keys: ``title``; ``time_to: {ndcg@10: 0.15}`` (a time-to-accuracy 
 ``compare_to: RUN`` (paired per-user tests against that run); ``anchors:`` published figures shown
 beside the table, each ``{model, source, hit@10, ndcg@10, seen_items}`` where ``seen_items`` says
 whether that evaluation ranks the items a user already met (``ranked``, as here and in RecBole's
-sequential evaluation), removes them (``removed``) or does not say (``not stated``). Every row's
+sequential evaluation), removes them (``removed``) or does not say (``not stated``); ``not_run:``
+models the plan leaves out, each with the reason (``{caser: "..."}``), listed under the table. Every row's
 ``tim4rec train`` commands are listed under the tables.
 """
 
@@ -46,7 +47,7 @@ from tim4rec.runtime import runtime_settings
 from tim4rec.training import api
 from tim4rec.training.trainer import log
 
-PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to", "anchors"}
+PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to", "anchors", "not_run"}
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
 SEEN_REMOVED_METRICS = ("ndcg@10", "hit@10", "mrr@10")
 ANCHOR_KEYS = {"model", "source", "hit@10", "ndcg@10", "seen_items"}
@@ -88,6 +89,9 @@ def read_plan(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: time_to: expected one metric and its level, like {{ndcg@10: 0.06}}, got {target!r}")
     if "anchors" in plan:
         _check_anchors(path, plan["anchors"])
+    not_run = plan.get("not_run", {})
+    if not isinstance(not_run, dict) or not all(isinstance(v, str) and v.strip() for v in not_run.values()):
+        raise ConfigError(f"{path}: not_run: expected a mapping of model to the reason it was not run, got {not_run!r}")
     return plan
 
 
@@ -380,6 +384,11 @@ def seen_removed_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def not_run_list(not_run: dict[str, str]) -> str:
+    """The models a plan leaves out, with the reason for each."""
+    return "Not run:\n\n" + "".join(f"- **{name}**: {why.strip()}\n" for name, why in not_run.items())
+
+
 def anchors_table(anchors: list[dict[str, Any]]) -> str:
     """Published figures on the same dataset and protocol family, not run here."""
     lines = [
@@ -470,6 +479,8 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
     if plan.get("compare_to"):
         text += "\n" + comparisons(results, plan["compare_to"], order)
+    if plan.get("not_run"):
+        text += "\n" + not_run_list(plan["not_run"])
     removed = seen_removed_table(summary)
     if removed:
         text += "\n" + removed
