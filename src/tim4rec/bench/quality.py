@@ -456,7 +456,12 @@ def plot_validation(results: list[dict[str, Any]], path: Path) -> None:
         epochs = [e["epoch"] for e in r["epochs"]]
         values = [e["valid"]["ndcg@10"] for e in r["epochs"]]
         name = r["_run"]
-        line = axis.plot(epochs, values, color=colours.get(name), alpha=0.8, label=None if name in colours else name)
+        label = None if name in colours else name
+        if r["stopped_by"] == "nothing_to_learn":  # a popularity floor: a level across the plot
+            line = [axis.axhline(values[0], color=colours.get(name), linestyle="--", alpha=0.8, label=label)]
+        else:  # a marker shows a run that validated only once
+            marker = "o" if len(values) == 1 else None
+            line = axis.plot(epochs, values, color=colours.get(name), marker=marker, alpha=0.8, label=label)
         colours.setdefault(name, line[0].get_color())
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation NDCG@10")
