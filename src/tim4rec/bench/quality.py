@@ -451,18 +451,19 @@ def plot_validation(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    colours: dict[str, Any] = {}
+    names = list(dict.fromkeys(r["_run"] for r in results))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per run, its seeds alike
+    labelled: set[str] = set()
     for r in results:
         epochs = [e["epoch"] for e in r["epochs"]]
         values = [e["valid"]["ndcg@10"] for e in r["epochs"]]
         name = r["_run"]
-        label = None if name in colours else name
+        style = {"color": colours[name], "alpha": 0.8, "label": None if name in labelled else name}
+        labelled.add(name)
         if r["stopped_by"] == "nothing_to_learn":  # a popularity floor: a level across the plot
-            line = [axis.axhline(values[0], color=colours.get(name), linestyle="--", alpha=0.8, label=label)]
+            axis.axhline(values[0], linestyle="--", **style)
         else:  # a marker shows a run that validated only once
-            marker = "o" if len(values) == 1 else None
-            line = axis.plot(epochs, values, color=colours.get(name), marker=marker, alpha=0.8, label=label)
-        colours.setdefault(name, line[0].get_color())
+            axis.plot(epochs, values, marker="o" if len(values) == 1 else None, **style)
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation NDCG@10")
     axis.grid(alpha=0.3)
