@@ -46,15 +46,17 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
 
     # seen items removed: computed by the trainer; --add-seen-removed restores them from best.pt
     assert "seen removed" in text and "| small | 1, 2 |" in text
+    assert "Paired comparison with `floor` on per-user test NDCG@10, seen items removed" in text
     path = output / "runs/small/seed1/results.json"
     trained = json.loads(path.read_text())
-    del trained["test_seen_removed"]
+    del trained["test_seen_removed"], trained["test_seen_removed_ranks"]
     path.write_text(json.dumps(trained))
     assert len(quality.add_seen_removed(plan, output)) == 1
     restored = json.loads(path.read_text())
     assert restored["test_seen_removed"] == again["test_seen_removed"]
+    assert restored["test_seen_removed_ranks"] == again["test_seen_removed_ranks"]
     assert quality.add_seen_removed(plan, output) == []  # nothing left to add
-    del restored["test_seen_removed"]
+    del restored["test_seen_removed"], restored["test_seen_removed_ranks"]
     restored["test"]["ndcg@10"] += 0.01  # results.json no longer matches best.pt
     path.write_text(json.dumps(restored))
     with pytest.raises(Tim4RecError, match="not the run's best weights"):

@@ -6,6 +6,7 @@ import torch
 
 import tim4rec
 from tim4rec.config import load_config
+from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.runtime import runtime_settings
 from tim4rec.training.experiment import build_experiment
 from tim4rec.training.trainer import Trainer
@@ -52,7 +53,11 @@ def test_test_metrics_also_with_seen_items_removed(ml100k_slice: Path, tmp_path:
     removed = results["test_seen_removed"]
     assert removed == evaluate_saved_model(tmp_path / "run" / "best.pt", mask_history=True)["metrics"]
     assert all(removed[name] >= results["test"][name] for name in results["test"])
-    assert removed["hit@10"] > results["test"]["hit@10"]  # this slice's users re-meet items: masking matters
+    assert removed["hit@10"] > results["test"]["hit@10"]  # the model ranks seen items high: masking matters
+    ranks = results["test_seen_removed_ranks"]
+    assert ranks["users"] == results["test_ranks"]["users"]
+    assert all(a <= b for a, b in zip(ranks["ranks"], results["test_ranks"]["ranks"]))  # per user, never worse
+    assert metrics_from_ranks(torch.tensor(ranks["ranks"]), (10, 20, 50), ("hit", "ndcg", "mrr")) == removed
 
 
 def _fit(dataset: Path, output: Path, *, resume: bool = False, hook=None, **extra) -> dict:

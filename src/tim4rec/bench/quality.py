@@ -204,15 +204,16 @@ def add_seen_removed(plan_path: str | Path, output: str | Path) -> list[str]:
         results = json.loads(path.read_text())
         if path.parent.parent.name not in plan["runs"] or results.get("status") != "finished":
             continue
-        if "test_seen_removed" in results or results["config"].get("mask_history"):
+        if "test_seen_removed_ranks" in results or results["config"].get("mask_history"):
             continue
         best = path.parent / "best.pt"
         if not best.exists():
             lines.append(f"{path.parent}: no best.pt here, so no figures with seen items removed")
             continue
+        removed_ranks: list[int] = []
         with runtime_settings(threads=1):
             plain = evaluate_saved_model(best, mask_history=False)["metrics"]
-            removed = evaluate_saved_model(best, mask_history=True)["metrics"]
+            removed = evaluate_saved_model(best, mask_history=True, ranks_out=removed_ranks)["metrics"]
         recorded = results["test"]
         if any(abs(plain[m] - recorded[m]) > 1e-4 for m in ("ndcg@10", "hit@10")):
             raise Tim4RecError(
@@ -220,6 +221,7 @@ def add_seen_removed(plan_path: str | Path, output: str | Path) -> list[str]:
                 f"{path}'s {recorded['ndcg@10']:.4f}, {recorded['hit@10']:.4f}: not the run's best weights"
             )
         results["test_seen_removed"] = removed
+        results["test_seen_removed_ranks"] = {"users": results["test_ranks"]["users"], "ranks": removed_ranks}
         results["test_seen_removed_from"] = "best.pt, by tim4rec bench quality --add-seen-removed"
         write_json_atomic(results, path)
         lines.append(
@@ -419,27 +421,34 @@ def commands_block(plan: dict[str, Any], results: list[dict[str, Any]], order: l
     return "\n".join(lines) + "\n"
 
 
-def comparisons(results: list[dict[str, Any]], reference: str, order: list[str]) -> str:
-    """A table of paired comparisons of each run against ``reference`` on per-user test NDCG@10."""
+def comparisons(results: list[dict[str, Any]], reference: str, order: list[str], *, seen_removed: bool = False) -> str:
+    """A table of paired comparisons of each run against ``reference`` on per-user test NDCG@10
+    (``seen_removed``: on the ranks with the items each user already met removed; "" if the
+    reference has none)."""
+    key = "test_seen_removed_ranks" if seen_removed else "test_ranks"
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_run.setdefault(r["_run"], []).append(r)
-    if reference not in by_run or not all("test_ranks" in r for r in by_run[reference]):
+    if reference not in by_run or not all(key in r for r in by_run[reference]):
+        if seen_removed:
+            return ""
         return f"(no paired comparison: run '{reference}' has no finished runs with per-user ranks)\n"
-    base = per_user_ndcg(by_run[reference])
+    base = per_user_ndcg(by_run[reference], key=key)
     lines = [
-        f"Paired comparison with `{reference}` on per-user test NDCG@10 (each user's value averaged over the "
-        "run's seeds): the difference of the means (run minus reference), its 95% bootstrap interval over "
-        "users, and a two-sided sign-flip permutation p-value (10,000 draws each).",
+        f"Paired comparison with `{reference}` on per-user test NDCG@10"
+        + (", seen items removed" if seen_removed else "")
+        + " (each user's value averaged over the run's seeds): the difference of the means (run minus "
+        "reference), its 95% bootstrap interval over users, and a two-sided sign-flip permutation p-value "
+        "(10,000 draws each).",
         "",
         f"| run | users | ΔNDCG@10 vs {reference} | 95% interval | p |",
         "|---|---|---|---|---|",
     ]
     for name in sorted(by_run, key=order.index):
         runs = by_run[name]
-        if name == reference or not all("test_ranks" in r for r in runs):
+        if name == reference or not all(key in r for r in runs):
             continue
-        c = paired_comparison(per_user_ndcg(runs), base)
+        c = paired_comparison(per_user_ndcg(runs, key=key), base)
         lines.append(f"| {name} | {c.users} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | {c.p_value:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -490,6 +499,8 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     removed = seen_removed_table(summary)
     if removed:
         text += "\n" + removed
+        if plan.get("compare_to") and (paired := comparisons(results, plan["compare_to"], order, seen_removed=True)):
+            text += "\n" + paired
     if plan.get("anchors"):
         text += "\n" + anchors_table(plan["anchors"])
     text += "\n" + commands_block(plan, results, order)

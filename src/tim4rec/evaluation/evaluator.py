@@ -114,13 +114,19 @@ def evaluate_streaming(
 
 
 def evaluate_saved_model(
-    path: str | Path, *, split: str = "test", mask_history: bool | None = None, streaming: bool = False
+    path: str | Path,
+    *,
+    split: str = "test",
+    mask_history: bool | None = None,
+    streaming: bool = False,
+    ranks_out: list | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model (``best.pt``) on its dataset's ``split`` (``valid`` or ``test``).
 
     ``streaming``: every user's whole history through the streaming state (:func:`evaluate_streaming`)
     instead of the last ``max_seq_length`` events. Returns ``{"metrics", "config", "epoch"}``; the
-    dataset must have the item ids the model was trained on.
+    dataset must have the item ids the model was trained on. ``ranks_out`` (windowed evaluation only)
+    receives each sample's target rank, in the order of ``data.evaluation_samples(split)``.
     """
     saved = load_saved_model(path)
     model = saved.build()
@@ -134,6 +140,6 @@ def evaluate_saved_model(
     else:
         metrics = evaluate(
             model, data, samples, batch_size=config.eval_batch_size, ks=config.topk, metric_names=config.metric_names,
-            mask_history=config.mask_history if mask_history is None else mask_history,
+            mask_history=config.mask_history if mask_history is None else mask_history, ranks_out=ranks_out,
         )  # fmt: skip
     return {"metrics": metrics, "config": config, "epoch": saved.epoch}

@@ -29,11 +29,12 @@ def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
-def per_user_ndcg(runs: Sequence[Mapping], k: int = 10) -> dict[str, float]:
-    """Each user's NDCG@k averaged over runs (seeds), from results' ``test_ranks``."""
+def per_user_ndcg(runs: Sequence[Mapping], k: int = 10, key: str = "test_ranks") -> dict[str, float]:
+    """Each user's NDCG@k averaged over runs (seeds), from results' ``key`` (``{"users", "ranks"}``:
+    ``test_ranks``, or ``test_seen_removed_ranks`` for the ranks with seen items removed)."""
     totals: dict[str, list[float]] = {}
     for results in runs:
-        users, ranks = results["test_ranks"]["users"], results["test_ranks"]["ranks"]
+        users, ranks = results[key]["users"], results[key]["ranks"]
         for user, value in zip(users, ndcg_at(np.array(ranks), k)):
             totals.setdefault(user, []).append(value)
     return {user: float(np.mean(values)) for user, values in totals.items()}

@@ -497,7 +497,9 @@ class Trainer:
         users = self.data.interactions.user_tokens[self.test_samples.users]
         results["test_ranks"] = {"users": [str(u) for u in users], "ranks": ranks}  # per user: paired comparisons
         if not self.config.mask_history:  # also the protocol that never ranks an item the user already met
-            results["test_seen_removed"] = self._evaluate(self.test_samples, mask_history=True)
+            removed_ranks: list[int] = []
+            results["test_seen_removed"] = self._evaluate(self.test_samples, removed_ranks, mask_history=True)
+            results["test_seen_removed_ranks"] = {"users": results["test_ranks"]["users"], "ranks": removed_ranks}
         if self.distributed.main:
             write_json_atomic(results, self.results_path)
         self._log(
