@@ -100,9 +100,13 @@ def run_seeds(plan: dict[str, Any], name: str) -> list[int]:
     return list(plan["runs"][name].get("seeds", plan["seeds"]))
 
 
+def _run_keys(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    """The config keys the plan sets for run ``name``: its ``common`` keys, then the run's own."""
+    return {**plan["common"], **{key: value for key, value in plan["runs"][name].items() if key != "seeds"}}
+
+
 def _run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
-    run = {key: value for key, value in plan["runs"][name].items() if key != "seeds"}
-    return {"dataset": plan["dataset"], **plan["common"], **run, "seed": seed, "show_progress": False}
+    return {"dataset": plan["dataset"], **_run_keys(plan, name), "seed": seed, "show_progress": False}
 
 
 def _status(folder: Path, config: Config) -> str:
@@ -196,7 +200,7 @@ def add_seen_removed(plan_path: str | Path, output: str | Path) -> list[str]:
     first reproduce the run's recorded test NDCG@10 and HR@10 (to 1e-4), so the added figures belong
     to the same weights. Returns a line per run touched.
     """
-    from tim4rec.evaluation import evaluate_saved_model
+    from tim4rec.evaluation import evaluate, load_for_evaluation
 
     plan = read_plan(plan_path)
     lines = []
@@ -212,8 +216,11 @@ def add_seen_removed(plan_path: str | Path, output: str | Path) -> list[str]:
             continue
         removed_ranks: list[int] = []
         with runtime_settings(threads=1):
-            plain = evaluate_saved_model(best, mask_history=False)["metrics"]
-            removed = evaluate_saved_model(best, mask_history=True, ranks_out=removed_ranks)["metrics"]
+            model, config, data, _ = load_for_evaluation(best)  # read once, ranked both ways
+            test = data.evaluation_samples("test")
+            settings = {"batch_size": config.eval_batch_size, "ks": config.topk, "metric_names": config.metric_names}
+            plain = evaluate(model, data, test, mask_history=False, **settings)
+            removed = evaluate(model, data, test, mask_history=True, ranks_out=removed_ranks, **settings)
         recorded = results["test"]
         if any(abs(plain[m] - recorded[m]) > 1e-4 for m in ("ndcg@10", "hit@10")):
             raise Tim4RecError(
@@ -246,8 +253,7 @@ def train_command(plan: dict[str, Any], name: str, results: dict[str, Any]) -> s
     whose budget was changed for a session shows the budget it ran under). ``--output`` is relative
     to the plan's output folder.
     """
-    keys = {**plan["common"], **plan["runs"][name]}
-    keys.pop("seeds", None)
+    keys = _run_keys(plan, name)
     model = keys.pop("model")
     recorded = results["config"]
     parts = ["tim4rec", "train", "--model", model, "--dataset", str(plan["dataset"])]

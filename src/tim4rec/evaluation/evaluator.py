@@ -113,33 +113,33 @@ def evaluate_streaming(
     return metrics_from_ranks(torch.cat(ranks), ks, metric_names)
 
 
+def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Config, SequenceData, int]:
+    """A saved model (``best.pt``), its config, its dataset (checked to have the item ids the model
+    was trained on) and the epoch it was saved at: what evaluating it needs, read once."""
+    saved = load_saved_model(path)
+    config = Config.from_dict(saved.config)
+    data = config.load_data()
+    if data.interactions.item_tokens.tolist() != saved.item_tokens:
+        raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
+    return saved.build(), config, data, saved.epoch
+
+
 def evaluate_saved_model(
-    path: str | Path,
-    *,
-    split: str = "test",
-    mask_history: bool | None = None,
-    streaming: bool = False,
-    ranks_out: list | None = None,
+    path: str | Path, *, split: str = "test", mask_history: bool | None = None, streaming: bool = False
 ) -> dict[str, Any]:
     """Evaluate a saved model (``best.pt``) on its dataset's ``split`` (``valid`` or ``test``).
 
     ``streaming``: every user's whole history through the streaming state (:func:`evaluate_streaming`)
     instead of the last ``max_seq_length`` events. Returns ``{"metrics", "config", "epoch"}``; the
-    dataset must have the item ids the model was trained on. ``ranks_out`` (windowed evaluation only)
-    receives each sample's target rank, in the order of ``data.evaluation_samples(split)``.
+    dataset must have the item ids the model was trained on.
     """
-    saved = load_saved_model(path)
-    model = saved.build()
-    config = Config.from_dict(saved.config)
-    data = config.load_data()
-    if data.interactions.item_tokens.tolist() != saved.item_tokens:
-        raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
+    model, config, data, epoch = load_for_evaluation(path)
     samples = data.evaluation_samples(split)
     if streaming:
         metrics = evaluate_streaming(model, data, samples, ks=config.topk, metric_names=config.metric_names)
     else:
         metrics = evaluate(
             model, data, samples, batch_size=config.eval_batch_size, ks=config.topk, metric_names=config.metric_names,
-            mask_history=config.mask_history if mask_history is None else mask_history, ranks_out=ranks_out,
+            mask_history=config.mask_history if mask_history is None else mask_history,
         )  # fmt: skip
-    return {"metrics": metrics, "config": config, "epoch": saved.epoch}
+    return {"metrics": metrics, "config": config, "epoch": epoch}
