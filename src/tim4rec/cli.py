@@ -108,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tim4rec.bench import quality
+    from tim4rec.bench import quality, quality_report
 
     if args.bench_command == "speed":
         from tim4rec.bench import speed
@@ -194,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(line)
         elif not args.report_only:
             quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds)
-        print(quality.report(args.plan, output))
+        print(quality_report.report(args.plan, output))
     return 0
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tim4rec.bench import kernel, quality, speed
+from tim4rec.bench import kernel, quality, quality_report, speed
 from tim4rec.cli import build_parser
 from tim4rec.config import load_config
 from tim4rec.errors import ConfigError, Tim4RecError
@@ -23,7 +23,7 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     quality.run_plan(plan, output)
     first = json.loads((output / "runs/small/seed1/results.json").read_text())
     assert first["status"] == "finished" and first["epochs_run"] == 2
-    text = quality.report(plan, output)
+    text = quality_report.report(plan, output)
     assert "| small | sasrec |" in text and "1, 2" in text
     assert "Paired comparison with `floor`" in text and "| small | 30 |" in text  # 30 users, both seeds paired
     assert (output / "quality.csv").exists() and (output / "quality_valid_ndcg.png").stat().st_size > 0
@@ -35,7 +35,7 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     assert again["epochs"][:2] == first["epochs"][:2]
 
     # every row's `tim4rec train` command gives the config the run trained with
-    text = quality.report(plan, output)
+    text = quality_report.report(plan, output)
     commands = [line for line in text.splitlines() if line.startswith("tim4rec train ")]
     assert len(commands) == 4  # two runs x two seeds
     for command in commands:
@@ -68,7 +68,7 @@ def test_anchors_are_shown_and_checked(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"dataset: ml-100k\nruns: {{a: {{model: sasrec}}}}\nanchors: [{anchor}]\n")
     loaded = quality.read_plan(plan)
-    assert "| SASRec | a paper | 0.3152 | 0.1821 | removed |" in quality.anchors_table(loaded["anchors"])
+    assert "| SASRec | a paper | 0.3152 | 0.1821 | removed |" in quality_report.anchors_table(loaded["anchors"])
     for bad, message in [
         (anchor.replace("0.1821", "18.21"), "ndcg@10: expected a number in"),
         (anchor.replace("removed", "hidden"), "seen_items: expected one of"),
@@ -82,7 +82,7 @@ def test_anchors_are_shown_and_checked(tmp_path: Path):
 def test_models_left_out_say_why(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("dataset: ml-100k\nruns: {a: {model: sasrec}}\nnot_run: {caser: too slow here}\n")
-    assert quality.not_run_list(quality.read_plan(plan)["not_run"]) == "Not run:\n\n- **caser**: too slow here\n"
+    assert quality_report.not_run_list(quality.read_plan(plan)["not_run"]) == "Not run:\n\n- **caser**: too slow here\n"
     plan.write_text("dataset: ml-100k\nruns: {a: {model: sasrec}}\nnot_run: {caser: ''}\n")
     with pytest.raises(ConfigError, match="not_run: expected a mapping of model to the reason"):
         quality.read_plan(plan)
@@ -170,8 +170,8 @@ def test_time_to_a_validation_level():
         {"train_seconds": 10.0, "valid_seconds": 2.0, "valid": {"ndcg@10": 0.061}},
         {"train_seconds": 10.0, "valid_seconds": 2.0, "valid": {"ndcg@10": 0.05}},
     ]
-    assert quality.time_to({"epochs": epochs}, "ndcg@10", 0.06) == 24.0
-    assert quality.time_to({"epochs": epochs}, "ndcg@10", 0.07) is None
+    assert quality_report.time_to({"epochs": epochs}, "ndcg@10", 0.06) == 24.0
+    assert quality_report.time_to({"epochs": epochs}, "ndcg@10", 0.07) is None
 
 
 def test_bad_time_to(tmp_path: Path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tim4rec.bench import quality
+from tim4rec.bench import quality, quality_report
 from tim4rec.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def test_committed_plans_parse_and_their_tables_regenerate(plan: Path, tmp_path:
     if not (committed / "runs").exists():
         pytest.skip("no committed runs for this plan")
     shutil.copytree(committed / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("*.pt", ".lock"))
-    assert quality.report(plan, tmp_path) == (committed / "quality.md").read_text()
+    assert quality_report.report(plan, tmp_path) == (committed / "quality.md").read_text()
 
 
 def test_bench_speed_command(tmp_path: Path):

@@ -1,0 +1,280 @@
+"""The report of a quality plan: ``quality.md`` (the table, paired per-user comparisons, the
+seen-removed table, anchors, every row's ``tim4rec train`` command), ``quality.csv``,
+``quality.json`` and ``quality_valid_ndcg.png`` (validation NDCG@10 per epoch), from the finished
+``results.json`` files of the plan's runs (see ``tim4rec.bench.quality`` for the plan format).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from tim4rec.bench.quality import collect, read_plan, train_command
+from tim4rec.evaluation.significance import paired_comparison, per_user_ndcg
+from tim4rec.io import write_json_atomic
+
+TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
+SEEN_REMOVED_METRICS = ("ndcg@10", "hit@10", "mrr@10")
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _epochs_reached(results: dict[str, Any]) -> str:
+    """``"12"``, or ``"3.4"`` when the last epoch was cut by a limit."""
+    last = results["epochs"][-1] if results["epochs"] else None
+    if last and last.get("partial") and last.get("fraction"):
+        return f"{results['epochs_run'] - 1 + last['fraction']:.2f}"
+    return str(results["epochs_run"])
+
+
+def time_to(results: dict[str, Any], metric: str, value: float) -> float | None:
+    """Wall seconds (training and validation, compiling included) until the validation ``metric``
+    first reached ``value``; None if it never did."""
+    elapsed = 0.0
+    for epoch in results["epochs"]:
+        elapsed += epoch["train_seconds"] + epoch.get("valid_seconds", 0.0)
+        if epoch["valid"][metric] >= value:
+            return elapsed
+    return None
+
+
+def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_run.setdefault(r["_run"], []).append(r)
+    summary = []
+    for name, runs in by_run.items():
+        row: dict[str, Any] = {
+            "run": name,
+            "model": runs[0]["model"],
+            "regime": runs[0]["regime"],
+            "seeds": [r["seed"] for r in runs],
+            "threads": sorted({r["threads"] for r in runs}),
+        }
+        for metric in runs[0]["test"]:
+            row[f"test_{metric}"], row[f"test_{metric}_std"] = _mean_spread([r["test"][metric] for r in runs])
+        if all("test_seen_removed" in r for r in runs):
+            for metric in SEEN_REMOVED_METRICS:
+                row[f"seen_removed_{metric}"], row[f"seen_removed_{metric}_std"] = _mean_spread(
+                    [r["test_seen_removed"][metric] for r in runs]
+                )
+        per_epoch = [r["seconds_per_epoch"] for r in runs if r["seconds_per_epoch"]]
+        # a run stopped inside its first epoch: extrapolate the epoch's time from the part done
+        estimated = [
+            e["train_seconds"] / e["fraction"]
+            for r in runs
+            if not r["seconds_per_epoch"]
+            for e in r["epochs"][-1:]
+            if e.get("fraction")
+        ]
+        row["seconds_per_epoch"], row["seconds_per_epoch_std"] = _mean_spread(per_epoch + estimated)
+        row["seconds_per_epoch_estimated"] = bool(estimated)
+        row["best_epoch"] = [r["best_epoch"] for r in runs]
+        row["epochs_run"] = [_epochs_reached(r) for r in runs]
+        row["stopped_by"] = sorted({r["stopped_by"] for r in runs})
+        row["budget"] = sorted({r["config"].get("time_budget") for r in runs if r["stopped_by"] == "time_budget"})
+        if target:
+            ((metric, value),) = target.items()
+            row["time_to"] = [time_to(r, metric, value) for r in runs]
+        summary.append(row)
+    return summary
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    mean, spread = row[key], row.get(f"{key}_std", 0.0)
+    return f"{mean:.4f} ± {spread:.4f}" if len(row["seeds"]) > 1 else f"{mean:.4f}"
+
+
+def _metric_title(metric: str) -> str:
+    return metric.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR")
+
+
+def markdown(summary: list[dict[str, Any]], title: str, dataset: str, target: dict[str, float] | None = None) -> str:
+    ((metric, value),) = (target or {"": 0}).items()
+    reached = f" | s to valid {_metric_title(metric)} ≥ {value:g}" if target else ""
+    lines = [
+        f"# {title}",
+        "",
+        f"Dataset `{dataset}`; test metrics at the best validation epoch (NDCG@10); "
+        "mean ± sample standard deviation over seeds."
+        + (
+            " Time to a validation level: training and validation wall time until it was first reached."
+            if target
+            else ""
+        ),
+        "",
+        "| run | model | regime | seeds | "
+        + " | ".join(_metric_title(m) for m in TABLE_METRICS)
+        + f" | s/epoch | best epoch | epochs | stopped by{reached} |",
+        "|" + "---|" * (len(TABLE_METRICS) + 8 + bool(target)),
+    ]
+    for row in summary:
+        stopped = ", ".join(
+            s if s != "time_budget" else f"time budget ({', '.join(f'{b:.0f} s' for b in row['budget'])})"
+            for s in row["stopped_by"]
+        )
+        lines.append(
+            f"| {row['run']} | {row['model']} | {row['regime']} | {', '.join(map(str, row['seeds']))} | "
+            + " | ".join(_cell(row, f"test_{m}") for m in TABLE_METRICS)
+            + f" | {row['seconds_per_epoch']:.1f}{' (est.)' if row['seconds_per_epoch_estimated'] else ''}"
+            + f" | {', '.join(map(str, row['best_epoch']))} | {', '.join(map(str, row['epochs_run']))} | {stopped}"
+            + (" | " + ", ".join("not reached" if t is None else f"{t:.0f}" for t in row["time_to"]) if target else "")
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def seen_removed_table(summary: list[dict[str, Any]]) -> str:
+    """The runs' test metrics when the items each user already met are not ranked (if any run has them)."""
+    rows = [row for row in summary if "seen_removed_ndcg@10" in row]
+    if not rows:
+        return ""
+    lines = [
+        "The same runs' test metrics when the items each user already met are not ranked (the protocol of "
+        "some published figures; the table above ranks them, as RecBole's sequential evaluation does):",
+        "",
+        "| run | seeds | " + " | ".join(f"{_metric_title(m)}, seen removed" for m in SEEN_REMOVED_METRICS) + " |",
+        "|" + "---|" * (len(SEEN_REMOVED_METRICS) + 2),
+    ]
+    for row in rows:
+        cells = " | ".join(_cell(row, f"seen_removed_{m}") for m in SEEN_REMOVED_METRICS)
+        lines.append(f"| {row['run']} | {', '.join(map(str, row['seeds']))} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def not_run_list(not_run: dict[str, str]) -> str:
+    """The models a plan leaves out, with the reason for each."""
+    return "Not run:\n\n" + "".join(f"- **{name}**: {why.strip()}\n" for name, why in not_run.items())
+
+
+def anchors_table(anchors: list[dict[str, Any]]) -> str:
+    """Published figures on the same dataset and protocol family, not run here."""
+    lines = [
+        "Published figures (not run here; `seen items` says whether that evaluation ranks the items a user "
+        "already met):",
+        "",
+        "| model | source | HR@10 | NDCG@10 | seen items |",
+        "|---|---|---|---|---|",
+    ]
+    for a in anchors:
+        lines.append(f"| {a['model']} | {a['source']} | {a['hit@10']:.4f} | {a['ndcg@10']:.4f} | {a['seen_items']} |")
+    return "\n".join(lines) + "\n"
+
+
+def commands_block(plan: dict[str, Any], results: list[dict[str, Any]], order: list[str]) -> str:
+    """Every (run, seed)'s ``tim4rec train`` command, folded (GitHub shows a ``<details>`` block closed)."""
+    ordered = sorted(results, key=lambda r: (order.index(r["_run"]), r["seed"]))
+    lines = [
+        "<details><summary>The <code>tim4rec train</code> command of every row (run, seed); "
+        "<code>--output</code> is relative to this folder</summary>",
+        "",
+        "```sh",
+        *(train_command(plan, r["_run"], r) for r in ordered),
+        "```",
+        "",
+        "</details>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def comparisons(results: list[dict[str, Any]], reference: str, order: list[str], *, seen_removed: bool = False) -> str:
+    """A table of paired comparisons of each run against ``reference`` on per-user test NDCG@10
+    (``seen_removed``: on the ranks with the items each user already met removed; "" if the
+    reference has none)."""
+    key = "test_seen_removed_ranks" if seen_removed else "test_ranks"
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_run.setdefault(r["_run"], []).append(r)
+    if reference not in by_run or not all(key in r for r in by_run[reference]):
+        if seen_removed:
+            return ""
+        return f"(no paired comparison: run '{reference}' has no finished runs with per-user ranks)\n"
+    base = per_user_ndcg(by_run[reference], key=key)
+    lines = [
+        f"Paired comparison with `{reference}` on per-user test NDCG@10"
+        + (", seen items removed" if seen_removed else "")
+        + " (each user's value averaged over the run's seeds): the difference of the means (run minus "
+        "reference), its 95% bootstrap interval over users, and a two-sided sign-flip permutation p-value "
+        "(10,000 draws each).",
+        "",
+        f"| run | users | ΔNDCG@10 vs {reference} | 95% interval | p |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(by_run, key=order.index):
+        runs = by_run[name]
+        if name == reference or not all(key in r for r in runs):
+            continue
+        c = paired_comparison(per_user_ndcg(runs, key=key), base)
+        lines.append(f"| {name} | {c.users} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | {c.p_value:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_validation(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    names = list(dict.fromkeys(r["_run"] for r in results))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per run, its seeds alike
+    labelled: set[str] = set()
+    for r in results:
+        epochs = [e["epoch"] for e in r["epochs"]]
+        values = [e["valid"]["ndcg@10"] for e in r["epochs"]]
+        name = r["_run"]
+        style = {"color": colours[name], "alpha": 0.8, "label": None if name in labelled else name}
+        labelled.add(name)
+        if r["stopped_by"] == "nothing_to_learn":  # a popularity floor: a level across the plot
+            axis.axhline(values[0], linestyle="--", **style)
+        else:  # a marker shows a run that validated only once
+            axis.plot(epochs, values, marker="o" if len(values) == 1 else None, **style)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation NDCG@10")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report(plan_path: str | Path, output: str | Path) -> str:
+    plan = read_plan(plan_path)
+    output = Path(output)
+    results = [r for r in collect(output) if r["_run"] in plan["runs"]]
+    if not results:
+        return "no finished runs yet"
+    order = list(plan["runs"])
+    target = plan.get("time_to")
+    summary = sorted(summarise(results, target), key=lambda row: order.index(row["run"]))
+    text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
+    if plan.get("compare_to"):
+        text += "\n" + comparisons(results, plan["compare_to"], order)
+    if plan.get("not_run"):
+        text += "\n" + not_run_list(plan["not_run"])
+    removed = seen_removed_table(summary)
+    if removed:
+        text += "\n" + removed
+        if plan.get("compare_to") and (paired := comparisons(results, plan["compare_to"], order, seen_removed=True)):
+            text += "\n" + paired
+    if plan.get("anchors"):
+        text += "\n" + anchors_table(plan["anchors"])
+    text += "\n" + commands_block(plan, results, order)
+    (output / "quality.md").write_text(text)
+    keys = list(dict.fromkeys(key for row in summary for key in row))  # rows differ: seen-removed figures
+    with open(output / "quality.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        for row in summary:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    plot_validation(results, output / "quality_valid_ndcg.png")
+    write_json_atomic({"plan": plan, "summary": summary}, output / "quality.json")
+    return text
