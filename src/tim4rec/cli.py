@@ -341,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")
     quality.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")
     quality.add_argument("--only", nargs="+", help="run only these runs of the plan")
-    quality.add_argument("--deadline", type=float, help="stop starting new runs after this many seconds")
+    quality.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds this invocation may take: no run starts after them, and each run's time_budget is cut "
+        "so that it ends by then (a later invocation resumes it under the plan's budget)",
+    )
     quality.add_argument("--seeds", nargs="+", type=int, help="run only these seeds of the plan")
     quality.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
     quality.add_argument(

@@ -155,6 +155,37 @@ def test_kernel_forms_agree_and_table(tmp_path: Path):
     assert kernel.chunked_forward_flops(1, 64, 1, 1, 1, 64) == 2.0 * (64 * 64 + 64 * 64 + 64 + 1 + 64)
 
 
+def test_a_deadline_cuts_each_runs_budget_to_end_in_time(synthetic_inter: Path, tmp_path: Path, monkeypatch):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"dataset: {synthetic_inter}\ncommon: {{time_budget: 1000, threads: 1}}\n"
+        "runs:\n  fresh: {model: sasrec}\n  cut: {model: sasrec}\n  roomy: {model: sasrec}\n"
+    )
+    output = tmp_path / "out"
+    # 'cut' ran 50 s in an earlier invocation, stopped by a budget the plan has since raised
+    (output / "runs/cut/seed2020").mkdir(parents=True)
+    earlier = {"status": "finished", "stopped_by": "time_budget", "elapsed_seconds": 50.0, "epochs_run": 1}
+    (output / "runs/cut/seed2020/results.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(quality, "DEADLINE_MARGIN", 10.0)
+    monkeypatch.setattr(quality, "SHORTEST_RUN", 5.0)
+    started: list[tuple[str, float, bool]] = []
+
+    def record_start(config, *, output_dir, resume, notices):
+        started.append((Path(output_dir).parent.name, config.time_budget, resume))
+
+    monkeypatch.setattr(quality.api, "run", record_start)
+
+    quality.run_plan(plan, output, deadline=12)  # 2 s of training left: too little to start anything
+    assert started == []
+    quality.run_plan(plan, output, deadline=100, only=["fresh", "cut"])
+    (fresh, fresh_budget, fresh_resume), (cut, cut_budget, cut_resume) = started
+    assert (fresh, cut, fresh_resume, cut_resume) == ("fresh", "cut", False, True)
+    assert 85 <= fresh_budget <= 90  # the deadline, less the margin, less the seconds already gone
+    assert 135 <= cut_budget <= 140  # a budget counts the run's earlier 50 s too
+    quality.run_plan(plan, output, deadline=10_000, only=["roomy"])
+    assert started[-1] == ("roomy", 1000, False)  # the plan's budget fits: left as it is
+
+
 def test_a_run_held_by_another_process_is_skipped(tmp_path: Path):
     with quality._claim(tmp_path / "run") as first:
         assert first

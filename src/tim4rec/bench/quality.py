@@ -11,10 +11,13 @@ A plan is a YAML file::
 
 Each (run, seed) trains into ``OUTPUT/runs/<run>/seed<seed>/``. A finished run is not repeated;
 an unfinished one (killed, or stopped by a wall-time budget that the plan has since raised) is
-resumed, so a long plan can be worked through over several invocations (``--deadline`` stops an
-invocation cleanly between runs), and several invocations may share a plan (a run being trained
-holds a lock on its folder; the others skip it). Then ``quality.md``, ``quality.csv`` and
-``quality_valid_ndcg.png`` are written from every ``results.json`` found.
+resumed, so a long plan can be worked through over several invocations, and several invocations
+may share a plan (a run being trained holds a lock on its folder; the others skip it). An
+invocation given ``--deadline SECONDS`` (a working session, a batch job's time limit) starts no run
+after it and cuts each run's ``time_budget`` so that the run, its test evaluation included, ends by
+then; the cut budget is what the run records, and the next invocation resumes it under the plan's.
+Then ``quality.md``, ``quality.csv`` and ``quality_valid_ndcg.png`` are written from every
+``results.json`` found (``tim4rec.bench.quality_report``).
 
 Optional plan keys: ``title``; ``time_to: {ndcg@10: 0.15}`` (a time-to-accuracy column);
 ``compare_to: RUN`` (paired per-user tests against that run); ``anchors:`` published figures shown
@@ -23,8 +26,6 @@ whether that evaluation ranks the items a user already met (``ranked``, as here 
 sequential evaluation), removes them (``removed``) or does not say (``not stated``); ``not_run:``
 models the plan leaves out, each with the reason (``{caser: "..."}``), listed under the table. Every row's
 ``tim4rec train`` commands are listed under the tables.
-
-This module reads plans and trains them; ``quality_report`` turns the finished runs into the report.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import shlex
 import time
 from collections.abc import Iterator
@@ -44,6 +46,9 @@ from tim4rec.io import write_json_atomic
 from tim4rec.runtime import runtime_settings
 from tim4rec.training import api
 from tim4rec.training.trainer import log
+
+DEADLINE_MARGIN = 300.0  # seconds kept back from a deadline for loading the data and the test evaluations
+SHORTEST_RUN = 60.0  # a run that would get less training time than this before the deadline is not started
 
 PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to", "anchors", "not_run"}
 ANCHOR_KEYS = {"model", "source", "hit@10", "ndcg@10", "seen_items"}
@@ -123,6 +128,29 @@ def _status(folder: Path, config: Config) -> str:
     return "done"
 
 
+def _elapsed(folder: Path) -> float:
+    """Training and validation seconds a run folder has spent so far (0 for a new run)."""
+    results_path = folder / "results.json"
+    if results_path.exists():
+        results = json.loads(results_path.read_text())
+        if results.get("status") == "finished":
+            return float(results["elapsed_seconds"])
+    if (folder / "checkpoint.pt").exists():
+        from tim4rec.training.checkpoint import load_checkpoint
+
+        return float(load_checkpoint(folder / "checkpoint.pt")["state"]["elapsed"])
+    return 0.0
+
+
+def _cut_to_deadline(config: Config, overrides: dict[str, Any], folder: Path, training_left: float) -> Config:
+    """``config`` with its ``time_budget`` cut so that the run trains at most ``training_left`` more seconds."""
+    budget = math.floor(_elapsed(folder) + training_left)  # a budget counts the seconds of earlier invocations
+    if config.time_budget and config.time_budget <= budget:
+        return config
+    cut, _ = load_config(overrides={**overrides, "time_budget": budget})
+    return cut
+
+
 @contextlib.contextmanager
 def _claim(folder: Path) -> Iterator[bool]:
     """Hold ``folder/.lock`` (an exclusive ``flock``) while a run trains; False if another process holds it."""
@@ -157,8 +185,9 @@ def run_plan(
         for seed in run_seeds(plan, name):
             if seeds and seed not in seeds:
                 continue
-            if deadline is not None and time.monotonic() - started >= deadline:
-                log(f"deadline of {deadline:.0f} s reached; run the same command again to go on")
+            training_left = None if deadline is None else deadline - (time.monotonic() - started) - DEADLINE_MARGIN
+            if training_left is not None and training_left < SHORTEST_RUN:
+                log(f"deadline of {deadline:.0f} s too near to start another run; run the same command again to go on")
                 return
             folder = output / "runs" / name / f"seed{seed}"
             overrides = _run_config(plan, name, seed)
@@ -173,6 +202,11 @@ def run_plan(
                 if not claimed:  # another invocation is running it: two invocations share a plan
                     log(f"{name} seed {seed}: running in another process; skipped")
                     continue
+                if training_left is not None:
+                    planned = config.time_budget
+                    config = _cut_to_deadline(config, overrides, folder, training_left)
+                    if config.time_budget != planned:
+                        log(f"{name} seed {seed}: time_budget cut to {config.time_budget:.0f} s to end by the deadline")
                 log(f"{name} seed {seed}: {'resuming' if status == 'resume' else 'starting'} in {folder}")
                 api.run(config, output_dir=folder, resume=status == "resume", notices=notices)
 
