@@ -185,10 +185,6 @@ def run_plan(
         for seed in run_seeds(plan, name):
             if seeds and seed not in seeds:
                 continue
-            training_left = None if deadline is None else deadline - (time.monotonic() - started) - DEADLINE_MARGIN
-            if training_left is not None and training_left < SHORTEST_RUN:
-                log(f"deadline of {deadline:.0f} s too near to start another run; run the same command again to go on")
-                return
             folder = output / "runs" / name / f"seed{seed}"
             overrides = _run_config(plan, name, seed)
             config, notices = load_config(overrides=overrides)
@@ -198,6 +194,10 @@ def run_plan(
             if status == "failed":
                 log(f"{name} seed {seed}: failed earlier (see {folder / 'results.json'}); skipped")
                 continue
+            training_left = None if deadline is None else deadline - (time.monotonic() - started) - DEADLINE_MARGIN
+            if training_left is not None and training_left < SHORTEST_RUN:
+                log(f"deadline of {deadline:.0f} s too near to start {name} seed {seed}; run the same command again")
+                return
             with _claim(folder) as claimed:
                 if not claimed:  # another invocation is running it: two invocations share a plan
                     log(f"{name} seed {seed}: running in another process; skipped")
