@@ -129,17 +129,11 @@ def _status(folder: Path, config: Config) -> str:
 
 
 def _elapsed(folder: Path) -> float:
-    """Training and validation seconds a run folder has spent so far (0 for a new run)."""
+    """Training and validation seconds a run folder has spent so far: its ``results.json``'s, which the
+    trainer rewrites right after every checkpoint, whatever the run's status (0 without one, which
+    can only make a cut budget shorter, never later than the deadline)."""
     results_path = folder / "results.json"
-    if results_path.exists():
-        results = json.loads(results_path.read_text())
-        if results.get("status") == "finished":
-            return float(results["elapsed_seconds"])
-    if (folder / "checkpoint.pt").exists():
-        from tim4rec.training.checkpoint import load_checkpoint
-
-        return float(load_checkpoint(folder / "checkpoint.pt")["state"]["elapsed"])
-    return 0.0
+    return float(json.loads(results_path.read_text())["elapsed_seconds"]) if results_path.exists() else 0.0
 
 
 def _cut_to_deadline(config: Config, overrides: dict[str, Any], folder: Path, training_left: float) -> Config:

@@ -46,12 +46,17 @@ def time_to(results: dict[str, Any], metric: str, value: float) -> float | None:
     return None
 
 
-def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def _by_run(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The finished runs grouped by run name (each group: that run's seeds), in the order met."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_run.setdefault(r["_run"], []).append(r)
+    return by_run
+
+
+def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = None) -> list[dict[str, Any]]:
     summary = []
-    for name, runs in by_run.items():
+    for name, runs in _by_run(results).items():
         row: dict[str, Any] = {
             "run": name,
             "model": runs[0]["model"],
@@ -190,9 +195,7 @@ def comparisons(results: list[dict[str, Any]], reference: str, order: list[str],
     (``seen_removed``: on the ranks with the items each user already met removed; "" if the
     reference has none)."""
     key = "test_seen_removed_ranks" if seen_removed else "test_ranks"
-    by_run: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        by_run.setdefault(r["_run"], []).append(r)
+    by_run = _by_run(results)
     if reference not in by_run or not all(key in r for r in by_run[reference]):
         if seen_removed:
             return ""
