@@ -31,10 +31,16 @@ def free_port() -> int:
 def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = (), wait: bool = True, **popen):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), *extra, "-m", "tim4rec", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints its stack
     if wait:
         return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def why(result: subprocess.CompletedProcess) -> str:
+    """The end of a failed run's stderr, long enough to hold the ranks' own last words, which come
+    before torchrun's summary (about 2,000 characters) of which rank failed."""
+    return result.stderr[-12000:]
 
 
 def single(*args: str):
@@ -54,10 +60,10 @@ def test_two_processes_equal_one_process_on_the_global_batch(data: Path, tmp_pat
     # per rank 4 windows of 10 (40 targets); one process with the global batch of 8 windows
     ddp = torchrun("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "ddp"),
                    "--set", "train_batch_size=40", "--set", "epochs=2")  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, why(ddp)
     one = single("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "one"),
                  "--set", "train_batch_size=80", "--set", "epochs=2")  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.returncode == 0, why(one)
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -96,7 +102,7 @@ def test_a_dead_rank_ends_the_job_with_a_clear_error(data: Path, tmp_path: Path)
 def test_kill_and_resume_under_torchrun(data: Path, tmp_path: Path):
     args = ("train", *SETTINGS, "--dataset", str(data), "--set", "train_batch_size=40", "--set", "epochs=8")
     whole = torchrun(*args, "--output", str(tmp_path / "whole"))
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert whole.returncode == 0, why(whole)
     cut = tmp_path / "cut"
     job = torchrun(*args, "--output", str(cut), wait=False, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -109,7 +115,7 @@ def test_kill_and_resume_under_torchrun(data: Path, tmp_path: Path):
     killed = json.loads((cut / "results.json").read_text())
     assert killed["status"] == "running" and len(killed["epochs"]) < 8  # the kill came before the end
     resumed = torchrun(*args, "--output", str(cut), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, why(resumed)
     assert "resumed" in resumed.stderr
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((cut / "results.json").read_text())
