@@ -28,19 +28,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def worker_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints its stack
+
+
 def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = (), wait: bool = True, **popen):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), *extra, "-m", "tim4rec", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints its stack
+    env = worker_env()
     if wait:
         return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
 
 
-def why(result: subprocess.CompletedProcess) -> str:
+def why(stderr: str) -> str:
     """The end of a failed run's stderr, long enough to hold the ranks' own last words, which come
     before torchrun's summary (about 2,000 characters) of which rank failed."""
-    return result.stderr[-12000:]
+    return stderr[-12000:]
 
 
 def single(*args: str):
@@ -60,10 +64,10 @@ def test_two_processes_equal_one_process_on_the_global_batch(data: Path, tmp_pat
     # per rank 4 windows of 10 (40 targets); one process with the global batch of 8 windows
     ddp = torchrun("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "ddp"),
                    "--set", "train_batch_size=40", "--set", "epochs=2")  # fmt: skip
-    assert ddp.returncode == 0, why(ddp)
+    assert ddp.returncode == 0, why(ddp.stderr)
     one = single("train", *SETTINGS, "--dataset", str(data), "--output", str(tmp_path / "one"),
                  "--set", "train_batch_size=80", "--set", "epochs=2")  # fmt: skip
-    assert one.returncode == 0, why(one)
+    assert one.returncode == 0, why(one.stderr)
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -94,15 +98,15 @@ def test_a_dead_rank_ends_the_job_with_a_clear_error(data: Path, tmp_path: Path)
     # torchrun's summary names the dead rank; the survivor either saw its collective fail (our message) or
     # was stopped by torchrun first (SIGTERM: "terminated"), never with a raw traceback
     survivor, summary = err.split("ChildFailedError", 1) if "ChildFailedError" in err else (err, "")
-    assert "Root Cause" in summary and "SIGKILL" in summary, err[-3000:]
-    assert "[rank0]: Traceback" not in survivor, err[-3000:]
-    assert "another process of the distributed run stopped" in survivor or "terminated" in survivor, err[-3000:]
+    assert "Root Cause" in summary and "SIGKILL" in summary, why(err)
+    assert "[rank0]: Traceback" not in survivor, why(err)
+    assert "another process of the distributed run stopped" in survivor or "terminated" in survivor, why(err)
 
 
 def test_kill_and_resume_under_torchrun(data: Path, tmp_path: Path):
     args = ("train", *SETTINGS, "--dataset", str(data), "--set", "train_batch_size=40", "--set", "epochs=8")
     whole = torchrun(*args, "--output", str(tmp_path / "whole"))
-    assert whole.returncode == 0, why(whole)
+    assert whole.returncode == 0, why(whole.stderr)
     cut = tmp_path / "cut"
     job = torchrun(*args, "--output", str(cut), wait=False, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -115,7 +119,7 @@ def test_kill_and_resume_under_torchrun(data: Path, tmp_path: Path):
     killed = json.loads((cut / "results.json").read_text())
     assert killed["status"] == "running" and len(killed["epochs"]) < 8  # the kill came before the end
     resumed = torchrun(*args, "--output", str(cut), "--resume")
-    assert resumed.returncode == 0, why(resumed)
+    assert resumed.returncode == 0, why(resumed.stderr)
     assert "resumed" in resumed.stderr
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((cut / "results.json").read_text())
@@ -131,8 +135,10 @@ def test_two_nodes_on_localhost(data: Path, tmp_path: Path):
                    "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                    "-m", "tim4rec", "train", *SETTINGS, "--dataset", str(data), "--output",
                    str(tmp_path / f"node{rank}"), "--set", "epochs=1"]  # fmt: skip
-        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        nodes.append(
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
+        )
     codes = [node.wait(timeout=600) for node in nodes]
-    assert codes == [0, 0], nodes[0].stderr.read()[-2000:]
+    assert codes == [0, 0], "\n".join(f"node {rank}: {why(node.stderr.read())}" for rank, node in enumerate(nodes))
     assert json.loads((tmp_path / "node0" / "results.json").read_text())["processes"] == 2
     assert not (tmp_path / "node1" / "results.json").exists()  # only rank 0 writes
