@@ -401,6 +401,16 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    status = _run_command(argv)
+    if "WORLD_SIZE" in os.environ:  # perhaps a torchrun worker, whose exit must not undo a finished run
+        from tim4rec.training.distributed import end_worker, launched_by_torchrun
+
+        if launched_by_torchrun():
+            end_worker(status)
+    return status
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,

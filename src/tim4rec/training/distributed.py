@@ -22,11 +22,14 @@ then joins the process group (gloo on a CPU, NCCL on a GPU) and everything else 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -140,3 +143,22 @@ def peer_lost(error: BaseException) -> bool:
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_worker(status: int) -> NoReturn:
+    """End a torchrun worker process with ``status`` once its command is done, without the interpreter's
+    and the C++ runtime's teardown.
+
+    ``DistributedDataParallel`` keeps its gloo process group, and with it the group's worker and socket
+    threads, alive after :func:`leave` (``/proc/self/task`` still lists ``pt_gloo_runloop`` and
+    ``gloo_tcp_loop`` once the group is destroyed; without DDP they are gone). Ordinary exit then tears
+    the process down around those running threads, and now and then a rank aborted there (SIGABRT,
+    "terminate called without an active exception") after its results were written, failing the job.
+    Everything the command wrote is already on disk (checkpoints and results are written atomically),
+    so the streams are flushed and the process leaves at once. (``tim4rec`` under torchrun only: a script
+    that calls :func:`tim4rec.train` under torchrun ends its processes itself.)"""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe must not stop the exit
+            stream.flush()
+    logging.shutdown()
+    os._exit(status)
