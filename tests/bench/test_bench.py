@@ -166,6 +166,7 @@ def test_a_deadline_cuts_each_runs_budget_to_end_in_time(synthetic_inter: Path, 
     (output / "runs/cut/seed2020").mkdir(parents=True)
     earlier = {"status": "finished", "stopped_by": "time_budget", "elapsed_seconds": 50.0, "epochs_run": 1}
     (output / "runs/cut/seed2020/results.json").write_text(json.dumps(earlier))
+    (output / "runs/cut/seed2020/checkpoint.pt").touch()  # what --resume continues from (api.run is faked here)
     monkeypatch.setattr(quality, "DEADLINE_MARGIN", 10.0)
     monkeypatch.setattr(quality, "SHORTEST_RUN", 5.0)
     started: list[tuple[str, float, bool]] = []
@@ -184,6 +185,21 @@ def test_a_deadline_cuts_each_runs_budget_to_end_in_time(synthetic_inter: Path, 
     assert 135 <= cut_budget <= 140  # a budget counts the run's earlier 50 s too
     quality.run_plan(plan, output, deadline=10_000, only=["roomy"])
     assert started[-1] == ("roomy", 1000, False)  # the plan's budget fits: left as it is
+
+
+def test_an_unfinished_run_without_its_checkpoint_is_skipped_not_lost(synthetic_inter: Path, tmp_path: Path, capsys):
+    # a results.json of a run the budget cut (committed), on a machine that lacks the run's checkpoint.pt
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"dataset: {synthetic_inter}\ncommon: {{time_budget: 1000, threads: 1}}\nruns:\n  cut: {{model: mostpop}}\n"
+    )
+    folder = tmp_path / "out/runs/cut/seed2020"
+    folder.mkdir(parents=True)
+    earlier = json.dumps({"status": "finished", "stopped_by": "time_budget", "elapsed_seconds": 50.0, "epochs_run": 1})
+    (folder / "results.json").write_text(earlier)
+    quality.run_plan(plan, tmp_path / "out")
+    assert "no checkpoint.pt to continue from; skipped" in capsys.readouterr().err
+    assert (folder / "results.json").read_text() == earlier and not (folder / "checkpoint.pt").exists()
 
 
 def test_a_run_held_by_another_process_is_skipped(tmp_path: Path):

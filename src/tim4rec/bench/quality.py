@@ -111,21 +111,24 @@ def _run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
 
 
 def _status(folder: Path, config: Config) -> str:
-    """``todo``, ``resume``, ``done`` or ``failed`` (its loss diverged) for one run folder."""
+    """``todo``, ``resume``, ``done``, ``failed`` (its loss diverged) or ``stranded`` (unfinished, with no
+    checkpoint to continue from) for one run folder."""
     results_path = folder / "results.json"
+    has_checkpoint = (folder / "checkpoint.pt").exists()
     if not results_path.exists():
-        return "resume" if (folder / "checkpoint.pt").exists() else "todo"
+        return "resume" if has_checkpoint else "todo"
     results = json.loads(results_path.read_text())
     if results.get("status") == "failed":  # diverged: running it again would diverge again
         return "failed"
-    if results.get("status") != "finished":
-        return "resume"
     budget = config.time_budget
-    if results.get("stopped_by") == "time_budget" and budget and results["elapsed_seconds"] < budget * 0.98:
-        return "resume"  # the plan's budget was raised since
-    if results.get("stopped_by") == "epochs" and config.epochs > results["epochs_run"]:
-        return "resume"
-    return "done"
+    unfinished = (
+        results.get("status") != "finished"
+        or (results.get("stopped_by") == "time_budget" and budget and results["elapsed_seconds"] < budget * 0.98)
+        or (results.get("stopped_by") == "epochs" and config.epochs > results["epochs_run"])
+    )  # stopped early, or by a budget or an epoch count the plan has raised since
+    if not unfinished:
+        return "done"
+    return "resume" if has_checkpoint else "stranded"
 
 
 def _elapsed(folder: Path) -> float:
@@ -187,6 +190,12 @@ def run_plan(
                 continue
             if status == "failed":
                 log(f"{name} seed {seed}: failed earlier (see {folder / 'results.json'}); skipped")
+                continue
+            if status == "stranded":  # results.json is committed, the checkpoint stays on the machine that trained
+                log(
+                    f"{name} seed {seed}: {folder} holds an unfinished run's results.json but no checkpoint.pt to "
+                    "continue from; skipped (move the folder away to start the run again)"
+                )
                 continue
             training_left = None if deadline is None else deadline - (time.monotonic() - started) - DEADLINE_MARGIN
             if training_left is not None and training_left < SHORTEST_RUN:
