@@ -202,6 +202,25 @@ def test_an_unfinished_run_without_its_checkpoint_is_skipped_not_lost(synthetic_
     assert (folder / "results.json").read_text() == earlier and not (folder / "checkpoint.pt").exists()
 
 
+def test_the_tables_leave_out_a_run_a_cut_budget_stopped_short(synthetic_inter: Path, tmp_path: Path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"dataset: {synthetic_inter}\nseeds: [1, 2]\ncommon: {{time_budget: 1000}}\n"
+        "runs:\n  floor: {model: mostpop}\n"
+    )
+    output = tmp_path / "out"
+    quality.run_plan(plan, output, seeds=[1])
+    # seed 2 as a --deadline would leave it: finished, but stopped by a budget cut to 50 s of the plan's 1000
+    cut = json.loads((output / "runs/floor/seed1/results.json").read_text())
+    cut.update(seed=2, stopped_by="time_budget", elapsed_seconds=50.0)
+    (output / "runs/floor/seed2").mkdir()
+    (output / "runs/floor/seed2/results.json").write_text(json.dumps(cut))
+    assert "| floor | mostpop | prefix | 1 |" in quality_report.report(plan, output)
+    cut["elapsed_seconds"] = 990.0  # within 2% of the plan's budget: spent
+    (output / "runs/floor/seed2/results.json").write_text(json.dumps(cut))
+    assert "| floor | mostpop | prefix | 1, 2 |" in quality_report.report(plan, output)
+
+
 def test_a_run_held_by_another_process_is_skipped(tmp_path: Path):
     with quality._claim(tmp_path / "run") as first:
         assert first

@@ -120,15 +120,27 @@ def _status(folder: Path, config: Config) -> str:
     results = json.loads(results_path.read_text())
     if results.get("status") == "failed":  # diverged: running it again would diverge again
         return "failed"
-    budget = config.time_budget
-    unfinished = (
-        results.get("status") != "finished"
-        or (results.get("stopped_by") == "time_budget" and budget and results["elapsed_seconds"] < budget * 0.98)
-        or (results.get("stopped_by") == "epochs" and config.epochs > results["epochs_run"])
-    )  # stopped early, or by a budget or an epoch count the plan has raised since
-    if not unfinished:
+    if not _unfinished(results, config):
         return "done"
     return "resume" if has_checkpoint else "stranded"
+
+
+def _unfinished(results: dict[str, Any], config: Config) -> bool:
+    """Whether the run of ``results`` has more to train under ``config``: it did not finish, or a budget or
+    an epoch count lower than ``config``'s stopped it (a budget spent to within 2% counts as spent)."""
+    budget = config.time_budget
+    return (
+        results.get("status") != "finished"
+        or (results.get("stopped_by") == "time_budget" and bool(budget) and results["elapsed_seconds"] < budget * 0.98)
+        or (results.get("stopped_by") == "epochs" and config.epochs > results["epochs_run"])
+    )
+
+
+def complete_under_plan(plan: dict[str, Any], results: dict[str, Any]) -> bool:
+    """Whether a finished run (a :func:`collect` row) trained all the plan asks of it: the tables leave out
+    a run that a cut budget (``--deadline``) stopped short, until it is resumed."""
+    config, _ = load_config(overrides=_run_config(plan, results["_run"], results["seed"]))
+    return not _unfinished(results, config)
 
 
 def _elapsed(folder: Path) -> float:
@@ -191,10 +203,10 @@ def run_plan(
             if status == "failed":
                 log(f"{name} seed {seed}: failed earlier (see {folder / 'results.json'}); skipped")
                 continue
-            if status == "stranded":  # results.json is committed, the checkpoint stays on the machine that trained
+            if status == "stranded":  # results.json came from another machine; its checkpoint stays there
                 log(
                     f"{name} seed {seed}: {folder} holds an unfinished run's results.json but no checkpoint.pt to "
-                    "continue from; skipped (move the folder away to start the run again)"
+                    "continue from; skipped, and left out of the tables (move the folder away to start it again)"
                 )
                 continue
             training_left = None if deadline is None else deadline - (time.monotonic() - started) - DEADLINE_MARGIN

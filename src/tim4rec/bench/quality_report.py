@@ -13,9 +13,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tim4rec.bench.quality import collect, read_plan, train_command
+from tim4rec.bench.quality import collect, complete_under_plan, read_plan, train_command
 from tim4rec.evaluation.significance import paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
+from tim4rec.training.trainer import log
 
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
 SEEN_REMOVED_METRICS = ("ndcg@10", "hit@10", "mrr@10")
@@ -253,6 +254,9 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     plan = read_plan(plan_path)
     output = Path(output)
     results = [r for r in collect(output) if r["_run"] in plan["runs"]]
+    for partial in [r for r in results if not complete_under_plan(plan, r)]:
+        log(f"{partial['_run']} seed {partial['seed']}: stopped short of the plan (resume it); left out of the tables")
+        results.remove(partial)
     if not results:
         return "no finished runs yet"
     order = list(plan["runs"])
