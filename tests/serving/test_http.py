@@ -144,6 +144,17 @@ def test_acknowledged_events_survive_kill_9(trained, tmp_path: Path):
         restarted.stop()
 
 
+def requests_reached(server: Server, endpoint: str) -> int:
+    """Requests to ``endpoint`` the server has answered or is handling (in flight counts every endpoint, so
+    this reads correctly while only ``endpoint`` and the /metrics request asking are sent)."""
+    text = httpx.get(server.url + "/metrics").text
+    in_flight = float(re.search(r"^tim4rec_requests_in_flight (\S+)$", text, re.M).group(1)) - 1
+    answered = re.findall(
+        rf'^tim4rec_requests_total\{{endpoint="{re.escape(endpoint)}",status="\d+"\}} (\S+)$', text, re.M
+    )
+    return int(in_flight + sum(float(n) for n in answered))
+
+
 def test_sigterm_drains_requests_in_flight(trained, tmp_path: Path, recommender: Recommender):
     server = Server(trained["tim4rec"], tmp_path / "drain.sqlite").start()
     items = [item for item, _ in recommender.user_history(a_user(recommender))]
@@ -157,7 +168,12 @@ def test_sigterm_drains_requests_in_flight(trained, tmp_path: Path, recommender:
     threads = [threading.Thread(target=ask) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # requests accepted and in flight
+    # SIGTERM only once the server holds all eight (a fixed pause was too short on a loaded machine: the
+    # clients had not connected yet and were refused); this /metrics request is in flight itself
+    deadline = time.monotonic() + 60
+    while (reached := requests_reached(server, "/recommend")) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reached == 8  # (here none had been answered yet in three runs: the long history takes a while)
     code = server.stop(signal.SIGTERM)
     for thread in threads:
         thread.join()

@@ -83,6 +83,7 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )  # fmt: skip
         self.users_cached = Gauge("tim4rec_users_cached", "User states in memory", registry=self.registry)
+        self.in_flight = Gauge("tim4rec_requests_in_flight", "HTTP requests being handled", registry=self.registry)
 
 
 class Batcher:
@@ -193,8 +194,8 @@ async def _too_large(send, limit: int) -> None:
 
 
 class RequestMetrics:
-    """ASGI middleware: counts requests by route and status and observes their latency (a plain ASGI
-    wrapper: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request)."""
+    """ASGI middleware: counts requests by route and status, the requests being handled, and observes their
+    latency (a plain ASGI wrapper: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request)."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -203,6 +204,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500
+        self.metrics.in_flight.inc()
 
         async def send_status(message):
             nonlocal status
@@ -213,6 +215,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            self.metrics.in_flight.dec()
             endpoint = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
