@@ -396,8 +396,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run saves what it has and says how to continue."""
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+class _SigtermWhileRunning:
+    """The SIGTERM handler of one command: it raises :class:`Terminated` once, and only while the command
+    itself runs. A SIGTERM that comes after the command has ended (torchrun stops the other ranks as
+    soon as one fails, often while this one is still reporting its own error) is noted and nothing
+    more: raised there, it would escape the error handling as a raw traceback."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        if self.running:
+            self.running = False  # a second SIGTERM while the first is being handled must not raise again
+            raise Terminated
+
+    def stop(self) -> None:
+        self.running = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,9 +432,13 @@ def _run_command(argv: Sequence[str] | None) -> int:
         "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
         "recommend": cmd_recommend, "serve": cmd_serve,
     }  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    on_sigterm = _SigtermWhileRunning()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return handlers[args.command](args)
+        try:
+            return handlers[args.command](args)
+        finally:  # a Terminated raised before this line is caught below like any other
+            on_sigterm.stop()
     except Tim4RecError as error:
         print(f"tim4rec: error: {error}", file=sys.stderr)
         return 2
