@@ -240,6 +240,21 @@ def test_time_to_a_validation_level():
     assert quality_report.time_to({"epochs": epochs}, "ndcg@10", 0.07) is None
 
 
+def test_epochs_trained_count_each_cut_epoch_by_its_fraction():
+    whole = {"partial": False, "fraction": 1.0}
+    assert quality_report._epochs_reached({"epochs_run": 3, "epochs": [whole] * 3}) == "3"
+    cut_last = {"epochs_run": 3, "epochs": [whole, whole, {"partial": True, "fraction": 0.4}]}
+    assert quality_report._epochs_reached(cut_last) == "2.40"
+    # a budget cut epoch 2, the run was resumed at epoch 3 (as TiSASRec seed 2021 on ML-1M: 32.07, not 33)
+    cut_then_resumed = {"epochs_run": 3, "epochs": [whole, {"partial": True, "fraction": 0.07}, whole]}
+    assert quality_report._epochs_reached(cut_then_resumed) == "2.07"
+    both = {
+        "epochs_run": 4,
+        "epochs": [whole, {"partial": True, "fraction": 0.5}, whole, {"partial": True, "fraction": 0.25}],
+    }
+    assert quality_report._epochs_reached(both) == "2.75"
+
+
 def test_bad_time_to(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("dataset: ml-100k\ntime_to: 0.06\nruns: {a: {model: sasrec}}\n")

@@ -29,11 +29,13 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def _epochs_reached(results: dict[str, Any]) -> str:
-    """``"12"``, or ``"3.4"`` when the last epoch was cut by a limit."""
-    last = results["epochs"][-1] if results["epochs"] else None
-    if last and last.get("partial") and last.get("fraction"):
-        return f"{results['epochs_run'] - 1 + last['fraction']:.2f}"
-    return str(results["epochs_run"])
+    """Epochs trained: ``"12"``, or ``"31.07"`` when a limit cut epochs short. Each cut epoch counts
+    the fraction of it done, wherever it lies: a budget that ended a run which was then resumed
+    leaves one in the middle of the history, not only at its end."""
+    cut = [e["fraction"] for e in results["epochs"] if e.get("partial") and e.get("fraction")]
+    if not cut:
+        return str(results["epochs_run"])
+    return f"{results['epochs_run'] - len(cut) + sum(cut):.2f}"
 
 
 def time_to(results: dict[str, Any], metric: str, value: float) -> float | None:
