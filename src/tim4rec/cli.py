@@ -399,15 +399,13 @@ class Terminated(KeyboardInterrupt):
 class _SigtermWhileRunning:
     """The SIGTERM handler of one command: it raises :class:`Terminated` once, and only while the command
     itself runs. A SIGTERM that comes after the command has ended (torchrun stops the other ranks as
-    soon as one fails, often while this one is still reporting its own error) is noted and nothing
-    more: raised there, it would escape the error handling as a raw traceback."""
+    soon as one fails, often while this one is still reporting its own error) is ignored: raised
+    there, it would escape the error handling as a raw traceback."""
 
     def __init__(self) -> None:
         self.running = True
-        self.received = False
 
     def __call__(self, signum: int, frame: object) -> None:
-        self.received = True
         if self.running:
             self.running = False  # a second SIGTERM while the first is being handled must not raise again
             raise Terminated
