@@ -1,12 +1,17 @@
-"""Shared fixtures: small interaction files written on the fly, and a slice of real data."""
+"""Shared fixtures: small interaction files written on the fly, a slice of real data, and a small trained
+model per kind (streaming TiM4Rec, fixed-length SASRec, non-streaming BERT4Rec) on that slice."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+import tim4rec
+from tim4rec.data.datasets import fetch_item_metadata
 
 torch.set_num_threads(1)
 
@@ -60,3 +65,29 @@ def ml100k_slice(tmp_path_factory) -> Path:
     rows = raw[keep]
     path = tmp_path_factory.mktemp("slice") / "ml-100k-slice.inter"
     return write_inter(path, list(zip(rows["user"], rows["item"], [1] * len(rows), rows["timestamp"])))
+
+
+SMALL = {
+    "tim4rec": {"hidden_size": 16, "head_dim": 8, "d_state": 8, "chunk_size": 4},
+    "sasrec": {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1},
+    "bert4rec": {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def slice_with_titles(ml100k_slice: Path) -> Path:
+    """The ml-100k slice with ml-100k's .item file beside it (titles)."""
+    shutil.copy(fetch_item_metadata("ml-100k", quiet=True), ml100k_slice.with_suffix(".item"))
+    return ml100k_slice
+
+
+@pytest.fixture(scope="session")
+def trained(slice_with_titles: Path, tmp_path_factory) -> dict[str, Path]:
+    """{model name: best.pt} after one short epoch each (L = 20)."""
+    root = tmp_path_factory.mktemp("models")
+    models = {}
+    for name, sizes in SMALL.items():
+        tim4rec.train(model=name, dataset=slice_with_titles, output_dir=root / name, epochs=1, threads=1,
+                      show_progress=False, MAX_ITEM_LIST_LENGTH=20, **sizes)  # fmt: skip
+        models[name] = root / name / "best.pt"
+    return models

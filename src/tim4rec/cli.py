@@ -201,18 +201,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from tim4rec.runtime import runtime_settings
     from tim4rec.serving.batch import read_users, recommend_users
-    from tim4rec.serving.recommender import Recommender
+    from tim4rec.serving.recommender import Recommender, parse_events
 
+    history = None
+    if args.history is not None:  # checked before the model loads
+        try:
+            history = parse_events(json.loads(args.history), "--history")
+        except json.JSONDecodeError as error:
+            raise Tim4RecError(
+                f'--history: expected a JSON list of {{"item": ..., "time": ...}} or [item, time] ({error})'
+            ) from None
     with runtime_settings(threads=args.threads, flush_denormal=True, reuse_memory=True):
         recommender = Recommender.load(args.checkpoint)
-        if args.history is not None:
-            try:
-                events = json.loads(args.history)
-                history = [(e["item"], e["time"]) if isinstance(e, dict) else (e[0], e[1]) for e in events]
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
-                raise Tim4RecError(
-                    f'--history: expected a JSON list of {{"item": ..., "time": ...}} or [item, time] ({error})'
-                ) from None
+        if history is not None:
             print(json.dumps(recommender.recommend(history, args.k, not args.include_seen).to_dict(), indent=2))
             return 0
         users = None if args.users == "all" else read_users(args.users)

@@ -1,9 +1,7 @@
-"""A small trained model per kind (streaming TiM4Rec, fixed-length SASRec, non-streaming BERT4Rec)
-on a slice of ml-100k with its item titles, and a real server process on a free port."""
+"""A real server process on a free port (the small trained models are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,34 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-import tim4rec
-from tim4rec.data.datasets import fetch_item_metadata
-
-SMALL = {
-    "tim4rec": {"hidden_size": 16, "head_dim": 8, "d_state": 8, "chunk_size": 4},
-    "sasrec": {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1},
-    "bert4rec": {"hidden_size": 16, "n_heads": 2, "inner_size": 32, "n_layers": 1},
-}
-
-
-@pytest.fixture(scope="session")
-def slice_with_titles(ml100k_slice: Path) -> Path:
-    """The ml-100k slice with ml-100k's .item file beside it (titles)."""
-    shutil.copy(fetch_item_metadata("ml-100k", quiet=True), ml100k_slice.with_suffix(".item"))
-    return ml100k_slice
-
-
-@pytest.fixture(scope="session")
-def trained(slice_with_titles: Path, tmp_path_factory) -> dict[str, Path]:
-    """{model name: best.pt} after one short epoch each (L = 20)."""
-    root = tmp_path_factory.mktemp("models")
-    models = {}
-    for name, sizes in SMALL.items():
-        tim4rec.train(model=name, dataset=slice_with_titles, output_dir=root / name, epochs=1, threads=1,
-                      show_progress=False, MAX_ITEM_LIST_LENGTH=20, **sizes)  # fmt: skip
-        models[name] = root / name / "best.pt"
-    return models
 
 
 def free_port() -> int:

@@ -12,9 +12,12 @@ Ids are the dataset's raw item and user ids as strings, times unix seconds.
 Concurrent ``/recommend`` requests are gathered into one batched forward (at most ``max_batch``):
 the requests that arrived while the model was busy, and those arriving within ``batch_wait_ms``
 (0 by default: a lone request never waits), so throughput grows with load. The model runs on one worker
-thread; the event loop only parses, batches and answers. Bad input gets a 4xx with a message:
-malformed JSON and wrong types (422), decreasing times or unknown users' bad ids (400), ``k`` out of
-range and oversized histories (422), bodies over ``max_body_bytes`` (413).
+thread; the event loop only parses, batches and answers. A request's fault stays its own: each query
+of a batch is checked on its own and only the good ones share the forward; should the batched forward
+itself fail, its requests are answered one by one. Bad input gets a 4xx with a message: malformed
+JSON, wrong types and times out of range (422, :mod:`tim4rec.times`), decreasing times (400), ``k``
+out of range and oversized histories (422), bodies over ``max_body_bytes`` (413). An event is
+checked in full before anything is stored.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from tim4rec.serving.recommender import HistoryError, Recommendation, Recommender
 from tim4rec.serving.recommender import Query as RecommendQuery
 from tim4rec.serving.store import UserStore
+from tim4rec.times import MAX_SECONDS
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,14 @@ class ServiceSettings:
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item: str = Field(min_length=1, max_length=512)
-    time: float = Field(allow_inf_nan=False)
+    time: float = Field(strict=True, allow_inf_nan=False, ge=-MAX_SECONDS, le=MAX_SECONDS)
 
 
 class RecommendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     history: list[EventIn]
-    k: int = Field(10, ge=1)
-    exclude_seen: bool = True
+    k: StrictInt = Field(10, ge=1)
+    exclude_seen: StrictBool = True
     candidates: list[str] | None = None
 
 
@@ -84,6 +88,18 @@ class Metrics:
         )  # fmt: skip
         self.users_cached = Gauge("tim4rec_users_cached", "User states in memory", registry=self.registry)
         self.in_flight = Gauge("tim4rec_requests_in_flight", "HTTP requests being handled", registry=self.registry)
+        self.batched = Counter(
+            "tim4rec_batched_queries", "Queries through the batcher, by outcome (answered, refused: a 4xx, failed)",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.mixed_batches = Counter(
+            "tim4rec_mixed_batches", "Batches in which refused or failed queries sat beside answered ones",
+            registry=self.registry,
+        )  # fmt: skip
+        self.batch_fallbacks = Counter(
+            "tim4rec_batch_fallbacks", "Batched forwards that failed and were answered one query at a time",
+            registry=self.registry,
+        )  # fmt: skip
 
 
 class Batcher:
@@ -108,15 +124,46 @@ class Batcher:
     async def submit(self, query: RecommendQuery) -> Recommendation:
         loop = asyncio.get_running_loop()
         if not self.settings.batching:
-            self._observe(1)
-            return (await loop.run_in_executor(self.executor, self.recommender.answer, [query]))[0]
-        future = loop.create_future()
-        await self.queue.put((query, future))
-        return await future
+            outcome = (await loop.run_in_executor(self.executor, self._answer, [query]))[0]
+        else:
+            future = loop.create_future()
+            await self.queue.put((query, future))
+            outcome = await future
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def _observe(self, size: int) -> None:
-        self.metrics.batch_size.observe(size)
-        self.batches = (self.batches + [size])[-1000:]
+    def _answer(self, queries: list[RecommendQuery]) -> list[Recommendation | Exception]:
+        """Each query's answer or its own error (on the model's thread): one forward for the good ones;
+        should that forward fail, each query is answered on its own so one fault never spreads."""
+        try:
+            outcomes: list[Recommendation | Exception] = list(self.recommender.answer_each(queries))
+        except Exception as error:  # noqa: BLE001 -- which query caused it is found by answering them one by one
+            if len(queries) == 1:
+                outcomes = [error]
+            else:
+                self.metrics.batch_fallbacks.inc()
+                outcomes = [_answer_alone(self.recommender, query) for query in queries]
+        self._observe(outcomes)
+        return outcomes
+
+    def _observe(self, outcomes: list[Recommendation | Exception]) -> None:
+        self.metrics.batch_size.observe(len(outcomes))
+        self.batches = (self.batches + [len(outcomes)])[-1000:]
+        counts = {"answered": 0, "refused": 0, "failed": 0}
+        for outcome in outcomes:
+            kind = (
+                "refused"
+                if isinstance(outcome, HistoryError)
+                else "failed"
+                if isinstance(outcome, Exception)
+                else "answered"
+            )
+            counts[kind] += 1
+        for kind, count in counts.items():
+            self.metrics.batched.labels(kind).inc(count)
+        if counts["answered"] and len(outcomes) > counts["answered"]:
+            self.metrics.mixed_batches.inc()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,23 +181,19 @@ class Batcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            self._observe(len(batch))
-            queries = [query for query, _ in batch]
             try:
-                answers = await loop.run_in_executor(self.executor, self.recommender.answer, queries)
-            except HistoryError:  # one bad query: answer each on its own so the others still succeed
-                answers = [await loop.run_in_executor(self.executor, _answer_one, self.recommender, q) for q in queries]
-            except Exception as error:  # noqa: BLE001 -- handed to the waiting requests, not lost
-                answers = [error] * len(batch)
-            for (_, future), answer in zip(batch, answers):
+                outcomes = await loop.run_in_executor(self.executor, self._answer, [query for query, _ in batch])
+            except Exception as error:  # noqa: BLE001 -- the executor itself failed: every waiting request hears it
+                outcomes = [error] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes):
                 if not future.done():
-                    future.set_exception(answer) if isinstance(answer, Exception) else future.set_result(answer)
+                    future.set_result(outcome)
 
 
-def _answer_one(recommender: Recommender, query: RecommendQuery) -> Recommendation | Exception:
+def _answer_alone(recommender: Recommender, query: RecommendQuery) -> Recommendation | Exception:
     try:
-        return recommender.answer([query])[0]
-    except HistoryError as error:
+        return recommender.answer_each([query])[0]
+    except Exception as error:  # noqa: BLE001 -- this query's own failure, answered as a 500 to it alone
         return error
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tim4rec.errors import Tim4RecError
 from tim4rec.io.files import prepare_folder
-from tim4rec.serving.recommender import Recommender
+from tim4rec.serving.recommender import Recommender, check_k
 
 FORMATS = (".csv", ".parquet")
 
@@ -41,7 +41,7 @@ def recommend_users(
     """Recommend for ``users`` (None: every dataset user); write ``output`` (.csv or .parquet)."""
     from tqdm import tqdm
 
-    output = Path(output)
+    output, k = Path(output), check_k(k)
     if output.suffix.lower() not in FORMATS:
         raise Tim4RecError(f"{output}: expected a .csv or .parquet file name")
     everyone = list(recommender.user_index)

@@ -4,11 +4,12 @@
 >>> answer = recommender.recommend([("Toy Story (1995)", 978300760), ("Heat (1995)", 978301968)], k=10)
 >>> answer.items[0].item, answer.items[0].score, answer.items[0].title
 
-A history is a list of (item id as in the dataset, unix time in seconds), oldest first. Item ids the
-model does not know are skipped and reported back (``unknown_items``): new items are normal in
-production. Models with a fixed length (attention models) see the most recent
-``max_seq_length`` events; recurrent models (TiM4Rec ``causal``/``none``, SSD4Rec, Mamba4Rec,
-GRU4Rec, LRURec) see the whole history; ``metadata`` says which. Items already in the history
+A history is a list of events, oldest first, each an ``(item id as in the dataset, unix time in
+seconds)`` pair or an ``{"item": ..., "time": ...}`` record; times are checked as everywhere else
+(:mod:`tim4rec.times`). Item ids the model does not know are skipped and reported back
+(``unknown_items``): new items are normal in production. Models with a fixed length (attention
+models) see the most recent ``max_seq_length`` events; recurrent models (TiM4Rec ``causal``/``none``,
+SSD4Rec, Mamba4Rec, GRU4Rec, LRURec) see the whole history; ``metadata`` says which. Items already in the history
 are left out of the ranking unless ``exclude_seen=False``; ``candidates`` restricts the ranking
 to the given item ids. Scores come from one batched forward for many histories
 (:meth:`Recommender.recommend_batch`).
@@ -16,8 +17,7 @@ to the given item ids. Scores come from one batched forward for many histories
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.scoring import blocked_topk, stable_topk
 from tim4rec.io import SavedModel, load_saved_model
 from tim4rec.models.base import SequentialRecommender
+from tim4rec.times import check_time, format_time, whole_seconds
 
 Event = tuple[str, float]  # (raw item id, unix seconds)
 
@@ -57,7 +58,39 @@ class Recommendation:
 
 
 class HistoryError(Tim4RecError):
-    """A history that cannot be scored: times that decrease, values of the wrong type."""
+    """A history or query that cannot be answered: times that decrease or are out of range, values of the
+    wrong type or shape."""
+
+
+def parse_events(events: object, where: str = "history") -> list[Event]:
+    """``events`` as checked (item id, seconds) pairs, in the given order; a :class:`HistoryError` naming
+    ``where[i]`` for the first event that is not an (item, time) pair or ``{"item", "time"}`` record, whose
+    item is not a non-empty id, or whose time is not valid (:func:`tim4rec.times.check_time`)."""
+    shape = 'a list of (item id, unix time) pairs or {"item": ..., "time": ...} records'
+    if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Iterable):
+        raise HistoryError(f"{where}: expected {shape}, got {events!r:.80}")
+    checked = []
+    for position, event in enumerate(events):
+        place = f"{where}[{position}]"
+        if isinstance(event, Mapping) and set(event) == {"item", "time"}:
+            item, time = event["item"], event["time"]
+        elif isinstance(event, (tuple, list)) and len(event) == 2:
+            item, time = event
+        else:
+            raise HistoryError(
+                f'{place}: expected (item id, unix time) or {{"item": ..., "time": ...}}, got {event!r:.80}'
+            )
+        if isinstance(item, bool) or not isinstance(item, (str, int)) or str(item).strip() == "":
+            raise HistoryError(f"{place}: expected an item id (a non-empty string), got {item!r:.80}")
+        checked.append((str(item), check_time(time, place, HistoryError)))
+    return checked
+
+
+def check_k(k: object) -> int:
+    """``k`` if it is a positive integer (not a bool), else a :class:`HistoryError` naming ``k``."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise HistoryError(f"k: expected a positive integer, got {k!r}")
+    return k
 
 
 @dataclass
@@ -68,6 +101,17 @@ class Query:
     k: int = 10
     exclude_seen: bool = True
     candidates: Sequence[str] | None = None
+
+    def check(self) -> None:
+        """A :class:`HistoryError` naming the first field that cannot be answered (the history is checked
+        when it is encoded)."""
+        check_k(self.k)
+        if not isinstance(self.exclude_seen, bool):
+            raise HistoryError(f"exclude_seen: expected true or false, got {self.exclude_seen!r}")
+        if self.candidates is not None and (
+            isinstance(self.candidates, (str, bytes)) or not all(isinstance(c, str) for c in self.candidates)
+        ):
+            raise HistoryError(f"candidates: expected a list of item ids, got {self.candidates!r:.80}")
 
 
 @dataclass
@@ -148,28 +192,21 @@ class Recommender:
         return [(self.item_tokens[int(i)], float(t)) for i, t in zip(items, times)]
 
     def encode(self, history: Sequence[Event]) -> EncodedHistory:
-        """Map raw ids to model ids; unknown ids are skipped and listed. Times must not decrease."""
+        """Map raw ids to model ids and times to whole seconds; unknown ids are skipped and listed. The
+        history is checked (:func:`parse_events`) and its times must not decrease."""
         items, times, unknown = [], [], []
-        previous = -math.inf
-        for position, event in enumerate(history):
-            try:
-                item, time = event
-                time = float(time)
-            except (TypeError, ValueError):
-                raise HistoryError(f"history[{position}]: expected (item id, unix time), got {event!r}") from None
-            if not math.isfinite(time):
-                raise HistoryError(f"history[{position}]: time {time!r} is not a finite number")
-            if time < previous:
-                raise HistoryError(
-                    f"history[{position}]: time {time:.0f} is before the previous event's {previous:.0f}"
-                )
+        previous = None
+        for position, (item, time) in enumerate(parse_events(history)):
+            if previous is not None and time < previous:
+                before = f"is before the previous event's {format_time(previous)}"
+                raise HistoryError(f"history[{position}]: time {format_time(time)} {before}")
             previous = time
-            index = self.item_ids.get(str(item))
+            index = self.item_ids.get(item)
             if index is None:
-                unknown.append(str(item))
+                unknown.append(item)
                 continue
             items.append(index)
-            times.append(int(math.floor(time)))
+            times.append(whole_seconds(time))
         return EncodedHistory(torch.tensor(items, dtype=torch.long), torch.tensor(times, dtype=torch.long), unknown)
 
     # -- scoring -----------------------------------------------------------------------------------------------
@@ -263,26 +300,39 @@ class Recommender:
         return self.answer([Query(history, k, exclude_seen, candidates) for history in histories])
 
     def answer(self, queries: Sequence[Query]) -> list[Recommendation]:
-        """Answer many queries (each with its own k, exclusion and candidates) with one forward."""
-        for query in queries:
-            if not isinstance(query.k, int) or isinstance(query.k, bool) or query.k < 1:
-                raise HistoryError(f"k: expected a positive integer, got {query.k!r}")
-        encoded = [self.encode(query.history) for query in queries]
-        windows = [self.window(e) for e in encoded]
-        hidden = self.hidden([(items, times) for items, times, _ in windows]) if windows else torch.zeros(0)
-        seen = [e.items if query.exclude_seen else () for query, e in zip(queries, encoded)]
-        whole = [row for row, query in enumerate(queries) if query.candidates is None]
+        """Answer many queries (each with its own k, exclusion and candidates) with one forward; the first
+        query that cannot be answered raises its :class:`HistoryError`."""
+        answers = self.answer_each(queries)
+        for answer in answers:
+            if isinstance(answer, HistoryError):
+                raise answer
+        return answers
+
+    def answer_each(self, queries: Sequence[Query]) -> list[Recommendation | HistoryError]:
+        """Each query's answer, or its own :class:`HistoryError`: a bad query never fails the others. The
+        queries that can be answered share one forward and one scoring pass over the catalogue."""
+        outcomes: list[Recommendation | HistoryError | None] = [None] * len(queries)
+        valid: list[tuple[int, Query, EncodedHistory]] = []
+        for row, query in enumerate(queries):
+            try:
+                query.check()
+                valid.append((row, query, self.encode(query.history)))
+            except HistoryError as error:
+                outcomes[row] = error
+        windows = [self.window(encoded) for _, _, encoded in valid]
+        hidden = self.hidden([(items, times) for items, times, _ in windows]) if windows else None
+        seen = [encoded.items if query.exclude_seen else () for _, query, encoded in valid]
+        whole = [i for i, (_, query, _) in enumerate(valid) if query.candidates is None]
         ranked: dict[int, list[RecommendedItem]] = {}
         if whole:  # one scoring pass for every query over the whole catalogue
-            lists = self.rank_batch(hidden[whole], [queries[r].k for r in whole], [seen[r] for r in whole])
+            lists = self.rank_batch(hidden[whole], [valid[i][1].k for i in whole], [seen[i] for i in whole])
             ranked.update(zip(whole, lists))
-        for row, query in enumerate(queries):
+        for i, (_, query, _) in enumerate(valid):
             if query.candidates is not None:
-                ranked[row] = self.rank(hidden[row], query.k, seen=seen[row], candidates=query.candidates)
-        return [
-            Recommendation(ranked[row], e.unknown, {"model": self.saved.model, **metadata})
-            for row, (e, (_, _, metadata)) in enumerate(zip(encoded, windows))
-        ]
+                ranked[i] = self.rank(hidden[i], query.k, seen=seen[i], candidates=query.candidates)
+        for i, ((row, _, encoded), (_, _, metadata)) in enumerate(zip(valid, windows)):
+            outcomes[row] = Recommendation(ranked[i], encoded.unknown, {"model": self.saved.model, **metadata})
+        return outcomes
 
 
 def _unique_ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:

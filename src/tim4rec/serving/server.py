@@ -1,18 +1,49 @@
 """``tim4rec serve``: load the model, open the user store, run the HTTP service under uvicorn.
 
 uvicorn handles SIGTERM and Ctrl-C by finishing the requests in flight before it exits; the
-application's shutdown then writes the cached user states and closes the database.
+application's shutdown then writes the cached user states and closes the database. The port is bound
+before the service says it is serving, so a port in use is one clear error.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import socket
 import sys
 from pathlib import Path
 
-from tim4rec.errors import Tim4RecError
+from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.runtime import runtime_settings
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The serving options that a number can get wrong, named in a :class:`ConfigError` before anything loads."""
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: expected a port number from 1 to 65535, got {args.port}")
+    if args.cache_size < 0:
+        raise ConfigError(f"--cache-size: expected a non-negative number of users, got {args.cache_size}")
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch: expected a positive number of requests, got {args.max_batch}")
+    if not 0 <= args.batch_wait_ms < float("inf"):
+        raise ConfigError(f"--batch-wait-ms: expected a non-negative number of milliseconds, got {args.batch_wait_ms}")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or a :class:`Tim4RecError` saying why it cannot be (in use, no such
+    address), so that nothing claims to serve before the port is ours."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind)
+    except (OSError, UnicodeError) as error:
+        raise Tim4RecError(f"--host {host}: cannot listen there ({error})") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        raise Tim4RecError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -25,10 +56,16 @@ def serve(args: argparse.Namespace) -> int:
     from tim4rec.serving.recommender import Recommender
     from tim4rec.serving.store import UserStore
 
+    check_options(args)
     with runtime_settings(threads=args.threads, flush_denormal=True, reuse_memory=True):
         recommender = Recommender.load(args.checkpoint)
         database = Path(args.db) if args.db else Path(args.checkpoint).with_name("serving.sqlite")
         store = UserStore(recommender, database, cache_size=args.cache_size)
+        try:
+            listener = listen(args.host, args.port)
+        except Tim4RecError:
+            store.close()
+            raise
         settings = ServiceSettings(
             batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch
         )
@@ -39,5 +76,11 @@ def serve(args: argparse.Namespace) -> int:
         gc.freeze()
         print(f"tim4rec: serving {args.checkpoint} on http://{args.host}:{args.port} (users' events in {database})",
               file=sys.stderr, flush=True)  # fmt: skip
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+        try:
+            server.run(sockets=[listener])
+        except KeyboardInterrupt:  # uvicorn re-raises the SIGTERM or Ctrl-C it has handled by shutting down
+            pass
+        if not server.started:
+            raise Tim4RecError(f"the service on {args.host}:{args.port} did not start (see the messages above)")
     return 0

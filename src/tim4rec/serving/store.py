@@ -18,6 +18,7 @@ events. Item ids the model does not know are stored and reported back, and do no
 from __future__ import annotations
 
 import io
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -28,8 +29,20 @@ from typing import Any
 
 import torch
 
+from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.models.base import StreamState
-from tim4rec.serving.recommender import EncodedHistory, Event, HistoryError, Recommendation, Recommender
+from tim4rec.serving.recommender import (
+    EncodedHistory,
+    Event,
+    HistoryError,
+    Recommendation,
+    Recommender,
+    check_k,
+    parse_events,
+)
+from tim4rec.times import time_problem
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (user TEXT NOT NULL, time REAL NOT NULL, seq INTEGER NOT NULL, item TEXT NOT NULL,
@@ -44,6 +57,7 @@ class UserState:
     """A user's streaming state after ``events`` events (known items only), and its read-out (d,)."""
 
     events: int
+    #: the latest event's time as given (fractions of a second kept: they decide whether an event is late)
     last_time: float
     state: StreamState | None
     hidden: torch.Tensor | None
@@ -57,22 +71,25 @@ class UserStore:
     """Events in SQLite (``path``; None: in memory), states in an LRU cache of ``cache_size`` users."""
 
     def __init__(self, recommender: Recommender, path: str | Path | None = None, cache_size: int = 10_000):
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigError(f"cache_size: expected a non-negative integer, got {cache_size!r}")
         self.recommender = recommender
         self.model = recommender.model
         self.fingerprint = recommender.saved.fingerprint()
         self.cache_size = cache_size
         self.cache: OrderedDict[str, UserState] = OrderedDict()
         self.lock = threading.RLock()
-        self.db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
-        if path:
-            self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = _open_database(path)
 
     # -- history ---------------------------------------------------------------------------------------------
     def stored_events(self, user: str) -> list[Event]:
+        """The user's stored events in time order; a row whose time is not valid (written by another
+        program) is left out with a logged notice."""
         rows = self.db.execute("SELECT item, time FROM events WHERE user = ? ORDER BY time, seq", (user,)).fetchall()
-        return [(item, time) for item, time in rows]
+        events = [(item, time) for item, time in rows if time_problem(time) is None]
+        if len(events) < len(rows):
+            logger.warning("user %r: %d stored event(s) with invalid times left out", user, len(rows) - len(events))
+        return events
 
     def history(self, user: str) -> list[Event]:
         """The user's dataset events, then the stored ones, in time order (stable: dataset events first)."""
@@ -84,31 +101,34 @@ class UserStore:
 
     # -- states ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _feed(self, current: UserState, encoded: EncodedHistory) -> UserState:
-        """Step the model through encoded events (in time order) from ``current``."""
+    def _feed(self, current: UserState, encoded: EncodedHistory, last_time: float) -> UserState:
+        """Step the model through encoded events (in time order) from ``current``; ``last_time``: the
+        latest of their times as given."""
         items, times = encoded.items, encoded.times
         state, hidden = current.state, current.hidden
         device = self.recommender.device
         if state is None:
             state = self.model.init_state(1)
         for item, time in zip(items.tolist(), times.tolist()):
-            hidden, state = self.model.step_hidden(
+            step_hidden, state = self.model.step_hidden(
                 state, torch.tensor([item], device=device), torch.tensor([time], device=device)
             )
-        last = float(times[-1]) if len(times) else current.last_time
+            hidden = step_hidden[0]
         seen, unknown = current.seen | set(items.tolist()), current.unknown + encoded.unknown
-        return UserState(current.events + len(items), last, state, None if hidden is None else hidden[0], seen, unknown)
+        return UserState(current.events + len(items), max(current.last_time, last_time), state, hidden, seen, unknown)
 
     def _rebuild(self, user: str) -> UserState:
-        encoded = self.recommender.encode(self.history(user))
+        history = self.history(user)
+        encoded = self.recommender.encode(history)
+        last_time = history[-1][1] if history else float("-inf")
         empty = UserState(0, float("-inf"), None, None, set(), [])
         if not self._streams(len(encoded.items)):
-            return UserState(len(encoded.items), float(encoded.times[-1]) if len(encoded.times) else empty.last_time,
-                             None, None, set(encoded.items.tolist()), encoded.unknown)  # fmt: skip
-        return self._feed(empty, encoded)
+            return UserState(len(encoded.items), last_time, None, None, set(encoded.items.tolist()), encoded.unknown)
+        return self._feed(empty, encoded, last_time)
 
     def _load(self, user: str) -> UserState:
-        """The user's state: cached, else stored (if of this model and complete), else rebuilt from events."""
+        """The user's state: cached, else stored (if of this model, complete and readable), else rebuilt
+        from the events."""
         if user in self.cache:
             self.cache.move_to_end(user)
             return self.cache[user]
@@ -116,14 +136,46 @@ class UserStore:
         row = self.db.execute("SELECT fingerprint, events, blob FROM states WHERE user = ?", (user,)).fetchone()
         state = None
         if row is not None and row[0] == self.fingerprint and row[1] == len(encoded.items):
-            saved = torch.load(io.BytesIO(row[2]), weights_only=True)
-            stream = StreamState(saved["tensors"]) if saved["tensors"] else None
-            state = UserState(saved["events"], saved["last_time"], stream, saved["hidden"],
-                              set(encoded.items.tolist()), encoded.unknown)  # fmt: skip
+            state = self._decode(user, row[2], set(encoded.items.tolist()), encoded.unknown)
         if state is None:
             state = self._rebuild(user)
         self._remember(user, state)
         return state
+
+    def _decode(self, user: str, blob: bytes, seen: set[int], unknown: list[str]) -> UserState | None:
+        """A stored state blob (tensors and plain data only: it never runs code), or None with a logged
+        notice when it cannot be read or does not fit the model."""
+        try:
+            saved = torch.load(io.BytesIO(blob), weights_only=True)
+            stream = StreamState(saved["tensors"]) if saved["tensors"] else None
+            state = UserState(int(saved["events"]), float(saved["last_time"]), stream, saved["hidden"], seen, unknown)
+            problem = self._state_problem(state)
+        except Exception as error:  # noqa: BLE001 -- any unreadable blob is rebuilt, whatever the reason
+            problem = f"{type(error).__name__}: {str(error)[:200]}"
+        if problem is None:
+            return state
+        logger.warning("user %r: the stored state cannot be used (%s); rebuilt from the events", user, problem)
+        return None
+
+    def _state_problem(self, state: UserState) -> str | None:
+        """Why a decoded state does not fit this model, or None."""
+        template = self.model.init_state(1).tensors
+        tensors = state.state.tensors if state.state is not None else {}
+        if set(tensors) != set(template):
+            return "its tensors are not the model's"
+        for name, tensor in tensors.items():
+            if not isinstance(tensor, torch.Tensor) or tensor.dtype != template[name].dtype:
+                return f"tensor {name!r} has the wrong type"
+            if tensor.dim() != template[name].dim() or tensor.shape[0] != 1:
+                return f"tensor {name!r} has the wrong shape"
+        width = self.model.output_layer()[0].shape[1]
+        if not isinstance(state.hidden, torch.Tensor) or tuple(state.hidden.shape) != (width,):
+            return "its read-out is not a vector of the model's width"
+        if not all(bool(torch.isfinite(t).all()) for t in [state.hidden, *tensors.values()] if t.is_floating_point()):
+            return "it holds values that are not finite"
+        if state.last_time != float("-inf") and time_problem(state.last_time) is not None:
+            return "its last time is not valid"
+        return None
 
     def _remember(self, user: str, state: UserState) -> None:
         self.cache[user] = state
@@ -145,16 +197,10 @@ class UserStore:
 
     # -- the public operations -------------------------------------------------------------------------------
     def observe(self, user: str, events: Sequence[Event]) -> dict[str, Any]:
-        """Store ``events`` of ``user`` durably, then update the state; returns counts and unknown item ids."""
-        user = str(user)
-        checked = []
-        for position, event in enumerate(events):
-            try:
-                item, time = str(event[0]), float(event[1])
-            except (TypeError, ValueError, IndexError):
-                raise HistoryError(f"events[{position}]: expected (item id, unix time), got {event!r}") from None
-            checked.append((item, time))
-        checked.sort(key=lambda event: event[1])
+        """Store ``events`` of ``user`` durably, then update the state; returns counts and unknown item ids.
+        Every event is checked (:func:`~tim4rec.serving.recommender.parse_events`) before any is stored."""
+        user = _user_id(user)
+        checked = sorted(parse_events(events, "events"), key=lambda event: event[1])
         with self.lock:
             current = self._load(user)
             next_seq = self.db.execute(
@@ -172,13 +218,13 @@ class UserStore:
             if late or not self._streams(total) or (current.state is None and current.events > 0):
                 state = self._rebuild(user)
             else:
-                state = self._feed(current, encoded)
+                state = self._feed(current, encoded, checked[-1][1] if checked else current.last_time)
             self._remember(user, state)
         return {"stored": len(checked), "unknown_items": encoded.unknown, "late": late, "events": state.events}
 
     def recommend(self, user: str, k: int = 10, exclude_seen: bool = True) -> Recommendation:
         """The top ``k`` items for ``user`` from the user's state (streaming models) or stored history."""
-        user = str(user)
+        user, k = _user_id(user), check_k(k)
         with self.lock:
             state = self._load(user)
             if state.hidden is None or not self._streams(state.events):
@@ -205,3 +251,26 @@ class UserStore:
                 for user, state in self.cache.items():
                     self._persist(user, state)
             self.db.close()
+
+
+def _user_id(user: object) -> str:
+    """A user id as text (strings and integers), else a :class:`HistoryError` naming ``user``."""
+    if isinstance(user, bool) or not isinstance(user, (str, int)) or str(user).strip() == "":
+        raise HistoryError(f"user: expected a user id (a non-empty string), got {user!r:.80}")
+    return str(user)
+
+
+def _open_database(path: str | Path | None) -> sqlite3.Connection:
+    """The store's SQLite database (``path``; None: in memory), schema created; a :class:`Tim4RecError`
+    naming the file when it cannot be opened or is not such a database."""
+    if path and not Path(path).parent.is_dir():
+        raise Tim4RecError(f"{path}: cannot open the user store: folder {Path(path).parent} does not exist")
+    try:
+        db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
+        if path:
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+    except sqlite3.Error as error:
+        raise Tim4RecError(f"{path}: cannot open as the user store's SQLite database ({error})") from None
+    return db
