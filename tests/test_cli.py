@@ -28,11 +28,12 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["evaluate", "nosuch.pt"], "no such saved model"),
     ],
 )
-def test_errors_are_one_line(args, message):
-    done = run(*args)
+def test_errors_are_one_line(args, message, tmp_path: Path):
+    done = run(*args, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())  # a failed command leaves nothing (no runs/<model>-<dataset>-seed<seed>)
 
 
 def test_bad_files(tmp_path: Path):

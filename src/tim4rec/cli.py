@@ -388,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["valid", "test"])
     evaluate.add_argument("--mask-history", action="store_true", default=None)
     evaluate.add_argument(
-        "--streaming", action="store_true", help="feed each user's whole history through the streaming state"
+        "--streaming",
+        action="store_true",
+        help="feed each user's history through the streaming state, one event at a time (the whole history; "
+        "the last MAX_ITEM_LIST_LENGTH events for fixed-length models)",
     )
     return parser
 

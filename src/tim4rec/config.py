@@ -44,7 +44,7 @@ from tim4rec.values import (
     boolean,
     choice,
     fraction,
-    nonnegative_int,
+    int_in,
     nonnegative_number,
     number,
     optional,
@@ -169,7 +169,7 @@ class Config:
     stopping_step: int = _setting(10, positive_int)
     max_steps: int | None = _setting(None, optional(positive_int), resumable=True)
     time_budget: float | None = _setting(None, optional(positive_number), resumable=True)  # s, across resumes
-    seed: int = _setting(2020, nonnegative_int)
+    seed: int = _setting(2020, int_in(0, 2**32 - 1))  # what every RNG takes (NumPy's is the narrowest)
     device: str = _setting("auto", text, resumable=True)  # auto, cpu, cuda, cuda:N
     threads: int | None = _setting(None, optional(positive_int), resumable=True)  # None: the cores idle at start
     flush_denormal: bool = _setting(True, boolean, resumable=True)  # CPU: float32 < 1.2e-38 read as 0 in training

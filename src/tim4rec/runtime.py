@@ -35,6 +35,7 @@ import torch
 from tim4rec.errors import ConfigError
 from tim4rec.ops.compile import compiling
 from tim4rec.ops.kernels import kernel_mode
+from tim4rec.values import positive_int
 
 _DENORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
 
@@ -152,13 +153,14 @@ def runtime_settings(
 ) -> Iterator[RuntimeSettings]:
     """Set threads (None: the cores idle now, :func:`default_threads`), denormal flushing (None: leave it), the reuse of
     freed memory, the compiled kernels (:mod:`tim4rec.ops.compile`) and whether mamba-ssm's CUDA kernels may
-    run (``kernels``: auto or torch, :mod:`tim4rec.ops.kernels`) inside the block.
+    run (``kernels``: auto or torch, :mod:`tim4rec.ops.kernels`) inside the block. A ``threads`` that is not a
+    positive integer is a ConfigError naming ``threads``, before anything is set.
 
     Yields what took effect (flushing is False where the CPU cannot flush, reuse where the C
     library is not glibc); the previous values are restored on exit, also after an exception or Ctrl-C.
     """
     previous_threads, previous_flush = torch.get_num_threads(), denormals_flushed()
-    wanted = int(threads) if threads else default_threads()
+    wanted = default_threads() if threads is None else positive_int("threads", threads)
     try:
         torch.set_num_threads(wanted)
         flushed = previous_flush if flush_denormal is None else bool(torch.set_flush_denormal(flush_denormal))

@@ -57,6 +57,18 @@ def nonnegative_int(key: str, value: Any) -> int:
     return value
 
 
+def int_in(low: int, high: int) -> Parser:
+    """A parser of integers from ``low`` to ``high`` inclusive: for values that a library or a table
+    size bounds (a seed NumPy takes, rows of an embedding table)."""
+
+    def parse(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key}: expected an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return parse
+
+
 def positive_number(key: str, value: Any) -> float:
     if not _is_number(value) or value <= 0:
         raise ConfigError(f"{key}: expected a positive number, got {value!r}")

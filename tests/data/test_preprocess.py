@@ -18,6 +18,11 @@ def test_parse_interval():
         parse_interval("five", "k")
 
 
+def test_parse_interval_without_a_lower_bound():
+    assert parse_interval("(-inf,5]", "k") == parse_interval("[-inf,5]", "k") == (float("-inf"), 5)
+    assert parse_interval("[,]", "k") == (0, float("inf"))
+
+
 def test_k_core_repeats_until_stable():
     # round 1 drops user d and items z, w; that leaves user c with one event, dropped in round 2.
     rows = [("a", "x", 1), ("a", "y", 2), ("b", "x", 3), ("b", "y", 4), ("c", "x", 5), ("c", "z", 6), ("d", "w", 7)]

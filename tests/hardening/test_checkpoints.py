@@ -4,6 +4,7 @@ be written: one clear line each, and nothing already written is lost."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -15,6 +16,9 @@ import torch
 
 from tests.conftest import synthetic_rows, write_inter
 from tests.hardening.helpers import TINY_TRAIN, assert_clear_error, cli
+from tim4rec.errors import Tim4RecError
+from tim4rec.evaluation import evaluate_saved_model
+from tim4rec.serving.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +75,22 @@ def change_config(name: str, **changes):
     return lambda run, data: edit(run / name, lambda saved: saved["config"].update(changes))
 
 
+def replace_field(key: str, value):
+    """Damage best.pt by replacing its field ``key`` with ``value(saved)``."""
+    return lambda run, data: edit(run / "best.pt", lambda saved: saved.__setitem__(key, value(saved)))
+
+
+def fill_weights(value: float, name: str | None = None):
+    """Damage best.pt by setting every weight (or the tensor ``name``) to ``value``."""
+
+    def fill(saved: dict) -> None:
+        for key, tensor in saved["model_state"].items():
+            if name in (None, key):
+                tensor.fill_(value)
+
+    return lambda run, data: edit(run / "best.pt", fill)
+
+
 EVALUATE_CASES = {
     "truncated": (truncate("best.pt", 500), "not a readable saved model"),
     "random bytes": (random_bytes("best.pt"), "not a readable saved model"),
@@ -80,6 +100,40 @@ EVALUATE_CASES = {
     ),
     "weights of another item count": (lambda run, data: edit(run / "best.pt", grow_item_table), "do not fit the model"),
     "dataset renumbered": (lambda run, data: renumber_items(data), "item ids differ"),
+    # each field of the wrong type: the file and the field named
+    "config a string": (replace_field("config", lambda s: "sasrec"), "(config: expected a dict of settings, got str)"),
+    "config a list": (
+        replace_field("config", lambda s: [s["config"]]),
+        "(config: expected a dict of settings, got list)",
+    ),
+    "item_tokens None": (replace_field("item_tokens", lambda s: None), "item_tokens: expected a list of item ids"),
+    "item_tokens a string": (replace_field("item_tokens", lambda s: "i1 i2"), "item_tokens: expected a list of item"),
+    "item_tokens truncated": (
+        replace_field("item_tokens", lambda s: s["item_tokens"][:5]),
+        "item_tokens: expected n_items + 1 = 39 item ids, got 5",
+    ),
+    "item_tokens of floats": (
+        replace_field("item_tokens", lambda s: [0.5] * len(s["item_tokens"])),
+        "item_tokens: expected item ids (strings), got float at index 0",
+    ),
+    "n_items a string": (replace_field("n_items", lambda s: str(s["n_items"])), "n_items: expected a positive integer"),
+    "max_seq_length 0": (replace_field("max_seq_length", lambda s: 0), "max_seq_length: expected a positive integer"),
+    "hyperparameters a list": (replace_field("hyperparameters", lambda s: []), "hyperparameters: expected a dict"),
+    "model_state a list": (
+        replace_field("model_state", lambda s: list(s["model_state"].values())),
+        "model_state: expected a dict of tensors, got list",
+    ),
+    "model_state holding a number": (
+        replace_field("model_state", lambda s: {**s["model_state"], "item_embedding.weight": 0.0}),
+        "model_state: expected a dict of tensors, got float at 'item_embedding.weight'",
+    ),
+    "model a number": (replace_field("model", lambda s: 1), "model: expected a non-empty string"),
+    # weights with which every score is NaN: refused, not ranked
+    "all weights NaN": (fill_weights(float("nan")), "non-finite values (NaN or infinity), first in 'item_embedding"),
+    "one tensor infinite": (
+        fill_weights(float("inf"), "layer_norm.bias"),
+        "non-finite values (NaN or infinity), first in 'layer_norm.bias'",
+    ),
 }
 
 
@@ -88,7 +142,27 @@ def test_evaluate_a_bad_saved_model(case, finished_run: Path, tmp_path: Path, ca
     damage, fragment = EVALUATE_CASES[case]
     run, data = copy_run(finished_run, tmp_path)
     damage(run, data)
-    assert_clear_error(*cli(capsys, "evaluate", run / "best.pt"), fragment)
+    assert_clear_error(*cli(capsys, "evaluate", run / "best.pt"), str(run / "best.pt"), fragment)
+
+
+def test_non_finite_weights_are_refused_when_recommending(finished_run: Path, tmp_path: Path, capsys):
+    """``recommend`` (and the Python API under it) refuses NaN weights, and writes no answer."""
+    run, data = copy_run(finished_run, tmp_path)
+    fill_weights(float("nan"))(run, data)
+    output = tmp_path / "recommendations.csv"
+    code, err = cli(capsys, "recommend", run / "best.pt", "--output", output, "--threads", "1")
+    assert_clear_error(code, err, str(run / "best.pt"), "non-finite values")
+    assert not output.exists()
+    with pytest.raises(Tim4RecError, match="non-finite values"):
+        Recommender.load(run / "best.pt")
+
+
+def test_streaming_evaluation_of_a_fixed_length_model(finished_run: Path):
+    """SASRec (max_seq_length 8) on histories of 12 events, streamed: it sees the most recent 8 events,
+    as in the windowed evaluation and in serving, so the metrics are the same."""
+    best = finished_run / "run" / "best.pt"
+    streamed = evaluate_saved_model(best, streaming=True)["metrics"]
+    assert streamed == pytest.approx(evaluate_saved_model(best)["metrics"])
 
 
 def test_evaluate_a_folder(finished_run: Path, capsys):
@@ -103,6 +177,10 @@ RESUME_CASES = {
     "weights of another item count": (lambda run, data: edit(run / "checkpoint.pt", grow_item_table), "do not fit"),
     "dataset renumbered": (lambda run, data: renumber_items(data), "item ids differ"),
     "no checkpoint": (lambda run, data: (run / "checkpoint.pt").unlink(), "no such checkpoint"),
+    "weights NaN": (
+        lambda run, data: edit(run / "checkpoint.pt", lambda c: c["model_state"]["layer_norm.bias"].fill_(math.nan)),
+        "non-finite values (NaN or infinity), first in 'layer_norm.bias'",
+    ),
 }
 
 
@@ -140,6 +218,28 @@ def test_output_folder_that_cannot_be_used(where, fragment, tmp_path: Path, caps
     output = {"file": tmp_path / "file", "under a file": tmp_path / "file" / "run"}.get(where, Path(where))
     data = write_inter(tmp_path / "data.inter", synthetic_rows())
     assert_clear_error(*cli(capsys, "train", *TINY_TRAIN, "--dataset", data, "--output", output), fragment)
+
+
+def test_a_run_that_fails_leaves_no_folder(tmp_path: Path, monkeypatch, capsys):
+    """The default output folder (and runs/ above it) is removed again when the run fails before writing there."""
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(capsys, "train", "--model", "sasrec", "--dataset", "no-such-data")
+    assert_clear_error(code, err, "neither a named dataset")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_interrupted_run_removes_only_the_folders_it_created(tmp_path: Path, monkeypatch, capsys):
+    """Ctrl-C while the data loads: a new output folder goes, an existing (empty) one stays."""
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tim4rec.training.api.build_experiment", interrupt)
+    (tmp_path / "existing").mkdir()
+    for output in (tmp_path / "existing", tmp_path / "new" / "run"):
+        code, err = cli(capsys, "train", *TINY_TRAIN, "--dataset", "no-such-data", "--output", output)
+        assert code == 130 and "tim4rec: interrupted" in err, err
+    assert [path.name for path in tmp_path.iterdir()] == ["existing"]
 
 
 FULL_DISK = """

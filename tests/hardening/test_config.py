@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hardening.helpers import assert_clear_error, cli
+from tests.conftest import synthetic_rows, write_inter
+from tests.hardening.helpers import TINY_TRAIN, assert_clear_error, cli
 
 # (--set value, fragments of the error); each on `train --model sasrec --dataset ml-100k` unless a model is named
 BAD_SETTINGS = {
     "boolean mask_history=abc": ("mask_history=abc", ["mask_history: expected true or false", "--set"]),
     "boolean show_progress=2": ("show_progress=2", ["show_progress: expected true or false"]),
-    "seed=abc": ("seed=abc", ["seed: expected a non-negative integer"]),
+    "seed=abc": ("seed=abc", ["seed: expected an integer from 0 to 4294967295"]),
+    "seed=2**64-1": ("seed=18446744073709551615", ["seed: expected an integer from 0 to 4294967295, got 1844"]),
+    "seed=2**32 (past NumPy's seeds)": ("seed=4294967296", ["seed: expected an integer from 0 to 4294967295"]),
+    "seed=-1": ("seed=-1", ["seed: expected an integer from 0 to 4294967295"]),
     "learning_rate=nan": ("learning_rate=.nan", ["learning_rate: expected a non-negative number"]),
     "learning_rate=-1": ("learning_rate=-1", ["learning_rate: expected a non-negative number"]),
     "epochs=0": ("epochs=0", ["epochs: expected a positive integer"]),
@@ -29,6 +33,8 @@ BAD_SETTINGS = {
     "tim4rec head_dim=48": ("head_dim=48", ["is not a multiple of head_dim 48"], "tim4rec"),
     "tim4rec time_mode=clock": ("time_mode=clock", ["time_mode: expected one of"], "tim4rec"),
     "tim4rec is_ffn=maybe": ("is_ffn=maybe", ["is_ffn: expected true or false"], "tim4rec"),
+    "tisasrec time_span=10**12": ("time_span=1000000000000", ["time_span: expected an integer from 1 to"], "tisasrec"),
+    "tisasrec time_span=0": ("time_span=0", ["time_span: expected an integer from 1 to 1048576"], "tisasrec"),
     "lrurec r_min > r_max": ("r_min=0.99", ["need r_min < r_max"], "lrurec"),
     "bert4rec mask_ratio=1": ("mask_ratio=1", ["mask_ratio: expected a number in (0, 1)"], "bert4rec"),
     "unknown key": ("learnin_rate=0.1", ["unknown config key 'learnin_rate'"]),
@@ -36,12 +42,42 @@ BAD_SETTINGS = {
 
 
 @pytest.mark.parametrize("case", BAD_SETTINGS, ids=list(BAD_SETTINGS))
-def test_bad_setting_is_one_clear_error(case, capsys):
+def test_bad_setting_is_one_clear_error(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default output folder would be under runs/ here
     assignment, fragments, *model = BAD_SETTINGS[case]
     code, err = cli(
         capsys, "train", "--model", (model or ["sasrec"])[0], "--dataset", "no-such-data", "--set", assignment
     )
     assert_clear_error(code, err, *fragments)  # the config is refused before the (missing) dataset is looked at
+    assert not any(tmp_path.iterdir())
+
+
+# (command line, fragments of the error): options of recommend and serve, refused before the model loads
+BAD_OPTIONS = {
+    "recommend --threads -1": (["recommend", "best.pt", "--threads", "-1"], ["threads: expected a positive integer"]),
+    "recommend --threads 0": (["recommend", "best.pt", "--threads", "0"], ["threads: expected a positive integer"]),
+    "serve --threads 0": (["serve", "best.pt", "--threads", "0"], ["threads: expected a positive integer, got 0"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OPTIONS, ids=list(BAD_OPTIONS))
+def test_bad_option_is_one_clear_error(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args, fragments = BAD_OPTIONS[case]
+    assert_clear_error(*cli(capsys, *args), *fragments)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_model_too_large_for_the_memory(tmp_path, monkeypatch, capsys):
+    """A size the allocator refuses at once (the item table alone would be more than the 128 TiB a 64-bit
+    process can address, whatever the overcommit setting): one line naming the model and its sizes, no folder."""
+    monkeypatch.chdir(tmp_path)
+    data = write_inter(tmp_path / "data.inter", synthetic_rows())
+    code, err = cli(
+        capsys, "train", *TINY_TRAIN, "--dataset", data, "--set", f"hidden_size={2**42}", "--set", "n_heads=1"
+    )
+    assert_clear_error(code, err, "model 'sasrec' does not fit in memory", f"hidden_size={2**42}", "n_items=38")
+    assert [path.name for path in tmp_path.iterdir()] == ["data.inter"]
 
 
 def test_a_config_file_value_names_its_file(tmp_path, capsys):

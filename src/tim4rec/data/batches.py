@@ -161,9 +161,22 @@ class SequenceData:
         targets = np.repeat(first, counts) + _ranges(counts)  # every training target's event index
         return np.bincount(self.interactions.items[targets], minlength=self.interactions.n_items + 1)
 
+    def check_trainable(self) -> None:
+        """Refuse a split that leaves no training target, naming the dataset: a run would have nothing to
+        learn from (e.g. leave-one-out where no user has more than 3 events)."""
+        split = self.split
+        if not (split.train_last >= split.train_first).any():
+            raise DataError(
+                f"{self.interactions.label}: no user has a training event after the split "
+                f"({split.description}), so there is nothing to train on (a user's first event is history only; "
+                "leave-one-out trains on users with at least 4 events, a temporal split on users with 2 before the cut)"
+            )
+
     def train_samples(self, regime: str) -> SampleSet:
+        """The training samples of ``regime`` (``"prefix"`` or ``"causal"``); a DataError when there are none."""
         if regime not in REGIMES:
             raise DataError(f"unknown training regime {regime!r}; expected one of {REGIMES}")
+        self.check_trainable()
         users, first, last = self.split.users, self.split.train_first, self.split.train_last
         counts = last - first + 1
         has = counts > 0

@@ -13,10 +13,13 @@ Steps, matching RecBole 1.2's sequential pipeline:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +50,11 @@ class Interactions:
     filtering: dict = field(default_factory=dict)
 
     @property
+    def label(self) -> str:
+        """How error messages name these data: their source file, or "dataset" when they have none."""
+        return self.source or "dataset"
+
+    @property
     def n_users(self) -> int:
         return len(self.offsets) - 1
 
@@ -62,6 +70,18 @@ class Interactions:
     def lengths(self) -> np.ndarray:
         """(n_users,) number of events per user."""
         return np.diff(self.offsets)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The counts of users, items and interactions and a SHA-256 over everything a model trains on
+        (the event arrays and the dataset's user and item ids): a resumed run compares it with its
+        checkpoint's. About 10 ms for a million events."""
+        counts = {"users": self.n_users, "items": self.n_items, "interactions": self.n_interactions}
+        digest = hashlib.sha256(json.dumps(counts).encode())  # the counts delimit the arrays below
+        for array in (self.items, self.timestamps, self.offsets):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).data)
+        for tokens in (self.user_tokens, self.item_tokens):
+            digest.update(json.dumps([str(token) for token in tokens]).encode())
+        return {**counts, "sha256": digest.hexdigest()}
 
     def stats(self) -> dict:
         lengths = self.lengths
@@ -91,12 +111,14 @@ _INTERVAL = re.compile(r"^\s*([\[\(])\s*([^,]*)\s*,\s*([^\]\)]*)\s*([\]\)])\s*$"
 def parse_interval(text: str | int | None, key: str) -> tuple[float, float]:
     """Parse RecBole's interval syntax (``"[5,inf)"``) into inclusive bounds (lo, hi).
 
-    An integer k means ``[k,inf)``; ``None`` means no bound.
+    An integer k means ``[k,inf)``; ``None`` means no bound. NaN bounds, a lower bound of ``inf`` and
+    an interval that holds no count (``[5,3]``, ``(5,5)``) are refused: NaN compares false, so it
+    would keep every user silently, and the others keep none.
     """
     if text is None:
         return 0.0, math.inf
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text), math.inf
+        return _checked_bounds(float(text), math.inf, text, key)
     match = _INTERVAL.match(str(text))
     if not match:
         raise ConfigError(f'{key}: expected an interval like "[5,inf)", got {text!r}')
@@ -106,10 +128,22 @@ def parse_interval(text: str | int | None, key: str) -> tuple[float, float]:
         hi = float(high) if high.strip() else math.inf
     except ValueError:
         raise ConfigError(f"{key}: expected numbers in the interval, got {text!r}") from None
-    if left == "(":
+    _checked_bounds(lo, hi, text, key)
+    if left == "(" and math.isfinite(lo):
         lo = math.floor(lo) + 1
     if right == ")" and math.isfinite(hi):
         hi = math.ceil(hi) - 1
+    return _checked_bounds(lo, hi, text, key)
+
+
+def _checked_bounds(lo: float, hi: float, text: object, key: str) -> tuple[float, float]:
+    """(lo, hi), or a ConfigError naming ``key`` when they bound no count of interactions."""
+    if math.isnan(lo) or math.isnan(hi):
+        raise ConfigError(f"{key}: an interval bound is NaN in {text!r}")
+    if lo == math.inf:
+        raise ConfigError(f"{key}: the lower bound is infinite in {text!r}, so no count is inside the interval")
+    if lo > hi:
+        raise ConfigError(f"{key}: the interval {text!r} holds no count (its lower bound is above its upper bound)")
     return lo, hi
 
 

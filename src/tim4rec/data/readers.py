@@ -10,28 +10,37 @@ Every reader returns a :class:`pandas.DataFrame` with three columns, in file ord
 Supported inputs: RecBole atomic ``.inter`` files (a file or a folder holding one), MovieLens raw
 files (``ratings.dat`` with ``::``, ``u.data`` with tabs), and CSV / TSV / Parquet tables whose
 columns are named by the user, item and time field keys. Times are numbers of seconds, or dates
-(ISO 8601 text in CSV/TSV, datetime columns in Parquet; read as UTC when they carry no zone).
+(ISO 8601 text in CSV/TSV; in Parquet, datetime and date columns, dates at midnight; read as UTC when
+they carry no zone). Parquet datetimes are read from their integer ticks, so every year within
+``MAX_SECONDS`` is read, not only pandas' nanosecond range (1677-2262).
 
 Every problem is a :class:`~tim4rec.errors.DataError` naming the file and, where there is one, the
-line: a row with more or fewer fields than the header (in the unquoted formats, counted exactly),
-text that is not UTF-8, an empty field, a time that is not a number or a date, or one out of range.
+line (in Parquet, the row, counted from 1): a file that cannot be opened, a row with more or fewer
+fields than the header (in the unquoted formats, counted exactly), text or Parquet binary ids that
+are not UTF-8, an empty field, a time that is not a number or a date, one out of range, or a Parquet
+time column of another type (a duration, a time of day, a list...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from tim4rec.errors import DataError
+from tim4rec.times import MAX_SECONDS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 RAW_COLUMNS = ("user", "item", "timestamp")
-#: the largest time accepted, in seconds: integers up to here are exact in float64 (about 285 million years)
-MAX_SECONDS = 2**53
 _BOM = b"\xef\xbb\xbf"
 _PANDAS_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
@@ -46,9 +55,26 @@ class FieldNames:
 
 
 # -- bytes and lines --------------------------------------------------------------------------------------------
+def _cannot_read(path: Path, error: OSError) -> DataError:
+    """An OS refusal (no permission, a folder where a file was expected, an I/O error) as one line naming ``path``."""
+    reason = error.strerror or str(error)
+    return DataError(f"{path}: cannot read: {reason[:1].lower()}{reason[1:]}")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for binary reading; an OS error while opening or reading it is :func:`_cannot_read`'s line."""
+    try:
+        with path.open("rb") as handle:
+            yield handle
+    except OSError as error:
+        raise _cannot_read(path, error) from None
+
+
 def _read_bytes(path: Path, encoding: str) -> bytes:
     """The file's bytes without a UTF-8 byte-order mark; checked to be ``encoding`` text (naming the line)."""
-    data = path.read_bytes()
+    with _reading(path) as handle:
+        data = handle.read()
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     if encoding == "utf-8":
@@ -132,6 +158,98 @@ def _datetime_seconds(values: pd.Series) -> np.ndarray:
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         values = values.dt.tz_convert("UTC").dt.tz_localize(None)
     return ((values - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+#: integer ticks per second of each Arrow datetime unit
+_TICKS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` with dictionary encoding undone (a Parquet column may be stored either way)."""
+    import pyarrow as pa
+
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def _tick_seconds(ticks: pa.ChunkedArray, per_second: int) -> pd.Series:
+    """Integer ticks (``per_second`` to a second) as seconds: int64 when all are whole, else float64;
+    nulls as NaN. Whole seconds and the rest are taken apart in integers, so no value loses precision
+    before :func:`_seconds` checks its range."""
+    import pyarrow.compute as pc
+
+    whole, rest = np.divmod(pc.fill_null(ticks, 0).to_numpy(), per_second)
+    seconds = whole + rest / per_second if rest.any() else whole
+    missing = ticks.is_null().to_numpy(zero_copy_only=False)
+    if missing.any():
+        seconds = seconds.astype(np.float64)
+        seconds[missing] = np.nan
+    return pd.Series(seconds)
+
+
+def _parquet_times(column: pa.ChunkedArray, path: Path, name: str) -> pd.Series:
+    """A Parquet time column as numbers of unix seconds (or text of them or of dates) for :func:`_seconds`.
+
+    Datetimes are instants (a zone only changes how they are shown) read from their integer ticks;
+    dates are midnight UTC; decimals are numbers, float64 when they have fractions.
+    """
+    import pyarrow as pa
+
+    column = _decoded(column)
+    kind = column.type
+    if pa.types.is_date(kind):
+        column = column.cast(pa.timestamp("ms"))  # even date32's extreme days fit int64 milliseconds
+        kind = column.type
+    if pa.types.is_timestamp(kind):
+        return _tick_seconds(column.cast(pa.int64()), _TICKS_PER_SECOND[kind.unit])
+    if pa.types.is_decimal(kind):
+        try:
+            return column.cast(pa.int64()).to_pandas()  # refused when a value has a fraction or exceeds int64
+        except pa.ArrowInvalid:
+            return column.cast(pa.float64()).to_pandas()
+    readable = (
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_null,
+    )
+    if any(test(kind) for test in readable):  # numbers, or text of numbers or dates: for _seconds
+        return column.to_pandas()
+    why = (
+        "a duration is not a point in time"
+        if pa.types.is_duration(kind)
+        else "expected numbers of unix seconds, dates or datetimes"
+    )
+    raise DataError(f"{path}: column '{name}' (TIME_FIELD) holds {kind} values: {why}")
+
+
+def _parquet_ids(column: pa.ChunkedArray, path: Path, name: str) -> pd.Series:
+    """A Parquet user or item id column: binary ids must be UTF-8 text (they become str ids); nested
+    values (lists, structs) are no ids."""
+    import pyarrow as pa
+
+    column = _decoded(column)
+    kind = column.type
+    if pa.types.is_nested(kind):
+        raise DataError(f"{path}: column '{name}' holds {kind} values, not ids")
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        try:
+            column = column.cast(pa.large_string())  # checks that every value is UTF-8
+        except pa.ArrowInvalid:
+            raise _first_non_utf8(column, path, name) from None
+    return column.to_pandas()
+
+
+def _first_non_utf8(column: pa.ChunkedArray, path: Path, name: str) -> DataError:
+    """The error naming the first value of a binary column that is not UTF-8 (only called when one is not)."""
+    for row, value in enumerate(column.to_pylist()):
+        try:
+            (value or b"").decode("utf-8")
+        except UnicodeDecodeError as error:
+            return DataError(
+                f"{path}, line {row + 1}: field '{name}' is not UTF-8 text (byte {value[error.start]:#04x})"
+            )
+    return DataError(f"{path}: field '{name}' is not UTF-8 text")
 
 
 def _finish(frame: pd.DataFrame, path: Path, fields: FieldNames, lines: np.ndarray | int) -> pd.DataFrame:
@@ -221,17 +339,7 @@ def read_table(path: str | Path, fields: FieldNames = FieldNames()) -> pd.DataFr
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            names = pq.read_schema(path).names
-            _require_columns(path, names, fields)
-            frame = pd.read_parquet(path, columns=[fields.user, fields.item, fields.time])
-        except DataError:
-            raise
-        except Exception as error:  # pyarrow raises its own error types
-            raise DataError(f"{path}: cannot read as Parquet: {error}") from None
-        return _finish(frame, path, fields, 1)
+        return _read_parquet(path, fields)
     separator = "\t" if suffix in (".tsv", ".tab") else ","
     data = _read_bytes(path, "utf-8")
     header, _, body = data.partition(b"\n")
@@ -246,24 +354,55 @@ def read_table(path: str | Path, fields: FieldNames = FieldNames()) -> pd.DataFr
     return _finish(frame, path, fields, 2)
 
 
+def _read_parquet(path: Path, fields: FieldNames) -> pd.DataFrame:
+    """Read a Parquet table's id and time columns with pyarrow (see :func:`_parquet_times`)."""
+    import pyarrow.parquet as pq
+
+    with _reading(path) as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+            _require_columns(path, parquet.schema_arrow.names, fields)
+            table = parquet.read(columns=[fields.user, fields.item, fields.time])
+        except DataError:
+            raise
+        except Exception as error:  # pyarrow raises its own error types
+            raise DataError(f"{path}: cannot read as Parquet: {error}") from None
+    frame = pd.DataFrame(
+        {
+            fields.user: _parquet_ids(table.column(fields.user), path, fields.user),
+            fields.item: _parquet_ids(table.column(fields.item), path, fields.item),
+            fields.time: _parquet_times(table.column(fields.time), path, fields.time),
+        }
+    )
+    return _finish(frame, path, fields, 1)
+
+
+def _read_folder(path: Path, fields: FieldNames) -> pd.DataFrame:
+    """Read the folder's ``<folder>.inter``, its only ``.inter`` file, or its MovieLens ratings file."""
+    try:
+        names = sorted(entry.name for entry in path.iterdir())
+    except OSError as error:
+        raise _cannot_read(path, error) from None
+    inter = [name for name in names if name.endswith(".inter")]
+    if f"{path.name}.inter" in inter:
+        return read_atomic(path / f"{path.name}.inter", fields)
+    if len(inter) == 1:
+        return read_atomic(path / inter[0], fields)
+    if len(inter) > 1:
+        raise DataError(f"{path}: several .inter files ({inter}); name one")
+    for name in ("ratings.dat", "u.data"):
+        if name in names:
+            return read_movielens(path / name)
+    raise DataError(f"{path}: the folder holds no .inter, ratings.dat or u.data file")
+
+
 def read_interactions(path: str | Path, fields: FieldNames = FieldNames()) -> pd.DataFrame:  # noqa: B008
     """Read any supported file, or a folder holding one, choosing the reader by name."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        inter = sorted(path.glob("*.inter"))
-        preferred = path / f"{path.name}.inter"
-        if preferred.exists():
-            return read_atomic(preferred, fields)
-        if len(inter) == 1:
-            return read_atomic(inter[0], fields)
-        if len(inter) > 1:
-            raise DataError(f"{path}: several .inter files ({[p.name for p in inter]}); name one")
-        for name in ("ratings.dat", "u.data"):
-            if (path / name).exists():
-                return read_movielens(path / name)
-        raise DataError(f"{path}: the folder holds no .inter, ratings.dat or u.data file")
+        return _read_folder(path, fields)
     suffix = path.suffix.lower()
     if suffix == ".inter":
         return read_atomic(path, fields)

@@ -56,7 +56,7 @@ class LeaveOneOut:
         lengths = interactions.lengths
         users = np.flatnonzero(lengths >= 3) + 1
         if len(users) == 0:
-            raise DataError("every user has fewer than 3 events: leave-one-out needs at least 3")
+            raise DataError(f"{interactions.label}: every user has fewer than 3 events: leave-one-out needs at least 3")
         ends = interactions.offsets[users]
         return TargetIndex(
             users=users,
@@ -96,9 +96,10 @@ class TemporalSplit:
         test = np.where(k + 1 < n, first + k + 1, NONE)
         where = f"temporal split at {cut:.0f} s"
         if not (valid != NONE).any() or not (test != NONE).any():
+            missing = "an event" if not (valid != NONE).any() else "two events"
             raise DataError(
-                f"{where}: no user has {'an event' if not (valid != NONE).any() else 'two events'} after the cut "
-                "and one before it; choose an earlier temporal_cut (or a lower temporal_cut_quantile)"
+                f"{interactions.label}, {where}: no user has {missing} after the cut and one before it;"
+                " choose an earlier temporal_cut (or a lower temporal_cut_quantile)"
             )
         return TargetIndex(users, first + 1, first + k - 1, valid, test, description=where)
 

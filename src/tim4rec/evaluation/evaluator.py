@@ -79,10 +79,12 @@ def evaluate_streaming(
     batch_size: int = 4096,
     item_block: int = ITEM_BLOCK,
 ) -> dict[str, float]:
-    """As :func:`evaluate`, with each user's whole history (not the last L events) fed one event at a
-    time through the model's streaming state (``step_hidden``); the model must stream.
+    """As :func:`evaluate`, with each user's history fed one event at a time through the model's
+    streaming state (``step_hidden``); the model must stream.
 
-    Users are stepped together: at step t, the rows of users with more than t events.
+    A recurrent model sees the whole history; a fixed-length one (SASRec, TiSASRec: position tables of
+    ``max_seq_length`` rows) sees the most recent ``max_seq_length`` events, as the serving path
+    gives it. Users are stepped together: at step t, the rows of users with more than t events.
     """
     if not getattr(model, "streaming", False):
         raise Tim4RecError("streaming evaluation needs a streaming model (a causal model that implements step)")
@@ -95,8 +97,11 @@ def evaluate_streaming(
     try:
         for begin in range(0, len(samples), batch_size):
             rows = np.arange(begin, min(begin + batch_size, len(samples)))
+            targets_at = torch.from_numpy(samples.targets[rows])
             starts = torch.from_numpy(offsets[samples.users[rows] - 1])  # every event before the target
-            lengths = torch.from_numpy(samples.targets[rows]) - starts
+            if model.fixed_length:
+                starts = torch.maximum(starts, targets_at - model.max_seq_length)
+            lengths = targets_at - starts
             state = model.init_state(len(rows))
             hidden = torch.zeros(len(rows), model.output_layer()[0].shape[1], device=device)
             for t in range(int(lengths.max()) if len(rows) else 0):
@@ -129,9 +134,9 @@ def evaluate_saved_model(
 ) -> dict[str, Any]:
     """Evaluate a saved model (``best.pt``) on its dataset's ``split`` (``valid`` or ``test``).
 
-    ``streaming``: every user's whole history through the streaming state (:func:`evaluate_streaming`)
-    instead of the last ``max_seq_length`` events. Returns ``{"metrics", "config", "epoch"}``; the
-    dataset must have the item ids the model was trained on.
+    ``streaming``: every user's history through the streaming state (:func:`evaluate_streaming`: the whole
+    history for a recurrent model, the last ``max_seq_length`` events for a fixed-length one). Returns
+    ``{"metrics", "config", "epoch"}``; the dataset must have the item ids the model was trained on.
     """
     model, config, data, epoch = load_for_evaluation(path)
     samples = data.evaluation_samples(split)

@@ -6,16 +6,19 @@ written to a temporary name in the same folder, flushed to disk, then renamed ov
 
 Loads: :func:`load_torch_file` reads with ``torch.load(weights_only=True)``, which accepts tensors
 and plain data (dicts, lists, numbers, strings) and refuses anything else, so a crafted file
-cannot run code. Every problem is a :class:`~tim4rec.errors.Tim4RecError` naming the file.
+cannot run code; :func:`check_finite` refuses weights holding NaN or infinity, with which a model
+scores every item NaN and recommends nothing. Every problem is a
+:class:`~tim4rec.errors.Tim4RecError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +41,24 @@ def prepare_folder(path: str | Path, what: str = "output folder") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise Tim4RecError(f"{path}: the {what} is not writable")
     return path
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Path]:
+    """:func:`prepare_folder` for a ``with`` block that fills the folder. When the block fails (any
+    exception, Ctrl-C included), the folders this call created and the block left empty are removed
+    again, so a command that fails leaves nothing behind."""
+    path = Path(path)
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]  # the deepest first
+    try:
+        yield prepare_folder(path, what)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only an empty folder; one that holds a file stays, and so do its parents
+            except OSError:
+                break
+        raise
 
 
 def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -91,3 +112,12 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     except Exception as error:  # torch raises many types for a damaged file
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise Tim4RecError(f"{path}: not a readable {what} ({type(error).__name__}: {first})") from None
+
+
+def check_finite(state: Mapping[str, Any], path: str | Path) -> None:
+    """Raise a :class:`Tim4RecError` naming ``path`` and the first floating tensor of ``state`` (a state dict)
+    that holds NaN or infinity."""
+    for name, tensor in state.items():
+        floating = isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex())
+        if floating and not bool(torch.isfinite(tensor).all()):
+            raise Tim4RecError(f"{path}: the weights hold non-finite values (NaN or infinity), first in '{name}'")

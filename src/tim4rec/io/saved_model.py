@@ -18,16 +18,58 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from tim4rec.errors import Tim4RecError
-from tim4rec.io.files import load_torch_file, save_atomic
+from tim4rec.errors import ConfigError, Tim4RecError
+from tim4rec.io.files import check_finite, load_torch_file, save_atomic
 from tim4rec.models import create
 from tim4rec.models.base import SequentialRecommender
+from tim4rec.values import Parser, positive_int, text
 from tim4rec.version import __version__
 
 FORMAT = "tim4rec-model-1"
-_KEYS = ("model", "n_items", "max_seq_length", "hyperparameters", "model_state", "config", "item_tokens")
+
+
+def _dict(expected: str) -> Parser:
+    """A parser of a field that must be a dict (``expected`` says of what, in the error)."""
+
+    def parse(key: str, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__}")
+        return value
+
+    return parse
+
+
+def _item_tokens(key: str, value: Any) -> list[str]:
+    """The dataset's item ids as strings (integers are read as their digits, as the data readers read them)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of item ids, got {type(value).__name__}")
+    for index, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, (str, int)):
+            raise ConfigError(f"{key}: expected item ids (strings), got {type(token).__name__} at index {index}")
+    return [str(token) for token in value]
+
+
+def _tensors(key: str, value: Any) -> dict[str, torch.Tensor]:
+    """A state dict: names to tensors."""
+    for name, tensor in _dict("a dict of tensors")(key, value).items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ConfigError(f"{key}: expected a dict of tensors, got {type(tensor).__name__} at {name!r}")
+    return value
+
+
+#: each field a saved model must have, and its parser
+_FIELDS: dict[str, Parser] = {
+    "model": text,
+    "n_items": positive_int,
+    "max_seq_length": positive_int,
+    "hyperparameters": _dict("a dict of hyper-parameters"),
+    "model_state": _tensors,
+    "config": _dict("a dict of settings"),
+    "item_tokens": _item_tokens,
+}
 
 
 @dataclass
@@ -57,11 +99,15 @@ class SavedModel:
         return digest.hexdigest()
 
     def build(self) -> SequentialRecommender:
-        """The model with its saved weights, in eval mode, on the CPU."""
+        """The model with its saved weights, in eval mode, on the CPU; weights holding NaN or infinity
+        are refused (such a model scores every item NaN and recommends nothing)."""
         where = self.path or "saved model"
+        check_finite(self.model_state, where)
         try:
             model = create(self.model, self.n_items, self.max_seq_length, **self.hyperparameters)
             model.load_state_dict(self.model_state)
+        except ConfigError as error:
+            raise Tim4RecError(f"{where}: {error}") from None
         except (RuntimeError, TypeError, ValueError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Tim4RecError(f"{where}: the weights do not fit the model it names ({first})") from None
@@ -101,16 +147,26 @@ def save_model(
 
 
 def load_saved_model(path: str | Path) -> SavedModel:
-    """Read a saved model file (never runs code from it); a clear error for anything else."""
+    """Read a saved model file (never runs code from it), each field checked by its parser (``_FIELDS``);
+    a clear error naming the file and the field for anything else."""
     path = Path(path)
     saved = load_torch_file(path, "saved model")
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise Tim4RecError(f"{path}: not a tim4rec model file (best.pt)")
-    missing = [key for key in _KEYS if key not in saved]
+    missing = [key for key in _FIELDS if key not in saved]
     if missing:
         raise Tim4RecError(f"{path}: a damaged tim4rec model file (missing {missing})")
+    try:
+        fields = {key: parse(key, saved[key]) for key, parse in _FIELDS.items()}
+    except ConfigError as error:
+        raise Tim4RecError(f"{path}: a damaged tim4rec model file ({error})") from None
+    if len(fields["item_tokens"]) != fields["n_items"] + 1:
+        raise Tim4RecError(
+            f"{path}: a damaged tim4rec model file (item_tokens: expected n_items + 1 = {fields['n_items'] + 1} "
+            f"item ids, got {len(fields['item_tokens'])})"
+        )
     return SavedModel(
-        **{key: saved[key] for key in _KEYS},
+        **fields,
         epoch=saved.get("epoch"),
         valid=saved.get("valid"),
         version=saved.get("version", "unknown"),

@@ -12,6 +12,8 @@ import importlib.util
 import inspect
 from typing import Any
 
+import torch
+
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.values import positive_int
@@ -54,16 +56,31 @@ def create(name: str, n_items: int, max_seq_length: int, **hyperparameters: Any)
     """Build model ``name`` for ``n_items`` items and sequences of length ``max_seq_length``.
 
     Hyper-parameters not given take the model's defaults; an unknown one, or one of the wrong
-    type or range (:mod:`tim4rec.models.hyperparameters`), is a :class:`~tim4rec.errors.ConfigError`.
+    type or range (:mod:`tim4rec.models.hyperparameters`), is a :class:`~tim4rec.errors.ConfigError`; so is a
+    model too large for the memory, naming the sizes that make it so.
     """
-    from tim4rec.models.hyperparameters import check_hyperparameters
+    from tim4rec.models.hyperparameters import SIZES, check_hyperparameters
 
     cls = model_class(name)
     positive_int("n_items", n_items)
     positive_int("MAX_ITEM_LIST_LENGTH", max_seq_length)
     arguments = {**cls.hyperparameters, **check_hyperparameters(cls, hyperparameters)}
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(n_items, max_seq_length, **{k: v for k, v in arguments.items() if k in accepted})
+    parameters = inspect.signature(cls.__init__).parameters
+    accepted = {k: v for k, v in arguments.items() if k in parameters}
+    try:
+        return cls(n_items, max_seq_length, **accepted)
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        sizes = {"n_items": n_items, "MAX_ITEM_LIST_LENGTH": max_seq_length}
+        sizes.update({k: v for k, v in accepted.items() if k in SIZES and v is not None})
+        listed = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ConfigError(f"model '{cls.name}' does not fit in memory with {listed}; choose smaller sizes") from None
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """True for the allocator's refusal: MemoryError, CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error)
 
 
 __all__ = ["REGISTRY", "SequentialRecommender", "available", "create", "model_class", "model_defaults"]

@@ -19,6 +19,7 @@ from tim4rec.values import (
     boolean,
     choice,
     fraction,
+    int_in,
     nonnegative_number,
     open_fraction,
     optional,
@@ -27,12 +28,22 @@ from tim4rec.values import (
     unit_interval,
 )  # fmt: skip
 
+#: the hyper-parameters that set the size of the model's tensors
+SIZES = frozenset(
+    {"hidden_size", "embedding_size", "inner_size", "n_layers", "num_layers", "n_heads", "head_dim", "d_state",
+     "d_conv", "expand", "chunk_size", "nv", "nh", "time_span"}
+)  # fmt: skip
+
 RULES: dict[str, Parser] = {
     # sizes
     "hidden_size": positive_int, "embedding_size": positive_int, "inner_size": optional(positive_int),
     "n_layers": positive_int, "num_layers": positive_int, "n_heads": positive_int, "head_dim": positive_int,
     "d_state": positive_int, "d_conv": positive_int, "expand": positive_int, "chunk_size": positive_int,
-    "nv": positive_int, "nh": positive_int, "time_span": positive_int,
+    "nv": positive_int, "nh": positive_int,
+    # TiSASRec's two interval tables have time_span + 1 rows of hidden_size each. Real settings use hundreds
+    # to thousands of buckets (256 in the packaged configs); 2**20 (12 days of unscaled seconds) still fits
+    # in 512 MiB at hidden_size 64, while an unbounded value asks the allocator for terabytes
+    "time_span": int_in(1, 2**20),
     # regularisation
     "dropout_prob": fraction, "hidden_dropout_prob": fraction, "attn_dropout_prob": fraction,
     "time_drop_out": fraction, "reg_weight": nonnegative_number,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from tim4rec.errors import ConfigError, Tim4RecError
+from tim4rec.errors import Tim4RecError
 from tim4rec.models.base import StreamState
 from tim4rec.serving.recommender import (
     EncodedHistory,
@@ -41,6 +41,7 @@ from tim4rec.serving.recommender import (
     parse_events,
 )
 from tim4rec.times import time_problem
+from tim4rec.values import nonnegative_int
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class UserStore:
     """Events in SQLite (``path``; None: in memory), states in an LRU cache of ``cache_size`` users."""
 
     def __init__(self, recommender: Recommender, path: str | Path | None = None, cache_size: int = 10_000):
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ConfigError(f"cache_size: expected a non-negative integer, got {cache_size!r}")
+        nonnegative_int("cache_size", cache_size)
         self.recommender = recommender
         self.model = recommender.model
         self.fingerprint = recommender.saved.fingerprint()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from tim4rec.config import Config, load_config
 from tim4rec.errors import ConfigError, Tim4RecError
-from tim4rec.io import prepare_folder
+from tim4rec.io.files import output_folder
 from tim4rec.runtime import resolve_device, runtime_settings
 from tim4rec.training.distributed import Distributed, join, leave, peer_lost
 from tim4rec.training.experiment import build_experiment
@@ -37,16 +38,18 @@ def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = 
 
 
 def _run(config: Config, output_dir, resume: bool, notices, distributed: Distributed) -> dict[str, Any]:
+    """Train in the output folder, which rank 0 creates; a run that fails before writing there leaves no folder."""
     folder = Path(output_dir or config.output_dir or default_output_dir(config))
-    if distributed.main:
-        prepare_folder(folder)
-    with runtime_settings(
-        threads=config.threads,
-        flush_denormal=config.flush_denormal,
-        reuse_memory=config.reuse_memory,
-        compile=config.compile,
-        kernels=config.kernels,
-    ) as runtime:
+    with (
+        output_folder(folder) if distributed.main else contextlib.nullcontext(folder),
+        runtime_settings(
+            threads=config.threads,
+            flush_denormal=config.flush_denormal,
+            reuse_memory=config.reuse_memory,
+            compile=config.compile,
+            kernels=config.kernels,
+        ) as runtime,
+    ):
         experiment = build_experiment(config, list(notices), distributed)
         return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)
 

@@ -68,6 +68,7 @@ def build_experiment(config: Config, notices: list[str] | None = None, distribut
         device = torch.device("cuda", distributed.local_rank)
     with distributed.main_first():
         data = config.load_data()
+    data.check_trainable()
     seed_everything(config.seed)
     model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
     regime = config.train_regime or model.regime

@@ -15,6 +15,7 @@ optimiser) and owns only the loop. Files in the output folder:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -30,13 +31,19 @@ import torch
 
 from tim4rec.config import Config
 from tim4rec.data.batches import REGIMES, Batch, SampleSet
-from tim4rec.errors import ConfigError, Tim4RecError
+from tim4rec.errors import ConfigError, DataError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.io import load_saved_model, save_model, write_json_atomic
 from tim4rec.ops.kernels import paths_taken
 from tim4rec.runtime import RuntimeSettings
-from tim4rec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from tim4rec.training.checkpoint import (
+    data_difference,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from tim4rec.training.experiment import Experiment
 from tim4rec.version import __version__
 
@@ -138,6 +145,11 @@ class Trainer:
     def item_tokens(self) -> list[str]:
         return self.data.interactions.item_tokens.tolist()
 
+    @functools.cached_property
+    def data_fingerprint(self) -> dict[str, Any]:
+        """The prepared data's fingerprint, computed once: each checkpoint stores it and ``--resume`` compares it."""
+        return self.data.interactions.fingerprint()
+
     def _write_results(self, status: str) -> None:
         if self.distributed.main:
             write_json_atomic(self.results(status), self.results_path)
@@ -151,6 +163,7 @@ class Trainer:
             self.checkpoint_path,
             config=self.config.to_dict(),
             item_tokens=self.item_tokens,
+            data_fingerprint=self.data_fingerprint,
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if self.optimizer else {},
             state=self.state,
@@ -217,6 +230,7 @@ class Trainer:
                 f"{self.checkpoint_path}: the dataset's item ids differ from the ones this run was trained on; "
                 "resume with the same data or start a new run"
             )
+        self._check_same_data(checkpoint.get("data_fingerprint"))
         try:
             self.model.load_state_dict(checkpoint["model_state"])
             if self.optimizer is not None:
@@ -236,6 +250,19 @@ class Trainer:
         self.state = checkpoint["state"]
         self.state["stopped_by"] = None
         self._log(f"resumed {self.output_dir} after epoch {self.state['epoch']} (step {self.state['step']})")
+
+    def _check_same_data(self, saved: dict[str, Any] | None) -> None:
+        """Refuse to resume on prepared data other than the checkpoint's (the same item ids may hide other
+        events or times); a checkpoint written before fingerprints were stored is not checked."""
+        if saved is None:
+            self._log(f"{self.checkpoint_path} holds no data fingerprint: only the item ids are checked")
+            return
+        change = data_difference(saved, self.data_fingerprint)
+        if change:
+            raise DataError(
+                f"--resume: the prepared data of {self.config.dataset} differ from the run's ({change}); "
+                "resume with the same data or start a new run"
+            )
 
     def results(self, status: str, test: dict[str, float] | None = None) -> dict[str, Any]:
         history = self.state["history"]
