@@ -138,6 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 flush_denormal=not args.keep_denormals,
                 infer_batch=args.infer_batch,
                 compile=args.compile,
+                precisions=tuple(args.precision),
             )
         )
         return 0
@@ -270,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch", type=int, default=16, help="histories (windows) per training step")
     speed.add_argument("--infer-batch", type=int, default=256, help="histories per inference call")
     speed.add_argument("--compile", action="store_true", help="run the steps through torch.compile")
+    speed.add_argument(
+        "--precision",
+        nargs="+",
+        default=["off"],
+        choices=["off", "bf16", "fp16"],
+        help="mixed_precision settings to measure side by side (off: float32)",
+    )
     speed.add_argument("--items", type=int, default=3416, help="number of items (default: ML-1M's 3416)")
     speed.add_argument("--dropout", choices=["both", "on", "off"], default="both")
     speed.add_argument("--device", default="cpu")

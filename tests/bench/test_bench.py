@@ -1,3 +1,4 @@
+import csv
 import json
 import shlex
 from pathlib import Path
@@ -62,6 +63,11 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     with pytest.raises(Tim4RecError, match="not the run's best weights"):
         quality.add_seen_removed(plan, output)
 
+    # compare_to as {run: reference}: each named run against its own reference, the reference named in the row
+    plan.write_text(plan.read_text().replace("compare_to: floor", "compare_to: {small: floor}"))
+    text = quality_report.report(plan, output)
+    assert "Paired comparisons, each run with its reference," in text and "| small | floor | 30 |" in text
+
 
 def test_anchors_are_shown_and_checked(tmp_path: Path):
     anchor = "{model: SASRec, source: a paper, hit@10: 0.3152, ndcg@10: 0.1821, seen_items: removed}"
@@ -109,6 +115,22 @@ def test_speed_point_measures_time_mfu_and_memory(model):
         assert row[f"{what}_s"] > 0 and row[f"{what}_gflop"] > 0 and 0 < row[f"{what}_mfu"] < 10
     assert "causal_s" not in row or model != "bert4rec"
     assert row["peak_mib"] >= 0 and row["mode"] == "eager"
+
+
+def test_speed_runs_each_precision_side_by_side(tmp_path: Path):
+    """``--precision off bf16``: a row per precision, each with both FLOP counts, MFU over its own matmul rate
+    and its speed-up over the float32 row."""
+    small = {"tim4rec": {"hidden_size": 8, "head_dim": 4, "d_state": 4, "chunk_size": 8}}
+    text = speed.run(["tim4rec"], [16], batch=2, items=50, dropouts=[False], device="cpu", threads=1, warmup=1,
+                     repeats=2, output=tmp_path, memory_limit_gib=None, hyperparameters=small, infer_batch=3,
+                     precisions=("off", "bf16"))  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "speed.csv").open()))
+    assert [r["precision"] for r in rows] == ["off", "bf16"] and "speed-up over float32" in text
+    off, bf16 = rows
+    assert float(off["causal_vs_float32"]) == 1.0 and float(bf16["causal_vs_float32"]) > 0
+    assert float(bf16["matmul_gflops"]) != float(off["matmul_gflops"])  # each precision's own rate
+    for row in rows:
+        assert float(row["causal_counted_gflop"]) > 0 and float(row["infer_counted_mfu"]) > 0
 
 
 def test_flops_see_the_fused_cpu_attention():

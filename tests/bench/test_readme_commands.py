@@ -38,7 +38,7 @@ def test_bench_speed_command(tmp_path: Path):
         "--dropout", "off", "--repeats", "1", "--warmup", "0", "--threads", "1", "--output", str(tmp_path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "| tim4rec | off | eager | 8 |" in (tmp_path / "speed.md").read_text()
+    assert "| tim4rec | float32 | off | eager | 8 |" in (tmp_path / "speed.md").read_text()
 
 
 def test_bench_kernel_command(tmp_path: Path):

@@ -52,3 +52,18 @@ def test_empty_and_bad_shapes():
     assert float(linear_cross_entropy(hidden, weight, targets)) == 0.0
     with pytest.raises(ValueError, match="expected hidden"):
         linear_cross_entropy(torch.zeros(3, 4), torch.zeros(5, 2), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_bfloat16_products_stay_close_to_float32(bias):
+    """bfloat16 products (8 mantissa bits): the loss within 1e-3 relative, the gradients within about 1%
+    of their scale; the statistics and the result stay float32."""
+    hidden, weight, b, targets = inputs(T=300, V=400, d=16, bias=bias, dtype=torch.float32)
+    leaves = [t for t in (hidden, weight, b) if t is not None]
+    exact = linear_cross_entropy(hidden, weight, targets, b)
+    fast = linear_cross_entropy(hidden, weight, targets, b, compute_dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, exact, rtol=1e-3, atol=0)
+    for got, want in zip(torch.autograd.grad(fast, leaves), torch.autograd.grad(exact, leaves)):
+        assert got.dtype == torch.float32
+        assert float((got - want).abs().max()) <= 0.02 * float(want.abs().max())

@@ -61,6 +61,13 @@ def random_batch(regime: str, rows: int, length: int, items: int, seed: int = 0)
     return Batch("prefix", item_seq, lengths, timestamps, torch.randint(1, items + 1, (rows,), generator=generator))
 
 
+def counted_flops(function: Any) -> int:
+    """The FLOPs that :class:`FlopCounterMode` sees in one call of ``function`` (the path that is timed)."""
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
+
+
 def step_flops(model_name: str, hyperparameters: dict[str, Any], items: int, length: int, rows: int, what: str) -> int:
     """FLOPs of one ``what`` on ``rows`` full-length histories, on the eager reference path.
 
@@ -84,9 +91,9 @@ def step_flops(model_name: str, hyperparameters: dict[str, Any], items: int, len
     return counter.get_total_flops()
 
 
-def matmul_rate(device: str = "cpu", size: int = 1024, repeats: int = 10) -> float:
-    """The float32 (size x size) matmul rate in FLOP/s at the current thread count (median of ``repeats``)."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_rate(device: str = "cpu", size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """The (size x size) matmul rate in ``dtype`` in FLOP/s at the current thread count (median of ``repeats``)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
     times = []

@@ -193,33 +193,48 @@ def commands_block(plan: dict[str, Any], results: list[dict[str, Any]], order: l
     return "\n".join(lines) + "\n"
 
 
-def comparisons(results: list[dict[str, Any]], reference: str, order: list[str], *, seen_removed: bool = False) -> str:
-    """A table of paired comparisons of each run against ``reference`` on per-user test NDCG@10
-    (``seen_removed``: on the ranks with the items each user already met removed; "" if the
-    reference has none)."""
+def comparisons(
+    results: list[dict[str, Any]], reference: str | dict[str, str], order: list[str], *, seen_removed: bool = False
+) -> str:
+    """A table of paired comparisons on per-user test NDCG@10 (``seen_removed``: on the ranks with the
+    items each user already met removed): of each run against the run ``reference``, or of each run
+    named in a ``{run: reference}`` mapping against its own reference. "" (seen removed) or a line
+    saying so when a reference has no finished runs with per-user ranks."""
     key = "test_seen_removed_ranks" if seen_removed else "test_ranks"
     by_run = _by_run(results)
-    if reference not in by_run or not all(key in r for r in by_run[reference]):
-        if seen_removed:
-            return ""
-        return f"(no paired comparison: run '{reference}' has no finished runs with per-user ranks)\n"
-    base = per_user_ndcg(by_run[reference], key=key)
+    pairs = (
+        dict(reference)
+        if isinstance(reference, dict)
+        else {name: reference for name in sorted(by_run, key=order.index) if name != reference}
+    )
+    missing = sorted({base for base in pairs.values() if not all(key in r for r in by_run.get(base, [{}]))})
+    if missing:
+        return (
+            ""
+            if seen_removed
+            else f"(no paired comparison: run(s) {missing} have no finished runs with per-user ranks)\n"
+        )
+    single = isinstance(reference, str)
     lines = [
-        f"Paired comparison with `{reference}` on per-user test NDCG@10"
+        (f"Paired comparison with `{reference}`" if single else "Paired comparisons, each run with its reference,")
+        + " on per-user test NDCG@10"
         + (", seen items removed" if seen_removed else "")
         + " (each user's value averaged over the run's seeds): the difference of the means (run minus "
         "reference), its 95% bootstrap interval over users, and a two-sided sign-flip permutation p-value "
         "(10,000 draws each).",
         "",
-        f"| run | users | ΔNDCG@10 vs {reference} | 95% interval | p |",
-        "|---|---|---|---|---|",
-    ]
-    for name in sorted(by_run, key=order.index):
-        runs = by_run[name]
-        if name == reference or not all(key in r for r in runs):
+        f"| run | users | ΔNDCG@10 vs {reference} | 95% interval | p |" if single else
+        "| run | reference | users | ΔNDCG@10 | 95% interval | p |",
+        "|---|---|---|---|---|" + ("" if single else "---|"),
+    ]  # fmt: skip
+    for name, base in pairs.items():
+        runs = by_run.get(name, [])
+        if not runs or not all(key in r for r in runs):
             continue
-        c = paired_comparison(per_user_ndcg(runs, key=key), base)
-        lines.append(f"| {name} | {c.users} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | {c.p_value:.4f} |")
+        c = paired_comparison(per_user_ndcg(runs, key=key), per_user_ndcg(by_run[base], key=key))
+        cells = [name] + ([] if single else [base]) + [str(c.users), f"{c.difference:+.4f}",
+                 f"[{c.low:+.4f}, {c.high:+.4f}]", f"{c.p_value:.4f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

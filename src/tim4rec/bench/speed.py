@@ -11,9 +11,13 @@ ML-1M's count) and measures, after warm-up, the median and spread of
 - ``infer``: ``full_sort_predict`` under ``torch.no_grad`` on ``infer_batch`` histories;
 - peak memory above the process's baseline (max RSS on a CPU; ``max_memory_allocated`` on a GPU).
 
-Each time comes with its model FLOP utilisation: the model's FLOPs (counted once on the eager
-reference path, :mod:`tim4rec.bench.flops`) per second over the float32 matmul rate measured in the
-same subprocess; the ratio is stable where seconds move with the machine's load. Steps run as
+Each point runs in one or more precisions (``--precision off bf16``: the training step under
+``mixed_precision``, inference with the forward under autocast and float32 scores), side by side,
+each row with its speed-up over float32. Each time comes with two model FLOP utilisations, both
+over the matmul rate of the row's precision measured in the same subprocess (the ratio is stable
+where seconds move with the machine's load): ``MFU`` counts the model's FLOPs once on the eager
+reference path (:mod:`tim4rec.bench.flops`: the same for every implementation), ``MFU counted``
+the FLOPs that ``FlopCounterMode`` sees in the timed path itself (fused output layer, chunked scan). Steps run as
 training does (fused output layer and loss, denormals flushed, freed memory reused) and eagerly,
 or compiled with ``torch.compile`` (``--compile``; each row says which). Models run at their
 configured dropout and with every dropout set to 0 (PyTorch's fused attention leaves its fast
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,7 @@ def _dropout_free(name: str) -> dict[str, Any]:
 
 
 MEASURES = ("causal", "readout", "infer")
+PRECISION_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def measure_point(
@@ -81,9 +87,11 @@ def _measure_point(
     repeats: int,
     hyperparameters: dict[str, Any],
     infer_batch: int = 256,
+    precision: str = "off",
 ) -> dict[str, Any]:
-    from tim4rec.bench.flops import matmul_rate, random_batch, step_flops
+    from tim4rec.bench.flops import counted_flops, matmul_rate, random_batch, step_flops
     from tim4rec.models import create
+    from tim4rec.ops.precision import mixed_precision
     from tim4rec.training.loss import NextItemLoss
 
     torch.manual_seed(0)
@@ -94,8 +102,7 @@ def _measure_point(
         torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated() if device.startswith("cuda") else common.max_rss_bytes()
     model = create(model_name, items, length, **extra).to(device)
-    loss = NextItemLoss(model, fused=True)
-    predict = model.full_sort_predict
+    loss = NextItemLoss(model, fused=True, mixed_precision=precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = {
         "causal": random_batch("causal", batch, length, items) if model.causal else None,
@@ -110,13 +117,17 @@ def _measure_point(
         (total / max(count, 1)).backward()
         optimizer.step()
 
-    def infer() -> None:
+    def infer() -> None:  # as evaluation and serving score: the forward in the precision, scores in float32
+        infer_batch_ = batches["infer"]
         with torch.no_grad():
-            predict(batches["infer"].item_seq, batches["infer"].item_seq_len, batches["infer"].timestamps)
+            with mixed_precision(precision, torch.device(device).type):
+                hidden = model.predict_hidden(infer_batch_.item_seq, infer_batch_.item_seq_len, infer_batch_.timestamps)
+            model.item_scores(hidden.float())
 
-    rate = matmul_rate(device)
+    rate = matmul_rate(device, dtype=PRECISION_DTYPES[precision])
     row: dict[str, Any] = {
-        "model": model_name, "length": length, "dropout": "on" if dropout else "off",
+        "model": model_name, "precision": precision, "dtype": str(PRECISION_DTYPES[precision]).removeprefix("torch."),
+        "length": length, "dropout": "on" if dropout else "off",
         "batch": batch, "infer_batch": infer_batch, "items": items,
     }  # fmt: skip
     for what in MEASURES:
@@ -126,9 +137,11 @@ def _measure_point(
         function = infer if what == "infer" else (lambda b=batches[what]: train_step(b))
         timing = time_call(function, warmup=warmup, repeats=repeats, device=device)
         flops = step_flops(model_name, extra, items, length, infer_batch if what == "infer" else batch, what)
+        counted = counted_flops(function)
         row.update({
             f"{what}_s": timing["median"], f"{what}_min_s": timing["min"], f"{what}_max_s": timing["max"],
             f"{what}_gflop": flops / 1e9, f"{what}_mfu": flops / timing["median"] / rate,
+            f"{what}_counted_gflop": counted / 1e9, f"{what}_counted_mfu": counted / timing["median"] / rate,
         })  # fmt: skip
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else common.max_rss_bytes()
     row.update({
@@ -196,45 +209,74 @@ def run(
     flush_denormal: bool = True,
     infer_batch: int = 256,
     compile: bool = False,
+    precisions: tuple[str, ...] = ("off",),
 ) -> str:
     machine = machine_description(threads, device)
     rows = []
     for model in models:
         for dropout in dropouts:
             for length in lengths:
-                arguments = {
-                    "model_name": model, "length": length, "batch": batch, "infer_batch": infer_batch,
-                    "items": items, "dropout": dropout, "device": device, "threads": threads, "warmup": warmup,
-                    "repeats": repeats, "hyperparameters": hyperparameters.get(model, {}),
-                    "flush_denormal": flush_denormal, "compile": compile,
-                }  # fmt: skip
-                row = _run_point_subprocess(arguments, memory_limit_gib)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                rows.append(row)
-    reference = {(r["length"], r["dropout"]): r for r in rows if r["model"] == "sasrec" and "infer_s" in r}
-    for row in rows:
-        base = reference.get((row["length"], row["dropout"]))
-        if base is None or "infer_s" not in row:
-            continue
-        for what in MEASURES:
-            if row.get(f"{what}_s") and base.get(f"{what}_s"):
-                row[f"{what}_vs_sasrec"] = row[f"{what}_s"] / base[f"{what}_s"]
-        row["memory_vs_sasrec"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
+                for precision in precisions:  # side by side: the same point in each precision, one after another
+                    arguments = {
+                        "model_name": model, "length": length, "batch": batch, "infer_batch": infer_batch,
+                        "items": items, "dropout": dropout, "device": device, "threads": threads, "warmup": warmup,
+                        "repeats": repeats, "hyperparameters": hyperparameters.get(model, {}),
+                        "flush_denormal": flush_denormal, "compile": compile, "precision": precision,
+                    }  # fmt: skip
+                    row = _run_point_subprocess(arguments, memory_limit_gib)
+                    row.setdefault("precision", precision)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
+    _add_ratios(rows, "sasrec", lambda r: (r["length"], r["dropout"], r["precision"]), lambda r: r["model"] == "sasrec")
+    _add_ratios(rows, "float32", lambda r: (r["model"], r["length"], r["dropout"]), lambda r: r["precision"] == "off")
     output.mkdir(parents=True, exist_ok=True)
     plot(rows, output / "speed.png")
-    columns = [("model", "model"), ("dropout", "dropout"), ("mode", "mode"), ("length", "L")]
+    columns = [
+        ("model", "model"),
+        ("dtype", "precision"),
+        ("dropout", "dropout"),
+        ("mode", "mode"),
+        ("length", "L"),
+    ]
     for what, title in (("causal", "causal step"), ("readout", "read-out step"), ("infer", "inference")):
-        columns += [(f"{what}_s", f"{title} s"), (f"{what}_mfu", "MFU"), (f"{what}_vs_sasrec", "x SASRec")]
+        columns += [(f"{what}_s", f"{title} s"), (f"{what}_mfu", "MFU"), (f"{what}_counted_mfu", "MFU counted")]
+        columns += [(f"{what}_vs_float32", "speed-up over float32")] * (len(precisions) > 1)
+        columns += [(f"{what}_vs_sasrec", "x SASRec")]
     columns += [("peak_mib", "peak MiB"), ("memory_vs_sasrec", "x SASRec"), ("error", "error")]
-    rate = statistics.median(r["matmul_gflops"] for r in rows if "matmul_gflops" in r)
+    rates = {
+        precision: statistics.median(
+            r["matmul_gflops"] for r in rows if "matmul_gflops" in r and r["precision"] == precision
+        )
+        for precision in precisions
+        if any("matmul_gflops" in r and r["precision"] == precision for r in rows)
+    }
+    rate_text = ", ".join(f"{'float32' if p == 'off' else p} {g:.1f} GFLOP/s" for p, g in rates.items())
     return common.write_report(
         output, "speed",
         f"Speed, MFU and memory (training batch {batch}, inference batch {infer_batch}, {items} items, {device}, "
         f"{threads} thread(s), denormals {'flushed to zero' if flush_denormal else 'kept'})",
-        "MFU: the model's FLOPs (eager reference path, chunk 32) per second over the float32 matmul rate of the "
-        f"same subprocess (median {rate:.1f} GFLOP/s over the points).",
+        "MFU: the model's FLOPs (eager reference path, chunk 32) per second over the matmul rate of the row's "
+        "precision in the same subprocess; MFU counted: the FLOPs FlopCounterMode sees in the timed path itself, over "
+        f"the same rate (median matmul rates over the points: {rate_text}). Speed-up over float32: the float32 row's "
+        "time over this row's, measured side by side.",
         machine, rows, columns,
     )  # fmt: skip
+
+
+def _add_ratios(rows: list[dict[str, Any]], name: str, key: Callable, is_base: Callable) -> None:
+    """``<measure>_vs_<name>`` of every row: the time over that of its base row (the row with the same ``key``
+    for which ``is_base`` holds); for ``sasrec`` also ``memory_vs_sasrec``. A speed-up over float32 is the inverse."""
+    bases = {key(r): r for r in rows if is_base(r) and "infer_s" in r}
+    for row in rows:
+        base = bases.get(key(row))
+        if base is None or "infer_s" not in row:
+            continue
+        for what in MEASURES:
+            if row.get(f"{what}_s") and base.get(f"{what}_s"):
+                ratio = row[f"{what}_s"] / base[f"{what}_s"]
+                row[f"{what}_vs_{name}"] = 1 / ratio if name == "float32" else ratio
+        if name == "sasrec":
+            row["memory_vs_sasrec"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

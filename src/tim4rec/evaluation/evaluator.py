@@ -15,6 +15,7 @@ from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.evaluation.scoring import ITEM_BLOCK, blocked_target_ranks
 from tim4rec.io import load_saved_model
+from tim4rec.ops.precision import mixed_precision as autocast
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -34,6 +35,7 @@ def evaluate(
     mask_history: bool = False,
     ranks_out: list | None = None,
     item_block: int = ITEM_BLOCK,
+    mixed_precision: str = "off",
 ) -> dict[str, float]:
     """Rank each sample's target among all items 1..n_items with the model's scores.
 
@@ -42,7 +44,9 @@ def evaluate(
     Batches go to the model's device. The padding id 0 is never ranked; with ``mask_history`` every
     item the user met before the target (other than the target itself) scores -inf. Scores are
     computed ``item_block`` items at a time (:mod:`tim4rec.evaluation.scoring`): the ranks equal
-    those of the whole (users x items) matrix, which never exists at once.
+    those of the whole (users x items) matrix, which never exists at once. ``mixed_precision``
+    (``bf16``, ``fp16``): the model's forward under autocast; the scores and ranks are float32 either way,
+    so ties mean what they mean in float32.
     """
     was_training = model.training
     model.eval()
@@ -52,7 +56,9 @@ def evaluate(
         for begin in range(0, len(samples), batch_size):
             rows = torch.arange(begin, min(begin + batch_size, len(samples)))
             batch = data.batch(samples, rows).to(device)
-            hidden = model.predict_hidden(batch.item_seq, batch.item_seq_len, batch.timestamps)
+            with autocast(mixed_precision, device.type):
+                hidden = model.predict_hidden(batch.item_seq, batch.item_seq_len, batch.timestamps)
+            hidden = hidden.float()
             masked = None
             if mask_history:
                 row_index, item_index = data.history_mask_indices(samples, rows)
@@ -136,7 +142,8 @@ def evaluate_saved_model(
 
     ``streaming``: every user's history through the streaming state (:func:`evaluate_streaming`: the whole
     history for a recurrent model, the last ``max_seq_length`` events for a fixed-length one). Returns
-    ``{"metrics", "config", "epoch"}``; the dataset must have the item ids the model was trained on.
+    ``{"metrics", "config", "epoch"}``; the dataset must have the item ids the model was trained on. The
+    forward runs in the precision the model was trained in (its ``mixed_precision``).
     """
     model, config, data, epoch = load_for_evaluation(path)
     samples = data.evaluation_samples(split)
@@ -146,5 +153,6 @@ def evaluate_saved_model(
         metrics = evaluate(
             model, data, samples, batch_size=config.eval_batch_size, ks=config.topk, metric_names=config.metric_names,
             mask_history=config.mask_history if mask_history is None else mask_history,
+            mixed_precision=config.mixed_precision,
         )  # fmt: skip
     return {"metrics": metrics, "config": config, "epoch": epoch}

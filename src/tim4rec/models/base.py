@@ -297,6 +297,7 @@ def cross_entropy_terms(
     fused: bool = False,
     negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
     autocast: contextlib.AbstractContextManager | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(summed loss, number of targets) of ``batch``: cross-entropy over all items at the model's
     target positions, plus ``regularization()`` once per target (so that the mean is CE + reg).
@@ -306,8 +307,9 @@ def cross_entropy_terms(
     the same value without materialising the logits twice); otherwise the plain reference form.
     ``negatives``: (ids (K,), log expected counts (K,)) for the sampled softmax over the target and
     those negatives instead (:func:`tim4rec.ops.sampled_softmax.sampled_softmax_loss`).
-    ``autocast``: a mixed-precision context for the model's forward; the output layer and the loss
-    then run in float32 on float32 hidden states.
+    ``autocast``: a mixed-precision context for the model's forward (its hidden states come back in
+    float32). ``compute_dtype``: the dtype of the fused output layer's products (its softmax
+    statistics and the loss stay float32).
     """
     if autocast is None:
         hidden, targets = model.target_states(batch)
@@ -320,7 +322,7 @@ def cross_entropy_terms(
         total = sampled_softmax_loss(hidden, *model.output_layer(), targets, *negatives)
     elif fused:
         weight, bias = model.output_layer()
-        total = linear_cross_entropy(hidden, weight, targets, bias)
+        total = linear_cross_entropy(hidden, weight, targets, bias, compute_dtype=compute_dtype)
     else:
         total = F.cross_entropy(model.item_scores(hidden), targets, reduction="sum")
     extra = model.regularization()

@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tim4rec.ops.precision import as_float32
+
+#: PyTorch's fused attention, in float32 also under autocast (:mod:`tim4rec.ops.precision`)
+attention = as_float32(F.scaled_dot_product_attention)
+
 ACTIVATIONS = {
     "gelu": nn.GELU,
     "relu": nn.ReLU,
@@ -98,7 +103,7 @@ class SelfAttention(nn.Module):
     def _attend(self, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.Tensor:
         """Queries from ``rows`` (B, n, d) over keys and values (B, heads, L, d / heads), then the residual."""
         dropout = self.attn_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(self._heads(self.query(rows)), k, v, dropout_p=dropout, **mask)
+        attended = attention(self._heads(self.query(rows)), k, v, dropout_p=dropout, **mask)
         merged = attended.transpose(1, 2).reshape(rows.shape)  # (B, n, d)
         return self.layer_norm(rows + self.dropout(self.out(merged)))
 
@@ -144,6 +149,7 @@ def visible_keys(query_positions: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=query_positions.device)[None, :] <= query_positions[:, None]
 
 
+@as_float32
 def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """Depthwise causal convolution over time: x (B, L, C) -> (B, L, C), output t sees inputs <= t.
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tim4rec.ops.kernels import fused_kernel
+from tim4rec.ops.precision import float32_compute
 
 __all__ = ["selective_scan", "selective_scan_step"]
 
@@ -214,6 +215,7 @@ class _SelectiveScanCore(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C, carry, None
 
 
+@float32_compute
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -271,6 +273,7 @@ def selective_scan(
     return (y, last) if return_last_state else y
 
 
+@float32_compute
 def selective_scan_step(
     state: Tensor,
     u: Tensor,

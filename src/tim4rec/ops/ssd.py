@@ -25,7 +25,8 @@ Beside the fast path, :func:`ssd_recurrent` (the recurrence step by step) and :f
 (the (l, l) matrix form) state the same function as the paper does; the tests and the kernel
 benchmark use them as the oracle.
 
-Numerics: all work happens in float32 (float64 for float64 ``x``). Every exponent is a sum of
+Numerics: all work happens in float32 (float64 for float64 ``x``), also under autocast
+(:mod:`tim4rec.ops.precision`). Every exponent is a sum of
 ``a_t = Delta_t A <= 0`` built by cumulative sums, never a difference of cumulative sums, so no
 ``exp`` of a positive number and no ``inf - inf``; inside a chunk the (Q, Q) decays are masked
 cumulative products of the factors ``exp(a_t)`` in [0, 1] (the same sums, one ``exp`` per step
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from tim4rec.ops.compile import compiled
 from tim4rec.ops.kernels import fused_kernel
+from tim4rec.ops.precision import float32_compute
 
 __all__ = ["ssd_quadratic", "ssd_readout", "ssd_recurrent", "ssd_scan", "ssd_step"]
 
@@ -237,6 +239,7 @@ def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Te
     return y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :m], s  # (b, m, h, p), (b, h, p, n)
 
 
+@float32_compute
 def ssd_scan(
     x: Tensor,
     dt: Tensor,
@@ -295,6 +298,7 @@ def ssd_scan(
     return (y, s) if return_final_states else y
 
 
+@float32_compute
 def ssd_readout(
     x: Tensor,
     dt: Tensor,
@@ -341,6 +345,7 @@ def ssd_readout(
     return _skip_and_gate(y, x[rows, here], D, None).to(x.dtype)
 
 
+@float32_compute
 def ssd_step(
     state: Tensor,
     x: Tensor,

@@ -32,6 +32,7 @@ from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.scoring import blocked_topk, stable_topk
 from tim4rec.io import SavedModel, load_saved_model
 from tim4rec.models.base import SequentialRecommender
+from tim4rec.ops.precision import mixed_precision
 from tim4rec.times import check_time, format_time, whole_seconds
 
 Event = tuple[str, float]  # (raw item id, unix seconds)
@@ -226,7 +227,8 @@ class Recommender:
     @torch.no_grad()
     def hidden(self, windows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One batched forward: hidden states (B, d) of right-padded histories (an empty one: a padding
-        event), whose products with the output layer score the next item."""
+        event), whose products with the output layer score the next item. The forward runs in the
+        model's training precision (``mixed_precision``); the states and scores are float32."""
         length = max([len(items) for items, _ in windows] + [1])
         item_seq = torch.zeros(len(windows), length, dtype=torch.long)
         time_seq = torch.zeros(len(windows), length, dtype=torch.long)
@@ -234,7 +236,9 @@ class Recommender:
         for row, (items, times) in enumerate(windows):
             item_seq[row, : len(items)], time_seq[row, : len(times)], lengths[row] = items, times, len(items)
         device = self.device
-        return self.model.predict_hidden(item_seq.to(device), lengths.to(device), time_seq.to(device))
+        with mixed_precision(self.config.mixed_precision, device.type):
+            hidden = self.model.predict_hidden(item_seq.to(device), lengths.to(device), time_seq.to(device))
+        return hidden.float()
 
     @torch.no_grad()
     def rank(

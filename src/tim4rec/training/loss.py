@@ -13,9 +13,8 @@ from torch import nn
 
 from tim4rec.data.batches import Batch
 from tim4rec.models.base import SequentialRecommender, cross_entropy_terms
+from tim4rec.ops.precision import PRECISIONS, mixed_precision
 from tim4rec.training.negatives import NegativeSampler
-
-PRECISIONS = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NextItemLoss(nn.Module):
@@ -25,8 +24,10 @@ class NextItemLoss(nn.Module):
     ``sampler``: a sampled softmax over the target and the sampler's negatives, drawn anew for
     every forward pass (a micro-batch) and shared by its rows, instead of all items.
     ``mixed_precision``: ``off``, ``bf16`` or ``fp16``: the model's forward under ``torch.autocast``
-    in that type, the output layer and the loss in float32 (fp16 also needs a gradient scaler,
-    which the trainer keeps).
+    in that type (its scans, depthwise convolutions and CPU attention stay float32:
+    :mod:`tim4rec.ops.precision`); with ``bf16`` the fused output layer's products run in bfloat16
+    too, its softmax statistics and the loss in float32. fp16 also needs a gradient scaler, which
+    the trainer keeps, and leaves the output layer in float32 (its logits could overflow fp16).
     """
 
     def __init__(
@@ -41,10 +42,14 @@ class NextItemLoss(nn.Module):
         self.model = model
         self.fused = fused
         self.sampler = sampler
+        self.mixed_precision = mixed_precision
         self.precision = PRECISIONS[mixed_precision]
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
         device = batch.item_seq.device
         negatives = self.sampler.draw(device) if self.sampler is not None else None
-        autocast = None if self.precision is None else torch.autocast(device.type, dtype=self.precision)
-        return cross_entropy_terms(self.model, batch, fused=self.fused, negatives=negatives, autocast=autocast)
+        autocast = None if self.precision is None else mixed_precision(self.mixed_precision, device.type)
+        products = torch.bfloat16 if self.precision == torch.bfloat16 else None
+        return cross_entropy_terms(
+            self.model, batch, fused=self.fused, negatives=negatives, autocast=autocast, compute_dtype=products
+        )

@@ -418,6 +418,7 @@ class Trainer:
         metrics = evaluate(
             self.model, self.data, mine, batch_size=config.eval_batch_size, ks=config.topk,
             metric_names=config.metric_names, mask_history=mask_history, ranks_out=ranks,
+            mixed_precision=config.mixed_precision,
         )  # fmt: skip
         if distributed.active:
             shares = distributed.gather([ranks])  # one list per rank, in rank order
