@@ -175,7 +175,7 @@ class Config:
     flush_denormal: bool = _setting(True, boolean, resumable=True)  # CPU: float32 < 1.2e-38 read as 0 in training
     reuse_memory: bool = _setting(True, boolean, resumable=True)  # CPU: freed memory kept for the next step
     fused_cross_entropy: bool = _setting(True, boolean, resumable=True)  # output layer and loss in one pass
-    compile: bool = _setting(False, boolean, resumable=True)  # torch.compile the SSD kernel and gated norm
+    compile: bool = _setting(False, boolean, resumable=True)  # torch.compile the scans' chunks and the gated norm
     kernels: str = _setting("auto", choice("auto", "torch"), resumable=True)  # torch: never mamba-ssm's CUDA kernels
     mixed_precision: str = _setting("off", choice("off", "bf16", "fp16"))  # the forward under torch.autocast
     sampled_negatives: int | None = _setting(None, optional(positive_int))  # None: softmax over all items
