@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
     serve_bench.add_argument("--requests", type=int, default=2000, help="measured requests per level")
     serve_bench.add_argument("--warmup", type=int, default=100)
-    serve_bench.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 1000])
+    serve_bench.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 1000, 3000])
     serve_bench.add_argument("--repeats", type=int, default=20)
     serve_bench.add_argument("--users", type=int, default=10_000, help="new users for the memory measurement")
     serve_bench.add_argument("--output", default="docs/benchmarks/serve")
@@ -381,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", help="SQLite file of users' events and states (default: serving.sqlite beside the model)"
     )
     serve.add_argument("--cache-size", type=int, default=10_000, help="user states kept in memory")
+    serve.add_argument(
+        "--eager-step",
+        action="store_true",
+        help="do not compile the streaming step at start (compiling takes seconds once, then each event is cheaper)",
+    )
     serve.add_argument("--no-batching", action="store_true", help="score each /recommend request on its own")
     serve.add_argument(
         "--batch-wait-ms",

@@ -21,11 +21,14 @@ def free_port() -> int:
 class Server:
     """``tim4rec serve`` in a subprocess; ``client`` talks to it."""
 
-    def __init__(self, checkpoint: Path, database: Path, *extra: str):
-        self.checkpoint, self.database, self.extra = checkpoint, database, extra
+    def __init__(self, checkpoint: Path, database: Path, *extra: str, compiled_step: bool = False):
+        # the tests' servers step eagerly (compiling takes seconds at every start) unless a test asks otherwise
+        self.checkpoint, self.database = checkpoint, database
+        self.extra = extra if compiled_step else (*extra, "--eager-step")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.stderr = ""  # what the last stopped process wrote to stderr
 
     def start(self) -> Server:
         command = [sys.executable, "-m", "tim4rec", "serve", str(self.checkpoint), "--port", str(self.port),
@@ -49,8 +52,8 @@ class Server:
             self.process.terminate()
         else:
             self.process.send_signal(signal_number)
-        code = self.process.wait(timeout=60)
-        self.process = None
+        _, self.stderr = self.process.communicate(timeout=60)
+        code, self.process = self.process.returncode, None
         return code
 
     def client(self) -> httpx.Client:

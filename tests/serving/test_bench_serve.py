@@ -15,4 +15,6 @@ def test_bench_serve_command(trained, tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "serve.md").read_text()
     assert "| on | 4 |" in text and "| off | 1 |" in text and "after 5 new users" in text
+    assert "| step ms | read-out + ranking ms | step + ranking ms | store write ms |" in text
+    assert "the model's step compiled in" in text
     assert (tmp_path / "serve.png").stat().st_size > 0

@@ -5,10 +5,11 @@
    async HTTP client keeping ``c`` requests in flight for c in ``--concurrency``; 100 warm-up and
    ``--requests`` measured requests per level; with request batching on and off. Client and server
    share the machine's cores (2 here): the figures include that contention.
-2. Per-event update against recomputing: for histories of 50, 200 and 1000 events, the time of
-   ``UserStore.observe`` of one more event followed by ``recommend`` from the state, against
+2. Per-event update against recomputing: for histories of 50, 200, 1000 and 3000 events, the time of
+   ``UserStore.observe`` of one more event followed by ``recommend`` from the state, in its parts
+   (the model's step, the read-out and ranking, the store's SQLite write), against
    ``Recommender.recommend`` on the whole (untruncated) history; in this process, one thread, the
-   events in an in-memory SQLite database.
+   events in an in-memory SQLite database, the step compiled as ``tim4rec serve`` compiles it.
 3. Resident memory of the server before and after 10,000 new users post one event each.
 
 Writes ``serve.md``, ``serve.csv`` and ``serve.png``.
@@ -130,36 +131,42 @@ def _bodies(recommender, history: int, count: int) -> list[dict]:
     return bodies
 
 
-def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> list[dict[str, Any]]:
+def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple[list[dict[str, Any]], str]:
+    """Rows of per-event medians (ms) by history length, and how the step ran (compiled in n s, or eager)."""
     import torch
 
     from tim4rec.serving.store import UserStore
 
     rows = []
     generator = torch.Generator().manual_seed(0)
+    step = UserStore(recommender, None, cache_size=10, compile_step=True).step  # compiled once, as a server does
     for length in lengths:
         items = torch.randint(1, recommender.n_items + 1, (length + repeats,), generator=generator).tolist()
         events = [(recommender.item_tokens[i], 1_000_000_000 + 3600 * n) for n, i in enumerate(items)]
         store = UserStore(recommender, None, cache_size=10)
+        store.step = step
         store.observe("u", events[:length])
         store.recommend("u")
-        update, recompute = [], []
+        parts: dict[str, list[float]] = {"update": [], "recompute": [], "step": [], "rank": [], "store": []}
         for n in range(repeats):
-            event = events[length + n]
             started = time.perf_counter()
-            store.observe("u", [event])
+            store.observe("u", [events[length + n]])
             store.recommend("u")
-            update.append(time.perf_counter() - started)
+            parts["update"].append((time.perf_counter() - started) * 1e3)
+            for part in ("step", "rank", "store"):
+                parts[part].append(store.timings[part])
             started = time.perf_counter()
             recommender.recommend(events[: length + n + 1])
-            recompute.append(time.perf_counter() - started)
+            parts["recompute"].append((time.perf_counter() - started) * 1e3)
         store.close()
-        row = {"length": length, "update_ms": statistics.median(update) * 1000,
-               "recompute_ms": statistics.median(recompute) * 1000}  # fmt: skip
+        served = [s + r for s, r in zip(parts["step"], parts["rank"])]
+        row = {"length": length, **{f"{part}_ms": statistics.median(values) for part, values in parts.items()},
+               "step_rank_ms": statistics.median(served)}  # fmt: skip
         row["speedup"] = row["recompute_ms"] / row["update_ms"]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    return rows
+    mode = f"compiled in {step.compile_seconds:.1f} s" if step.compile_seconds is not None else f"eager ({step.notice})"
+    return rows, mode
 
 
 def _memory_per_users(checkpoint: str, users: int, database: Path) -> dict[str, Any]:
@@ -211,7 +218,7 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
                     server.terminate()
                     server.wait(timeout=120)
             memory = _memory_per_users(checkpoint, users, Path(folder) / "memory.sqlite")
-        update_rows = _update_vs_recompute(recommender, lengths, repeats)
+        update_rows, step_mode = _update_vs_recompute(recommender, lengths, repeats)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(load_rows, output / "serve.csv")
     write_csv(update_rows, output / "serve_updates.csv")
@@ -233,13 +240,18 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
             ],
         )  # fmt: skip
         + "\n## One new event: streaming update and scoring against recomputing from the whole history\n\n"
-        "In one process, 1 thread, eager PyTorch; the event is stored in an in-memory SQLite database (the "
-        "server's file adds one synchronous commit per post); both sides leave the history's items out of the "
-        "ranking. Median of the repeats.\n\n"
+        f"In one process, 1 thread; the model's step {step_mode}; the event is stored in an in-memory SQLite "
+        "database (the server's file adds one synchronous commit per post); both sides leave the history's items "
+        "out of the ranking. Medians of the repeats: the step, the read-out and ranking from the state, their sum "
+        "per event, the store's write, and the whole `observe` + `recommend` (which also encodes the event).\n\n"
         + markdown_table(
             update_rows,
             [
                 ("length", "history length"),
+                ("step_ms", "step ms"),
+                ("rank_ms", "read-out + ranking ms"),
+                ("step_rank_ms", "step + ranking ms"),
+                ("store_ms", "store write ms"),
                 ("update_ms", "update + score ms"),
                 ("recompute_ms", "recompute ms"),
                 ("speedup", "x faster"),

@@ -369,7 +369,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": recommender.saved.model, "items": recommender.n_items,
-                "streaming": recommender.streams, "batching": settings.batching}  # fmt: skip
+                "streaming": recommender.streams, "step": store.step.mode, "batching": settings.batching}  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus() -> Response:

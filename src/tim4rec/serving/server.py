@@ -60,12 +60,14 @@ def serve(args: argparse.Namespace) -> int:
     with runtime_settings(threads=args.threads, flush_denormal=True, reuse_memory=True):
         recommender = Recommender.load(args.checkpoint)
         database = Path(args.db) if args.db else Path(args.checkpoint).with_name("serving.sqlite")
-        store = UserStore(recommender, database, cache_size=args.cache_size)
+        listener = listen(args.host, args.port)
         try:
-            listener = listen(args.host, args.port)
-        except Tim4RecError:
-            store.close()
+            store = UserStore(recommender, database, cache_size=args.cache_size, compile_step=not args.eager_step)
+        except BaseException:
+            listener.close()
             raise
+        if store.step.compile_seconds is not None:
+            print(f"tim4rec: compiled the streaming step in {store.step.compile_seconds:.1f} s", file=sys.stderr)
         settings = ServiceSettings(
             batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch
         )

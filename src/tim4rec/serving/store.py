@@ -21,6 +21,7 @@ import io
 import logging
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from tim4rec.serving.recommender import (
     check_k,
     parse_events,
 )
+from tim4rec.serving.step import StreamingStep
 from tim4rec.times import time_problem
 from tim4rec.values import nonnegative_int
 
@@ -69,17 +71,33 @@ class UserState:
 
 
 class UserStore:
-    """Events in SQLite (``path``; None: in memory), states in an LRU cache of ``cache_size`` users."""
+    """Events in SQLite (``path``; None: in memory), states in an LRU cache of ``cache_size`` users.
 
-    def __init__(self, recommender: Recommender, path: str | Path | None = None, cache_size: int = 10_000):
+    ``compile_step``: compile the model's one-event step (:class:`~tim4rec.serving.step.StreamingStep`)
+    now, which takes seconds once and makes each event several times cheaper. ``timings`` holds the
+    milliseconds of the last operations' parts: ``store`` (the SQLite write of ``observe``), ``step``
+    (the model's steps) and ``rank`` (read-out and ranking of ``recommend`` from a state).
+    """
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        path: str | Path | None = None,
+        cache_size: int = 10_000,
+        *,
+        compile_step: bool = False,
+    ):
         nonnegative_int("cache_size", cache_size)
+        self.db = _open_database(path)
         self.recommender = recommender
         self.model = recommender.model
+        self.step = StreamingStep(self.model, compile=compile_step and self.model.streaming)
+        self.step.warm_up()
+        self.timings: dict[str, float] = {}
         self.fingerprint = recommender.saved.fingerprint()
         self.cache_size = cache_size
         self.cache: OrderedDict[str, UserState] = OrderedDict()
         self.lock = threading.RLock()
-        self.db = _open_database(path)
 
     # -- history ---------------------------------------------------------------------------------------------
     def stored_events(self, user: str) -> list[Event]:
@@ -109,9 +127,9 @@ class UserStore:
         device = self.recommender.device
         if state is None:
             state = self.model.init_state(1)
-        for item, time in zip(items.tolist(), times.tolist()):
-            step_hidden, state = self.model.step_hidden(
-                state, torch.tensor([item], device=device), torch.tensor([time], device=device)
+        for item, when in zip(items.tolist(), times.tolist()):
+            step_hidden, state = self.step(
+                state, torch.tensor([item], device=device), torch.tensor([when], device=device)
             )
             hidden = step_hidden[0]
         seen, unknown = current.seen | set(items.tolist()), current.unknown + encoded.unknown
@@ -206,12 +224,14 @@ class UserStore:
             next_seq = self.db.execute(
                 "SELECT COALESCE(MAX(seq), -1) + 1 FROM events WHERE user = ?", (user,)
             ).fetchone()[0]
+            started = time.perf_counter()
             with self.db:  # one transaction; synchronous=FULL: on disk when it commits
                 self.db.execute("BEGIN")
                 self.db.executemany(
                     "INSERT INTO events (user, time, seq, item) VALUES (?, ?, ?, ?)",
-                    [(user, time, next_seq + k, item) for k, (item, time) in enumerate(checked)],
+                    [(user, when, next_seq + k, item) for k, (item, when) in enumerate(checked)],
                 )
+            stored = time.perf_counter()
             encoded = self.recommender.encode(checked)
             late = bool(checked) and checked[0][1] < current.last_time
             total = current.events + len(encoded.items)
@@ -220,6 +240,7 @@ class UserStore:
             else:
                 state = self._feed(current, encoded, checked[-1][1] if checked else current.last_time)
             self._remember(user, state)
+            self.timings.update(store=(stored - started) * 1e3, step=(time.perf_counter() - stored) * 1e3)
         return {"stored": len(checked), "unknown_items": encoded.unknown, "late": late, "events": state.events}
 
     def recommend(self, user: str, k: int = 10, exclude_seen: bool = True) -> Recommendation:
@@ -236,7 +257,9 @@ class UserStore:
             answer = self.recommender.recommend(history, k, exclude_seen)
             answer.metadata["source"] = "recomputed from the history"
             return answer
+        started = time.perf_counter()
         ranked = self.recommender.rank(state.hidden, k, seen=seen)
+        self.timings["rank"] = (time.perf_counter() - started) * 1e3
         metadata = {"model": self.recommender.saved.model, "events": state.events, "events_used": state.events,
                     "truncated": False, "whole_history": True, "source": "streaming state"}  # fmt: skip
         return Recommendation(ranked, unknown, metadata)
