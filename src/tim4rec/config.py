@@ -50,6 +50,7 @@ from tim4rec.values import (
     optional,
     positive_int,
     positive_number,
+    switch,
     text,
 )  # fmt: skip
 
@@ -177,7 +178,7 @@ class Config:
     fused_cross_entropy: bool = _setting(True, boolean, resumable=True)  # output layer and loss in one pass
     compile: bool = _setting(False, boolean, resumable=True)  # torch.compile the scans' chunks and the gated norm
     kernels: str = _setting("auto", choice("auto", "torch"), resumable=True)  # torch: never mamba-ssm's CUDA kernels
-    mixed_precision: str = _setting("off", choice("off", "bf16", "fp16"))  # the forward under torch.autocast
+    mixed_precision: str = _setting("off", switch("bf16", "fp16"))  # the forward under torch.autocast
     sampled_negatives: int | None = _setting(None, optional(positive_int))  # None: softmax over all items
     negative_distribution: str = _setting("popularity", choice("uniform", "popularity"))  # Q of the negatives
     show_progress: bool = _setting(True, boolean, resumable=True)

@@ -103,6 +103,17 @@ def choice(*options: str) -> Parser:
     return parse
 
 
+def switch(*options: str) -> Parser:
+    """:func:`choice` of ``off`` and ``options``, where ``false`` also means ``off``: YAML reads an unquoted
+    ``off`` (``--set mixed_precision=off``) as the boolean false."""
+    parse_option = choice("off", *options)
+
+    def parse(key: str, value: Any) -> str:
+        return "off" if value is False else parse_option(key, value)
+
+    return parse
+
+
 def unit_interval(key: str, value: Any) -> float:
     """A number in [0, 1]."""
     if not _is_number(value) or not 0 <= value <= 1:

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from tim4rec.models.blocks import causal_conv, causal_conv_step
+from tim4rec.models.blocks import Dropout, causal_conv, causal_conv_step
 
 
 def _loop(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -43,3 +43,18 @@ def test_causal_conv_step_repeats_the_full_convolution():
         y, window = causal_conv_step(conv, window, x[:, t])
         steps.append(y)
     torch.testing.assert_close(torch.stack(steps, 1), causal_conv(conv, x), atol=1e-6, rtol=1e-6)
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    dropout = Dropout(0.2).train()
+    x = torch.ones(400, 500, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(float(kept.float().mean()) - 0.8) < 0.005  # 200,000 draws: 5 standard deviations is 0.0045
+    assert torch.allclose(y[kept], torch.tensor(1.25))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.tensor(1.25))
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(0.2).train()(torch.ones(400, 500)), y.detach())  # the seeded generator decides
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)

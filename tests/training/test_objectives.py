@@ -111,3 +111,11 @@ def test_the_sampled_softmax_with_every_item_drawn_once_matches_the_full_loss(da
 def test_bad_settings_are_named(setting: dict, message: str):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides={**SMALL, "dataset": "ml-100k", **setting})
+
+
+def test_an_unquoted_off_means_float32():
+    """YAML reads ``--set mixed_precision=off`` as false; it means off, and true stays an error."""
+    config, _ = load_config(overrides={**SMALL, "dataset": "ml-100k"}, set_args=["mixed_precision=off"])
+    assert config.mixed_precision == "off"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(overrides={**SMALL, "dataset": "ml-100k"}, set_args=["mixed_precision=on"])

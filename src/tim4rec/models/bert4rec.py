@@ -45,7 +45,7 @@ from torch import nn
 
 from tim4rec.data.batches import PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender, check_heads_divide
-from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
+from tim4rec.models.blocks import Dropout, FeedForward, SelfAttention, init_normal_
 
 CLOZE_MASKED = "cloze_masked"  # Batch.extras key: (B, L) bool, the positions replaced by the mask token
 
@@ -119,7 +119,7 @@ class BERT4Rec(SequentialRecommender):
         self.item_embedding = nn.Embedding(n_items + 2, hidden_size, padding_idx=0)  # + mask token
         self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.dropout = Dropout(hidden_dropout_prob)
         self.blocks = nn.ModuleList(
             BERT4RecBlock(
                 hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps

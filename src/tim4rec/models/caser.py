@@ -44,6 +44,7 @@ from torch import nn
 
 from tim4rec.data.batches import PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.blocks import Dropout
 
 
 class Caser(SequentialRecommender):
@@ -78,7 +79,7 @@ class Caser(SequentialRecommender):
         )
         self.fc1 = nn.Linear(nv * embedding_size + nh * max_seq_length, embedding_size)
         self.fc2 = nn.Linear(embedding_size, embedding_size)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         nn.init.normal_(self.item_embedding.weight, 0.0, 1.0 / embedding_size)
         for linear in (self.fc1, self.fc2):
             nn.init.xavier_normal_(linear.weight)

@@ -21,6 +21,7 @@ from torch import nn
 
 from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState
+from tim4rec.models.blocks import Dropout
 
 
 class GRU4Rec(SequentialRecommender):
@@ -48,7 +49,7 @@ class GRU4Rec(SequentialRecommender):
     ):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
-        self.emb_dropout = nn.Dropout(dropout_prob)
+        self.emb_dropout = Dropout(dropout_prob)
         self.gru_layers = nn.GRU(embedding_size, hidden_size, num_layers=num_layers, bias=False, batch_first=True)
         self.dense = nn.Linear(hidden_size, embedding_size)  # GRU output -> item-embedding space
         nn.init.xavier_normal_(self.item_embedding.weight)

@@ -39,7 +39,7 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
-from tim4rec.models.blocks import FeedForward
+from tim4rec.models.blocks import Dropout, FeedForward
 from tim4rec.ops.lru_scan import lru_scan
 
 INIT_STD = 0.02  # the authors' truncated normal: N(0, 0.02) cut at +-2 std
@@ -63,7 +63,7 @@ class LRULayer(nn.Module):
         self.gamma_log = nn.Parameter(0.5 * torch.log1p(-radius_sq))  # gamma = sqrt(1 - |lambda|^2)
         self.in_proj = nn.Linear(hidden_size, 2 * n)  # x -> (Re, Im) of B x + b
         self.out_proj = nn.Linear(2 * n, hidden_size)  # (Re s, Im s) -> Re(C s + c)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def lambdas(self, real_dtype: torch.dtype) -> torch.Tensor:
@@ -160,7 +160,7 @@ class LRURec(SequentialRecommender):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.blocks = nn.ModuleList(
             LRUBlock(hidden_size, dropout_prob, attn_dropout_prob, r_min, r_max, layer_norm_eps)

@@ -48,7 +48,7 @@ from torch import nn
 
 from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState
-from tim4rec.models.blocks import FeedForward, causal_conv, causal_conv_step, init_normal_
+from tim4rec.models.blocks import Dropout, FeedForward, causal_conv, causal_conv_step, init_normal_
 from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
 
 
@@ -133,7 +133,7 @@ class MambaLayer(nn.Module):
         super().__init__()
         self.residual = num_layers > 1
         self.mamba = MambaBlock(d_model, d_state, d_conv, expand)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=1e-12)
         self.ffn = FeedForward(d_model, 4 * d_model, dropout, "gelu", layer_norm_eps=1e-12, inner_dropout=dropout)
 
@@ -181,7 +181,7 @@ class Mamba4Rec(SequentialRecommender):
         super().__init__(n_items, max_seq_length)
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.mamba_layers = nn.ModuleList(
             MambaLayer(hidden_size, d_state, d_conv, expand, dropout_prob, num_layers) for _ in range(num_layers)
         )

@@ -14,7 +14,7 @@ from torch import nn
 
 from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState, check_heads_divide, require
-from tim4rec.models.blocks import FeedForward, SelfAttention, init_normal_
+from tim4rec.models.blocks import Dropout, FeedForward, SelfAttention, init_normal_
 
 
 class SASRecBlock(nn.Module):
@@ -82,7 +82,7 @@ class SASRec(SequentialRecommender):
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.dropout = Dropout(hidden_dropout_prob)
         self.blocks = nn.ModuleList(
             SASRecBlock(
                 hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps

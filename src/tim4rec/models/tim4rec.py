@@ -45,7 +45,7 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL, PREFIX
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
-from tim4rec.models.blocks import FeedForward, adopt_children, causal_conv, causal_conv_step
+from tim4rec.models.blocks import Dropout, FeedForward, adopt_children, causal_conv, causal_conv_step
 from tim4rec.models.time_paths import TIME_MODES, NoTimeFeatures, NoTimePath
 from tim4rec.ops import ssd_readout, ssd_scan, ssd_step
 from tim4rec.ops.compile import compiled
@@ -219,7 +219,7 @@ class TiSSDLayer(nn.Module):
         super().__init__()
         self.residual = num_layers > 1
         self.ssd = TiSSD(d_model, norm_eps=norm_eps, **ssd_args)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=norm_eps)
         # the reference's FFN LayerNorm eps is 1e-12 whatever norm_eps says
         self.ffn = (
@@ -314,7 +314,7 @@ class TiM4Rec(SequentialRecommender):
         self.n_heads = expand * hidden_size // head_dim
         features = TIME_MODES[time_mode][0](max_seq_length, self.n_heads, norm_eps)
         self.time_features: NoTimeFeatures = adopt_children(self, features)  # layer_norm_time / time_encoder
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.ssd_layers = nn.ModuleList(
             TiSSDLayer(
                 hidden_size,

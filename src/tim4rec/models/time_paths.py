@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tim4rec.models.blocks import causal_conv, causal_conv_step
+from tim4rec.models.blocks import Dropout, causal_conv, causal_conv_step
 
 SECONDS_PER_DAY = 86_400.0
 Convolve = Callable[[nn.Conv1d, torch.Tensor, int], torch.Tensor]
@@ -129,10 +129,10 @@ class _GatedTimePath(NoTimePath):
         self.conv1d4time_1 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
         self.conv1d4time_2 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
         self.mlp4time_scale = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features)
+            Dropout(dropout), nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features)
         )
         self.time_gate_residual = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(features, features if p2p_residual else 1), nn.Sigmoid()
+            Dropout(dropout), nn.Linear(features, features if p2p_residual else 1), nn.Sigmoid()
         )
         self.time_layer_norm = nn.LayerNorm(features, eps=eps)
 

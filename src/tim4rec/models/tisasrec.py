@@ -52,7 +52,7 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState, check_heads_divide, require
-from tim4rec.models.blocks import FeedForward, init_normal_
+from tim4rec.models.blocks import Dropout, FeedForward, init_normal_
 
 TIME_INTERVAL_MODES = ("scaled", "raw_seconds")
 _NO_GAP = torch.iinfo(torch.int64).max
@@ -95,8 +95,8 @@ class TimeAwareSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(attn_dropout)
+        self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, n, d) -> (B, heads, n, d / heads)
@@ -250,7 +250,7 @@ class TiSASRec(SequentialRecommender):
         self.interval_key_embedding = nn.Embedding(self.time_span + 1, hidden_size)
         self.interval_value_embedding = nn.Embedding(self.time_span + 1, hidden_size)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.dropout = Dropout(hidden_dropout_prob)
         self.blocks = nn.ModuleList(
             TiSASRecBlock(
                 hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps

@@ -29,6 +29,19 @@ from torch import Tensor
 __all__ = ["linear_cross_entropy"]
 
 _BLOCK_ELEMS = 1 << 18  # float32 logits of one row block (1 MiB): stays in cache
+_ROW_BUCKET = 256  # low-precision products on a CPU run at a multiple of this many rows (see _padded_rows)
+
+
+def _padded_rows(rows: int, low_precision_cpu: bool) -> int:
+    """The row count the products run at: ``rows``, or for low precision on a CPU the next multiple of
+    ``_ROW_BUCKET``. oneDNN builds (JIT-compiles) a bfloat16 kernel for every new shape, which took
+    longer than the product itself when the number of targets changed from step to step."""
+    return -(-rows // _ROW_BUCKET) * _ROW_BUCKET if low_precision_cpu else rows
+
+
+def _pad_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` (T, ...) with zero rows appended up to ``rows``."""
+    return t if t.shape[0] == rows else torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -37,10 +50,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, compute_dtype: torch.dtype
     ) -> Tensor:
         T, V = hidden.shape[0], weight.shape[0]
-        h, w = hidden.to(compute_dtype), weight.to(compute_dtype)  # (T, d), (V, d)
-        exps = h @ w.t() if bias is None else torch.addmm(bias.to(compute_dtype), h, w.t())  # (T, V) logits
+        padded = _padded_rows(T, compute_dtype != hidden.dtype and hidden.device.type == "cpu")
+        h, w = _pad_rows(hidden.to(compute_dtype), padded), weight.to(compute_dtype)  # (T', d), (V, d)
+        exps = h @ w.t() if bias is None else torch.addmm(bias.to(compute_dtype), h, w.t())  # (T', V) logits
+        exps[T:] = 0  # padding rows: no loss, no gradient
         stats = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
-        picked = exps.gather(1, targets[:, None]).squeeze(1).to(stats)  # (T,) logit of each target
+        picked = exps[:T].gather(1, targets[:, None]).squeeze(1).to(stats)  # (T,) logit of each target
         sums = torch.empty(T, dtype=stats, device=hidden.device)  # z
         tops = torch.empty(T, dtype=stats, device=hidden.device)  # m
         rows = max(1, _BLOCK_ELEMS // max(1, V))
@@ -53,25 +68,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if block.data_ptr() != exps[part].data_ptr():  # a low-precision E: write the block back
                 exps[part] = block
         total = (tops + sums.log() - picked).sum()
-        ctx.save_for_backward(hidden, weight, h, w, targets, exps, sums)
+        ctx.save_for_backward(hidden, weight, w, targets, exps, sums)
         ctx.has_bias = bias is not None
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        hidden, weight, h, w, targets, exps, sums = ctx.saved_tensors
+        hidden, weight, w, targets, exps, sums = ctx.saved_tensors
+        T, padded = hidden.shape[0], exps.shape[0]
         inverse = sums.reciprocal()[:, None]  # (T, 1) 1 / z
         grad_hidden = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = ((exps @ w).to(hidden.dtype) * inverse - weight[targets]) * grad  # (T, d)
+            grad_hidden = ((exps @ w)[:T].to(hidden.dtype) * inverse - weight[targets]) * grad  # (T, d)
         if ctx.needs_input_grad[1]:
-            grad_weight = (exps.t() @ (hidden * inverse).to(exps.dtype)).to(weight.dtype)  # (V, d)
+            scaled = _pad_rows((hidden * inverse).to(exps.dtype), padded)  # (T', d)
+            grad_weight = (exps.t() @ scaled).to(weight.dtype)  # (V, d)
             grad_weight.index_add_(0, targets, hidden, alpha=-1)
             grad_weight *= grad
         if ctx.has_bias and ctx.needs_input_grad[2]:
             counts = torch.bincount(targets, minlength=weight.shape[0]).to(weight.dtype)
-            grad_bias = ((exps.t() @ inverse.to(exps.dtype)).squeeze(1).to(weight.dtype) - counts) * grad
+            column = _pad_rows(inverse.to(exps.dtype), padded)  # (T', 1)
+            grad_bias = ((exps.t() @ column).squeeze(1).to(weight.dtype) - counts) * grad
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
