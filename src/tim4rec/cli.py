@@ -188,6 +188,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.bench_command == "curves":
+        from tim4rec.bench import curves
+
+        print(curves.run(args.results, args.epochs, Path(args.output)))
+        return 0
     if args.bench_command == "quality":
         output = args.output or str(Path(args.plan).with_suffix(""))
         if args.add_seen_removed:
@@ -346,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("--max-quadratic", type=int, default=2048, help="longest length for the (l, l) form")
     kernel.add_argument("--compile", action="store_true", help="run the chunked scan through torch.compile")
     kernel.add_argument("--output", default="docs/benchmarks/kernel")
+    curves_bench = bench_commands.add_parser("curves", help="runs' validation curves side by side at chosen epochs")
+    curves_bench.add_argument("results", nargs="+", help="results.json of each run (the first is the reference)")
+    curves_bench.add_argument("--epochs", nargs="+", type=int, default=[5, 10, 20, 40])
+    curves_bench.add_argument("--output", required=True, help="folder for curves.md")
     quality = bench_commands.add_parser("quality", help="models x seeds from a plan file; resumes what is done")
     quality.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")
     quality.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")

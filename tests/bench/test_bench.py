@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tim4rec.bench import kernel, quality, quality_report, speed
+from tim4rec.bench import curves, kernel, quality, quality_report, speed
 from tim4rec.cli import build_parser
 from tim4rec.config import load_config
 from tim4rec.errors import ConfigError, Tim4RecError
@@ -282,3 +282,21 @@ def test_bad_time_to(tmp_path: Path):
     plan.write_text("dataset: ml-100k\ntime_to: 0.06\nruns: {a: {model: sasrec}}\n")
     with pytest.raises(ConfigError, match="time_to: expected one metric"):
         quality.read_plan(plan)
+
+
+def test_curves_put_runs_side_by_side_at_the_chosen_epochs(tmp_path: Path):
+    def results(name: str, values: list[float], precision: str) -> Path:
+        epochs = [{"epoch": e + 1, "train_seconds": 10.0 * (e + 1), "valid_seconds": 2.0, "partial": False,
+                   "valid": {"ndcg@10": v}} for e, v in enumerate(values)]  # fmt: skip
+        path = tmp_path / name / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"epochs": epochs, "config": {"model": "tim4rec", "mixed_precision": precision}}))
+        return path
+
+    first, second = results("a", [0.1, 0.2, 0.3], "off"), results("b", [0.1, 0.25], "bf16")
+    text = curves.run([str(first), str(second)], [2, 3], tmp_path / "out")
+    assert "| 2 | 0.2 | 0.25 | 0.05 |" in text and "| 3 | 0.3 |  |  |" in text  # epoch 3: the second run has none
+    assert "float32, eager: 20.0 s of training + 2.0 s of validation" in text and "bf16" in text
+    assert (tmp_path / "out" / "curves.md").read_text() == text
+    with pytest.raises(Tim4RecError, match="not a run's results.json"):
+        curves.run([str(tmp_path / "missing.json")], [1], tmp_path / "out")
