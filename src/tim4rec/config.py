@@ -38,7 +38,6 @@ from tim4rec.data.preprocess import FIVE_CORE, TIME_ORDERS, parse_interval
 from tim4rec.data.split import SPLITS
 from tim4rec.errors import ConfigError
 from tim4rec.models import model_class
-from tim4rec.models.hyperparameters import check_hyperparameters
 from tim4rec.values import (
     Parser,
     boolean,
@@ -391,7 +390,7 @@ def load_config(
         source for source, _ in layers if source not in ("defaults", "config dict", "--set", "command line")
     )
     try:
-        hyperparameters = check_hyperparameters(cls, hyperparameters)
+        hyperparameters = cls.Hyperparameters.parse(hyperparameters, cls.name).to_dict()
     except ConfigError as error:
         key = str(error).split(":", 1)[0]
         where = f" (from {_source_of(layers, key)})" if key in cls.hyperparameters else ""

@@ -9,7 +9,7 @@ import torch
 
 from tests.ops.helpers import assert_close_scaled
 from tim4rec.ops import ssd as ssd_module
-from tim4rec.ops.ssd import ssd_quadratic, ssd_recurrent, ssd_scan, ssd_step
+from tim4rec.ops.ssd import ssd_chunked_reference, ssd_quadratic, ssd_recurrent, ssd_scan, ssd_step
 
 torch.set_num_threads(1)
 
@@ -431,3 +431,38 @@ def test_readout_equals_the_scan_at_each_rows_position(name, monkeypatch):
     torch.testing.assert_close(
         ssd_module.ssd_readout(*args, chunk, positions, **kw), expected.detach(), rtol=1e-5, atol=1e-5
     )
+
+
+CHUNKED_CASES = {
+    "l_multiple_g1": dict(l=16, chunk=4),
+    "l_not_multiple_g1": dict(l=13, chunk=4),
+    "l_below_chunk": dict(l=5, chunk=8),
+    "chunk_one": dict(l=6, chunk=1),
+    "l_multiple_g_half_h": dict(h=4, g=2, l=12, chunk=4, D="head", z=True),
+    "l_not_multiple_g_half_h": dict(h=4, g=2, l=11, chunk=4, D="chan", z=True),
+    "everything": CASES["everything"],  # + dt_bias, softplus, dt_limit, initial state
+}
+
+
+def _float64(args, kw):
+    return [t.double() for t in args], {k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("name", list(CHUNKED_CASES))
+def test_the_four_step_chunked_form_is_the_same_function(name):
+    """The paper's four steps (diagonal blocks, chunk states, state passing, off-diagonal) equal the recurrence."""
+    args, kw, chunk = _split(CHUNKED_CASES[name])
+    args, kw = _float64(args, kw)
+    y_recurrent, _ = ssd_recurrent(*args, **kw)
+    y = ssd_chunked_reference(*args, chunk, **kw)
+    assert y.dtype == torch.float64 and y.shape == args[0].shape
+    torch.testing.assert_close(y, y_recurrent, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["l_not_multiple_g1", "l_not_multiple_g_half_h", "everything"])
+def test_scan_equals_the_four_step_chunked_form(name):
+    args, kw, chunk = _split(CHUNKED_CASES[name])
+    args64, kw64 = _float64(args, kw)
+    y_ref = ssd_chunked_reference(*args64, chunk, **kw64)
+    torch.testing.assert_close(ssd_scan(*args64, chunk, **kw64), y_ref, rtol=1e-10, atol=1e-10)
+    assert_close_scaled(ssd_scan(*args, chunk, **kw), y_ref, 1e-4)  # the float32 scan

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 from typing import Any
 
 import torch
@@ -49,7 +48,7 @@ def model_class(name: str) -> type[SequentialRecommender]:
 
 def model_defaults(name: str) -> dict[str, Any]:
     """Default hyper-parameters of a model, keyed by their YAML names."""
-    return dict(model_class(name).hyperparameters)
+    return model_class(name).Hyperparameters.defaults()
 
 
 def create(name: str, n_items: int, max_seq_length: int, **hyperparameters: Any) -> SequentialRecommender:
@@ -59,21 +58,17 @@ def create(name: str, n_items: int, max_seq_length: int, **hyperparameters: Any)
     type or range (:mod:`tim4rec.models.hyperparameters`), is a :class:`~tim4rec.errors.ConfigError`; so is a
     model too large for the memory, naming the sizes that make it so.
     """
-    from tim4rec.models.hyperparameters import SIZES, check_hyperparameters
-
     cls = model_class(name)
     positive_int("n_items", n_items)
     positive_int("MAX_ITEM_LIST_LENGTH", max_seq_length)
-    arguments = {**cls.hyperparameters, **check_hyperparameters(cls, hyperparameters)}
-    parameters = inspect.signature(cls.__init__).parameters
-    accepted = {k: v for k, v in arguments.items() if k in parameters}
+    hp = cls.Hyperparameters.parse(hyperparameters, cls.name)
     try:
-        return cls(n_items, max_seq_length, **accepted)
+        return cls(n_items, max_seq_length, hp)
     except (MemoryError, RuntimeError) as error:
         if not out_of_memory(error):
             raise
         sizes = {"n_items": n_items, "MAX_ITEM_LIST_LENGTH": max_seq_length}
-        sizes.update({k: v for k, v in accepted.items() if k in SIZES and v is not None})
+        sizes.update({k: v for k, v in hp.sizes().items() if v is not None})
         listed = ", ".join(f"{k}={v}" for k, v in sizes.items())
         raise ConfigError(f"model '{cls.name}' does not fit in memory with {listed}; choose smaller sizes") from None
 

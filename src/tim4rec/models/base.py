@@ -1,7 +1,7 @@
 """The model contract shared by every recommender.
 
 A model is created by :func:`tim4rec.models.create` as
-``Model(n_items, max_seq_length, **hyperparameters)`` and provides:
+``Model(n_items, max_seq_length, hp)`` (``hp``: its ``Hyperparameters`` dataclass) and provides:
 
 - ``regime``: the training regime it uses by default, ``"prefix"`` or ``"causal"``;
 - ``causal``: True when its output at position t depends only on events <= t (such a model may
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tim4rec.data.batches import CAUSAL, PREFIX, Batch
-from tim4rec.errors import ConfigError
+from tim4rec.models.hyperparameters import Hyperparameters
 from tim4rec.ops.cross_entropy import linear_cross_entropy
 from tim4rec.ops.sampled_softmax import sampled_softmax_loss
 
@@ -137,7 +137,10 @@ class SequentialRecommender(nn.Module):
     name: ClassVar[str] = ""
     regime: ClassVar[str] = PREFIX
     causal: ClassVar[bool] = False
-    #: hyper-parameter names (as in RecBole / the reference YAML files) and their defaults
+    #: the model's hyper-parameters (:mod:`tim4rec.models.hyperparameters`): the model is built as
+    #: ``Model(n_items, max_seq_length, Model.Hyperparameters.parse(values, name))``
+    Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    #: their names (as in RecBole / the reference YAML files) and defaults, derived from the dataclass
     hyperparameters: ClassVar[dict[str, Any]] = {}
     #: True when the model implements ``init_state`` / ``step`` (see :class:`StreamingRecommender`)
     streaming: bool = False
@@ -148,9 +151,9 @@ class SequentialRecommender(nn.Module):
     #: the model trains on windows of L events (the ``causal`` regime's batches) without being causal
     window_objective: ClassVar[bool] = False
 
-    @classmethod
-    def check_hyperparameters(cls, values: dict[str, Any]) -> None:
-        """Constraints between hyper-parameters (each one's type and range is checked before); ConfigError."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.hyperparameters = cls.Hyperparameters.defaults()
 
     @classmethod
     def translate_config(cls, layer: dict[str, Any], notices: list[str]) -> dict[str, Any]:
@@ -276,12 +279,6 @@ class SequentialRecommender(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_items={self.n_items}, max_seq_length={self.max_seq_length}"
-
-
-def check_heads_divide(values: dict[str, Any]) -> None:
-    """Attention models: ``n_heads`` must divide ``hidden_size``."""
-    if values["hidden_size"] % values["n_heads"]:
-        raise ConfigError(f"n_heads ({values['n_heads']}) must divide hidden_size ({values['hidden_size']})")
 
 
 def require(condition: torch.Tensor, message: str) -> None:

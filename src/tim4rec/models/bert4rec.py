@@ -38,37 +38,28 @@ gives a zero loss (RecBole would give NaN). Random draws come from torch's globa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from tim4rec.data.batches import PREFIX, Batch
-from tim4rec.models.base import SequentialRecommender, check_heads_divide
-from tim4rec.models.blocks import Dropout, FeedForward, SelfAttention, init_normal_
+from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Dropout, init_normal_
+from tim4rec.models.hyperparameters import hyperparameter
+from tim4rec.values import fraction, open_fraction, positive_int, unit_interval
 
 CLOZE_MASKED = "cloze_masked"  # Batch.extras key: (B, L) bool, the positions replaced by the mask token
 
 
-class BERT4RecBlock(nn.Module):
-    def __init__(
-        self,
-        hidden_size: int,
-        n_heads: int,
-        inner_size: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        hidden_act: str,
-        layer_norm_eps: float,
-    ):
-        super().__init__()
-        self.attention = SelfAttention(
-            hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps, causal=False
-        )
-        self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
-
-    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
-        return self.feed_forward(self.attention(x, real=real))
+@dataclasses.dataclass(frozen=True)
+class BERT4RecHyperparameters(AttentionHyperparameters):
+    n_heads: int = hyperparameter(2, positive_int, size=True)
+    hidden_dropout_prob: float = hyperparameter(0.4, fraction)
+    attn_dropout_prob: float = hyperparameter(0.4, fraction)
+    mask_ratio: float = hyperparameter(0.2, open_fraction)
+    ft_ratio: float = hyperparameter(0.5, unit_interval)  # RecBole 1.2's default: the share of mask-the-last batches
 
 
 class BERT4Rec(SequentialRecommender):
@@ -76,61 +67,24 @@ class BERT4Rec(SequentialRecommender):
     regime = PREFIX
     causal = False
     window_objective = True  # cloze masks over whole windows, as the paper trains (train_regime: causal)
-    hyperparameters = {
-        "n_layers": 2,
-        "n_heads": 2,
-        "hidden_size": 64,
-        "inner_size": 256,
-        "hidden_dropout_prob": 0.4,
-        "attn_dropout_prob": 0.4,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "initializer_range": 0.02,
-        "mask_ratio": 0.2,
-        "ft_ratio": 0.5,  # RecBole 1.2's default: the share of fine-tuning (mask-the-last) batches
-    }
+    Hyperparameters = BERT4RecHyperparameters
 
-    @classmethod
-    def check_hyperparameters(cls, values: dict) -> None:
-        check_heads_divide(values)
-
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        n_layers: int,
-        n_heads: int,
-        hidden_size: int,
-        inner_size: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        hidden_act: str,
-        layer_norm_eps: float,
-        initializer_range: float,
-        mask_ratio: float,
-        ft_ratio: float,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: BERT4RecHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.mask_ratio = mask_ratio
-        self.ft_ratio = ft_ratio
+        self.mask_ratio = hp.mask_ratio
+        self.ft_ratio = hp.ft_ratio
         self.mask_token = n_items + 1
-        self.mask_item_length = max(1, int(mask_ratio * max_seq_length))  # scored masks per row
-        self.item_embedding = nn.Embedding(n_items + 2, hidden_size, padding_idx=0)  # + mask token
-        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = Dropout(hidden_dropout_prob)
-        self.blocks = nn.ModuleList(
-            BERT4RecBlock(
-                hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps
-            )
-            for _ in range(n_layers)
-        )
-        self.output_ffn = nn.Linear(hidden_size, hidden_size)
+        self.mask_item_length = max(1, int(hp.mask_ratio * max_seq_length))  # scored masks per row
+        self.item_embedding = nn.Embedding(n_items + 2, hp.hidden_size, padding_idx=0)  # + mask token
+        self.position_embedding = nn.Embedding(max_seq_length, hp.hidden_size)
+        self.layer_norm = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
+        self.dropout = Dropout(hp.hidden_dropout_prob)
+        self.blocks = nn.ModuleList(AttentionBlock(hp, causal=False) for _ in range(hp.n_layers))
+        self.output_ffn = nn.Linear(hp.hidden_size, hp.hidden_size)
         self.output_gelu = nn.GELU()
-        self.output_ln = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.output_ln = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(n_items + 1))
-        self.apply(lambda module: init_normal_(module, initializer_range))
+        self.apply(lambda module: init_normal_(module, hp.initializer_range))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids -> (B, L, d); positions >= len are ignored as keys."""
@@ -143,7 +97,7 @@ class BERT4Rec(SequentialRecommender):
         real = positions[None, :] < item_seq_len[:, None]  # (B, L)
         hidden = self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
         for block in self.blocks:
-            hidden = block(hidden, real)
+            hidden = block(hidden, real=real)
         return self.output_ln(self.output_gelu(self.output_ffn(hidden)))
 
     def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tim4rec.errors import ConfigError
+from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
 from tim4rec.ops.precision import as_float32
+from tim4rec.values import choice, fraction, optional, positive_int, positive_number
 
 #: PyTorch's fused attention, in float32 also under autocast (:mod:`tim4rec.ops.precision`)
 attention = as_float32(F.scaled_dot_product_attention)
@@ -62,6 +67,25 @@ def activation(name: str) -> nn.Module:
         return ACTIVATIONS[name.lower()]()
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionHyperparameters(Hyperparameters):
+    """A self-attention stack's hyper-parameters (SASRec's defaults; the other attention models change some)."""
+
+    hidden_size: int = hyperparameter(64, positive_int, size=True)
+    n_layers: int = hyperparameter(2, positive_int, size=True)
+    n_heads: int = hyperparameter(8, positive_int, size=True)
+    inner_size: int = hyperparameter(256, optional(positive_int), size=True)
+    hidden_dropout_prob: float = hyperparameter(0.2, fraction)
+    attn_dropout_prob: float = hyperparameter(0.2, fraction)
+    hidden_act: str = hyperparameter("gelu", choice(*sorted(ACTIVATIONS)))
+    layer_norm_eps: float = hyperparameter(1e-12, positive_number)
+    initializer_range: float = hyperparameter(0.02, positive_number)
+
+    def check(self) -> None:
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
 
 
 def init_normal_(module: nn.Module, std: float = 0.02) -> None:
@@ -178,6 +202,31 @@ class SelfAttention(nn.Module):
         """A zero key (or value) cache (B, heads, L, d / heads) with ``like``'s dtype and device."""
         d = self.query.out_features
         return like.new_zeros(batch_size, self.n_heads, length, d // self.n_heads)
+
+
+class AttentionBlock(nn.Module):
+    """An attention layer then the feed-forward block (each with its residual and LayerNorm). The
+    attention is causal :class:`SelfAttention` (SASRec), bidirectional (``causal=False``, BERT4Rec) or a
+    given module (TiSASRec's time-aware attention); the block passes its arguments on to it."""
+
+    def __init__(self, hp: AttentionHyperparameters, *, causal: bool = True, attention: nn.Module | None = None):
+        super().__init__()
+        self.attention = attention or SelfAttention(
+            hp.hidden_size, hp.n_heads, hp.attn_dropout_prob, hp.hidden_dropout_prob, hp.layer_norm_eps, causal=causal
+        )
+        self.feed_forward = FeedForward(
+            hp.hidden_size, hp.inner_size, hp.hidden_dropout_prob, hp.hidden_act, hp.layer_norm_eps
+        )
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> (B, L, d) (or the rows the attention's arguments select)."""
+        return self.feed_forward(self.attention(x, *args, **kwargs))
+
+    def step(self, x: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One event (B, d) with the attention's key/value cache (and what else its ``step`` takes) ->
+        (out (B, d), keys, values)."""
+        out, keys, values = self.attention.step(x, *cache)
+        return self.feed_forward(out), keys, values
 
 
 def visible_keys(query_positions: torch.Tensor, length: int) -> torch.Tensor:

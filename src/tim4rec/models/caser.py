@@ -38,6 +38,8 @@ multiply-adds per history (about 7e8 at L = 200).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,33 +47,29 @@ from torch import nn
 from tim4rec.data.batches import PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.models.blocks import Dropout
+from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
+from tim4rec.values import fraction, nonnegative_number, positive_int
+
+
+@dataclasses.dataclass(frozen=True)
+class CaserHyperparameters(Hyperparameters):
+    embedding_size: int = hyperparameter(64, positive_int, size=True)
+    nv: int = hyperparameter(4, positive_int, size=True)
+    nh: int = hyperparameter(8, positive_int, size=True)
+    dropout_prob: float = hyperparameter(0.2, fraction)
+    reg_weight: float = hyperparameter(1e-4, nonnegative_number)
 
 
 class Caser(SequentialRecommender):
     name = "caser"
     regime = PREFIX
     causal = False
-    hyperparameters = {
-        "embedding_size": 64,
-        "nv": 4,
-        "nh": 8,
-        "dropout_prob": 0.2,
-        "reg_weight": 1e-4,
-    }
+    Hyperparameters = CaserHyperparameters
 
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        embedding_size: int,
-        nv: int,
-        nh: int,
-        dropout_prob: float,
-        reg_weight: float,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: CaserHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.embedding_size, self.nv, self.nh, self.reg_weight = embedding_size, nv, nh, reg_weight
+        embedding_size, nv, nh = hp.embedding_size, hp.nv, hp.nh
+        self.embedding_size, self.nv, self.nh, self.reg_weight = embedding_size, nv, nh, hp.reg_weight
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
         self.conv_v = nn.Conv2d(1, nv, kernel_size=(max_seq_length, 1))
         self.conv_h = nn.ModuleList(
@@ -79,7 +77,7 @@ class Caser(SequentialRecommender):
         )
         self.fc1 = nn.Linear(nv * embedding_size + nh * max_seq_length, embedding_size)
         self.fc2 = nn.Linear(embedding_size, embedding_size)
-        self.dropout = Dropout(dropout_prob)
+        self.dropout = Dropout(hp.dropout_prob)
         nn.init.normal_(self.item_embedding.weight, 0.0, 1.0 / embedding_size)
         for linear in (self.fc1, self.fc2):
             nn.init.xavier_normal_(linear.weight)

@@ -16,12 +16,24 @@ and give the same scores as :meth:`full_sort_predict` on the same history.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import Dropout
+from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
+from tim4rec.values import fraction, positive_int
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU4RecHyperparameters(Hyperparameters):
+    embedding_size: int = hyperparameter(64, positive_int, size=True)
+    hidden_size: int = hyperparameter(128, positive_int, size=True)
+    num_layers: int = hyperparameter(2, positive_int, size=True)
+    dropout_prob: float = hyperparameter(0.4, fraction)
 
 
 class GRU4Rec(SequentialRecommender):
@@ -30,28 +42,16 @@ class GRU4Rec(SequentialRecommender):
     causal = True
     streaming = True
     fixed_length = False  # a recurrence: any length
-    hyperparameters = {
-        "embedding_size": 64,
-        "hidden_size": 128,
-        "num_layers": 2,
-        "dropout_prob": 0.4,
-    }
+    Hyperparameters = GRU4RecHyperparameters
 
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        embedding_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout_prob: float,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: GRU4RecHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
-        self.emb_dropout = Dropout(dropout_prob)
-        self.gru_layers = nn.GRU(embedding_size, hidden_size, num_layers=num_layers, bias=False, batch_first=True)
-        self.dense = nn.Linear(hidden_size, embedding_size)  # GRU output -> item-embedding space
+        self.item_embedding = nn.Embedding(n_items + 1, hp.embedding_size, padding_idx=0)
+        self.emb_dropout = Dropout(hp.dropout_prob)
+        self.gru_layers = nn.GRU(
+            hp.embedding_size, hp.hidden_size, num_layers=hp.num_layers, bias=False, batch_first=True
+        )
+        self.dense = nn.Linear(hp.hidden_size, hp.embedding_size)  # GRU output -> item-embedding space
         nn.init.xavier_normal_(self.item_embedding.weight)
         nn.init.xavier_uniform_(self.gru_layers.weight_ih_l0)
         nn.init.xavier_uniform_(self.gru_layers.weight_hh_l0)

@@ -1,70 +1,59 @@
-"""Every model hyper-parameter's type and range, in one table, checked before a model is built.
+"""Hyper-parameters: one frozen dataclass per model, each field declaring its default and its parser.
 
 The names are RecBole's and the reference repositories' (``hidden_size``, ``n_heads``,
-``dropout_prob``, ...) and mean the same in every model that has them, so one rule per name
-serves all models. Constraints between parameters (``n_heads`` dividing ``hidden_size``, ...) are
-checked by the models' ``check_hyperparameters``.
+``dropout_prob``, ...), as they appear in YAML configs and in saved models. A model class names
+its dataclass (``Model.Hyperparameters``) and is built as ``Model(n_items, max_seq_length, hp)``;
+:meth:`Hyperparameters.parse` turns a dict of raw values into one (every value checked by its
+field's parser, then the constraints between fields, :meth:`Hyperparameters.check`), and
+:meth:`Hyperparameters.to_dict` gives the dict that configs and saved models keep.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from tim4rec.errors import ConfigError
-from tim4rec.models.blocks import ACTIVATIONS
-from tim4rec.models.time_paths import TIME_MODES
-from tim4rec.models.tisasrec import TIME_INTERVAL_MODES
-from tim4rec.values import (
-    Parser,
-    boolean,
-    choice,
-    fraction,
-    int_in,
-    nonnegative_number,
-    open_fraction,
-    optional,
-    positive_int,
-    positive_number,
-    unit_interval,
-)  # fmt: skip
+from tim4rec.values import Parser
 
-#: the hyper-parameters that set the size of the model's tensors
-SIZES = frozenset(
-    {"hidden_size", "embedding_size", "inner_size", "n_layers", "num_layers", "n_heads", "head_dim", "d_state",
-     "d_conv", "expand", "chunk_size", "nv", "nh", "time_span"}
-)  # fmt: skip
-
-RULES: dict[str, Parser] = {
-    # sizes
-    "hidden_size": positive_int, "embedding_size": positive_int, "inner_size": optional(positive_int),
-    "n_layers": positive_int, "num_layers": positive_int, "n_heads": positive_int, "head_dim": positive_int,
-    "d_state": positive_int, "d_conv": positive_int, "expand": positive_int, "chunk_size": positive_int,
-    "nv": positive_int, "nh": positive_int,
-    # TiSASRec's two interval tables have time_span + 1 rows of hidden_size each. Real settings use hundreds
-    # to thousands of buckets (256 in the packaged configs); 2**20 (12 days of unscaled seconds) still fits
-    # in 512 MiB at hidden_size 64, while an unbounded value asks the allocator for terabytes
-    "time_span": int_in(1, 2**20),
-    # regularisation
-    "dropout_prob": fraction, "hidden_dropout_prob": fraction, "attn_dropout_prob": fraction,
-    "time_drop_out": fraction, "reg_weight": nonnegative_number,
-    # numerics and initialisation
-    "layer_norm_eps": positive_number, "norm_eps": positive_number, "initializer_range": positive_number,
-    "r_min": unit_interval, "r_max": unit_interval, "is_kai_ming_init": boolean,
-    # choices
-    "hidden_act": choice(*sorted(ACTIVATIONS)), "time_interval_mode": choice(*TIME_INTERVAL_MODES),
-    "time_mode": choice(*TIME_MODES), "is_ffn": boolean, "p2p_residual": boolean,
-    # training objective
-    "mask_ratio": open_fraction, "ft_ratio": unit_interval,
-}  # fmt: skip
+Self = TypeVar("Self", bound="Hyperparameters")
 
 
-def check_hyperparameters(model: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Parse every value of ``values`` by its rule, then the model's own constraints; returns the parsed dict."""
-    unknown = sorted(set(values) - set(model.hyperparameters))
-    if unknown:
-        raise ConfigError(
-            f"model '{model.name}' has no hyper-parameter {unknown}; it takes {sorted(model.hyperparameters)}"
-        )
-    parsed = {key: RULES[key](key, value) for key, value in values.items()}
-    model.check_hyperparameters({**model.hyperparameters, **parsed})
-    return parsed
+def hyperparameter(default: Any, parse: Parser, *, size: bool = False) -> Any:
+    """A field of a hyper-parameter dataclass: its default, the parser of its values, and whether it
+    sets the size of the model's tensors (named when a model does not fit in memory)."""
+    return dataclasses.field(default=default, metadata={"parse": parse, "size": size})
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameters:
+    """Base of the models' hyper-parameter dataclasses (a model without any: MostPop)."""
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every hyper-parameter's name and default, in declaration order."""
+        return {field.name: field.default for field in dataclasses.fields(cls)}
+
+    @classmethod
+    def parse(cls: type[Self], values: Mapping[str, Any], model: str) -> Self:
+        """The hyper-parameters of ``values`` (raw config values; missing ones take their defaults) for the
+        model named ``model``; a ConfigError naming the key for an unknown name or a bad value."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"model '{model}' has no hyper-parameter {unknown}; it takes {sorted(fields)}")
+        parsed = cls(**{key: fields[key].metadata["parse"](key, value) for key, value in values.items()})
+        parsed.check()
+        return parsed
+
+    def check(self) -> None:
+        """Constraints between hyper-parameters (each one's type and range is checked before); ConfigError."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The values by name: what configs and saved models keep."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def sizes(self) -> dict[str, Any]:
+        """The hyper-parameters that set tensor sizes, with their values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["size"]}

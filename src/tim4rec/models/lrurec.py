@@ -31,6 +31,7 @@ The output at t depends only on events <= t: the model trains in the causal regi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -40,7 +41,9 @@ from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import Dropout, FeedForward
+from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
 from tim4rec.ops.lru_scan import lru_scan
+from tim4rec.values import fraction, positive_int, positive_number, unit_interval
 
 INIT_STD = 0.02  # the authors' truncated normal: N(0, 0.02) cut at +-2 std
 
@@ -48,6 +51,21 @@ INIT_STD = 0.02  # the authors' truncated normal: N(0, 0.02) cut at +-2 std
 def _recurrence_dtype(dtype: torch.dtype) -> torch.dtype:
     """The real dtype the recurrence runs in: float64 for float64 models, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class LRURecHyperparameters(Hyperparameters):
+    hidden_size: int = hyperparameter(64, positive_int, size=True)
+    n_layers: int = hyperparameter(2, positive_int, size=True)
+    dropout_prob: float = hyperparameter(0.2, fraction)  # embedding and feed-forward (the authors' bert_dropout)
+    attn_dropout_prob: float = hyperparameter(0.2, fraction)  # on the LRU output (the authors' bert_attn_dropout)
+    r_min: float = hyperparameter(0.8, unit_interval)
+    r_max: float = hyperparameter(0.99, unit_interval)
+    layer_norm_eps: float = hyperparameter(1e-5, positive_number)  # PyTorch's default, as in the authors' code
+
+    def check(self) -> None:
+        if not self.r_min < self.r_max:
+            raise ConfigError(f"need r_min < r_max, got r_min={self.r_min}, r_max={self.r_max}")
 
 
 class LRULayer(nn.Module):
@@ -100,19 +118,12 @@ class LRULayer(nn.Module):
 class LRUBlock(nn.Module):
     """LRU layer then the position-wise feed-forward (both post-norm residual)."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        dropout_prob: float,
-        attn_dropout_prob: float,
-        r_min: float,
-        r_max: float,
-        layer_norm_eps: float,
-    ):
+    def __init__(self, hp: LRURecHyperparameters):
         super().__init__()
-        self.lru = LRULayer(hidden_size, attn_dropout_prob, r_min, r_max, layer_norm_eps)
+        d = hp.hidden_size
+        self.lru = LRULayer(d, hp.attn_dropout_prob, hp.r_min, hp.r_max, hp.layer_norm_eps)
         self.feed_forward = FeedForward(
-            hidden_size, 4 * hidden_size, dropout_prob, "gelu", layer_norm_eps, inner_dropout=dropout_prob
+            d, 4 * d, hp.dropout_prob, "gelu", hp.layer_norm_eps, inner_dropout=hp.dropout_prob
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
@@ -129,43 +140,15 @@ class LRURec(SequentialRecommender):
     causal = True
     streaming = True
     fixed_length = False  # a recurrence: any length
-    hyperparameters = {
-        "hidden_size": 64,
-        "n_layers": 2,
-        "dropout_prob": 0.2,  # embedding and feed-forward dropout (the authors' bert_dropout)
-        "attn_dropout_prob": 0.2,  # dropout on the LRU output (the authors' bert_attn_dropout)
-        "r_min": 0.8,
-        "r_max": 0.99,
-        "layer_norm_eps": 1e-5,  # PyTorch's default, as in the authors' code
-    }
+    Hyperparameters = LRURecHyperparameters
 
-    @classmethod
-    def check_hyperparameters(cls, values: dict) -> None:
-        if not values["r_min"] < values["r_max"]:
-            raise ConfigError(f"need r_min < r_max, got r_min={values['r_min']}, r_max={values['r_max']}")
-
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        hidden_size: int,
-        n_layers: int,
-        dropout_prob: float,
-        attn_dropout_prob: float,
-        r_min: float,
-        r_max: float,
-        layer_norm_eps: float,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: LRURecHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
+        self.item_embedding = nn.Embedding(n_items + 1, hp.hidden_size, padding_idx=0)
         self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
-        self.dropout = Dropout(dropout_prob)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.blocks = nn.ModuleList(
-            LRUBlock(hidden_size, dropout_prob, attn_dropout_prob, r_min, r_max, layer_norm_eps)
-            for _ in range(n_layers)
-        )
+        self.dropout = Dropout(hp.dropout_prob)
+        self.layer_norm = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
+        self.blocks = nn.ModuleList(LRUBlock(hp) for _ in range(hp.n_layers))
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -40,6 +40,7 @@ scan state). Timestamps are not used.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -49,7 +50,19 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import Dropout, FeedForward, causal_conv, causal_conv_step, init_normal_
+from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
 from tim4rec.ops.selective_scan import selective_scan, selective_scan_step
+from tim4rec.values import fraction, positive_int
+
+
+@dataclasses.dataclass(frozen=True)
+class Mamba4RecHyperparameters(Hyperparameters):
+    hidden_size: int = hyperparameter(64, positive_int, size=True)
+    num_layers: int = hyperparameter(2, positive_int, size=True)
+    dropout_prob: float = hyperparameter(0.2, fraction)
+    d_state: int = hyperparameter(32, positive_int, size=True)
+    d_conv: int = hyperparameter(4, positive_int, size=True)
+    expand: int = hyperparameter(2, positive_int, size=True)
 
 
 class MambaBlock(nn.Module):
@@ -129,10 +142,11 @@ class MambaBlock(nn.Module):
 class MambaLayer(nn.Module):
     """Mamba block, dropout and a post-norm residual (none with a single layer), then the GELU FFN."""
 
-    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dropout: float, num_layers: int):
+    def __init__(self, hp: Mamba4RecHyperparameters):
         super().__init__()
-        self.residual = num_layers > 1
-        self.mamba = MambaBlock(d_model, d_state, d_conv, expand)
+        d_model, dropout = hp.hidden_size, hp.dropout_prob
+        self.residual = hp.num_layers > 1
+        self.mamba = MambaBlock(d_model, hp.d_state, hp.d_conv, hp.expand)
         self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=1e-12)
         self.ffn = FeedForward(d_model, 4 * d_model, dropout, "gelu", layer_norm_eps=1e-12, inner_dropout=dropout)
@@ -157,34 +171,14 @@ class Mamba4Rec(SequentialRecommender):
     causal = True
     streaming = True
     fixed_length = False  # a recurrence: any length
-    hyperparameters = {
-        "hidden_size": 64,
-        "num_layers": 2,
-        "dropout_prob": 0.2,
-        "d_state": 32,
-        "d_conv": 4,
-        "expand": 2,
-    }
+    Hyperparameters = Mamba4RecHyperparameters
 
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        hidden_size: int,
-        num_layers: int,
-        dropout_prob: float,
-        d_state: int,
-        d_conv: int,
-        expand: int,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: Mamba4RecHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.dropout = Dropout(dropout_prob)
-        self.mamba_layers = nn.ModuleList(
-            MambaLayer(hidden_size, d_state, d_conv, expand, dropout_prob, num_layers) for _ in range(num_layers)
-        )
+        self.item_embedding = nn.Embedding(n_items + 1, hp.hidden_size, padding_idx=0)
+        self.layer_norm = nn.LayerNorm(hp.hidden_size, eps=1e-12)
+        self.dropout = Dropout(hp.dropout_prob)
+        self.mamba_layers = nn.ModuleList(MambaLayer(hp) for _ in range(hp.num_layers))
         self.apply(init_normal_)  # the reference's _init_weights: also re-draws dt_proj, zeroes its bias
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:

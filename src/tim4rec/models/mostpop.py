@@ -14,6 +14,7 @@ import torch
 
 from tim4rec.data.batches import PREFIX, SequenceData
 from tim4rec.models.base import SequentialRecommender
+from tim4rec.models.hyperparameters import Hyperparameters
 
 
 class MostPop(SequentialRecommender):
@@ -21,9 +22,8 @@ class MostPop(SequentialRecommender):
     regime = PREFIX
     causal = False
     fixed_length = False  # any history: it is not read
-    hyperparameters: dict = {}
 
-    def __init__(self, n_items: int, max_seq_length: int):
+    def __init__(self, n_items: int, max_seq_length: int, hp: Hyperparameters):
         super().__init__(n_items, max_seq_length)
         self.register_buffer("counts", torch.zeros(n_items + 1))
 

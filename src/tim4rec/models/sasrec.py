@@ -13,33 +13,8 @@ import torch
 from torch import nn
 
 from tim4rec.data.batches import CAUSAL
-from tim4rec.models.base import SequentialRecommender, StreamState, check_heads_divide, require
-from tim4rec.models.blocks import Dropout, FeedForward, SelfAttention, init_normal_
-
-
-class SASRecBlock(nn.Module):
-    def __init__(
-        self,
-        hidden_size: int,
-        n_heads: int,
-        inner_size: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        hidden_act: str,
-        layer_norm_eps: float,
-    ):
-        super().__init__()
-        self.attention = SelfAttention(hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps)
-        self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
-
-    def forward(self, x: torch.Tensor, query_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L, d) -> (B, L, d), or (B, 1, d) for the rows at ``query_positions`` (B,)."""
-        return self.feed_forward(self.attention(x, query_positions))
-
-    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor):
-        """One event (B, d) at ``position`` (B,) with the attention's key/value cache -> (out, keys, values)."""
-        out, keys, values = self.attention.step(x, keys, values, position)
-        return self.feed_forward(out), keys, values
+from tim4rec.models.base import SequentialRecommender, StreamState, require
+from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Dropout, init_normal_
 
 
 class SASRec(SequentialRecommender):
@@ -47,49 +22,16 @@ class SASRec(SequentialRecommender):
     regime = CAUSAL
     causal = True
     streaming = True
-    hyperparameters = {
-        "hidden_size": 64,
-        "n_layers": 2,
-        "n_heads": 8,
-        "inner_size": 256,
-        "hidden_dropout_prob": 0.2,
-        "attn_dropout_prob": 0.2,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "initializer_range": 0.02,
-    }
+    Hyperparameters = AttentionHyperparameters
 
-    @classmethod
-    def check_hyperparameters(cls, values: dict) -> None:
-        check_heads_divide(values)
-
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        hidden_size: int,
-        n_layers: int,
-        n_heads: int,
-        inner_size: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        hidden_act: str,
-        layer_norm_eps: float,
-        initializer_range: float,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: AttentionHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = Dropout(hidden_dropout_prob)
-        self.blocks = nn.ModuleList(
-            SASRecBlock(
-                hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps
-            )
-            for _ in range(n_layers)
-        )
-        self.apply(lambda module: init_normal_(module, initializer_range))
+        self.item_embedding = nn.Embedding(n_items + 1, hp.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_seq_length, hp.hidden_size)
+        self.layer_norm = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
+        self.dropout = Dropout(hp.hidden_dropout_prob)
+        self.blocks = nn.ModuleList(AttentionBlock(hp) for _ in range(hp.n_layers))
+        self.apply(lambda module: init_normal_(module, hp.initializer_range))
 
     def _embed(self, item_seq: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Item plus position embeddings: (B, L) ids at positions 0..L-1, or (B,) ids at ``positions`` (B,)."""

@@ -35,6 +35,7 @@ between interactions, so the state decays by an amount that depends on elapsed t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -46,9 +47,54 @@ from tim4rec.data.batches import CAUSAL, PREFIX
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
 from tim4rec.models.blocks import Dropout, FeedForward, adopt_children, causal_conv, causal_conv_step
-from tim4rec.models.time_paths import TIME_MODES, NoTimeFeatures, NoTimePath
+from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
+from tim4rec.models.time_paths import TIME_MODES, NoTimeFeatures, NoTimePath, TimeMode
 from tim4rec.ops import ssd_readout, ssd_scan, ssd_step
 from tim4rec.ops.compile import compiled
+from tim4rec.values import boolean, choice, fraction, optional, positive_int, positive_number
+
+
+@dataclasses.dataclass(frozen=True)
+class TiM4RecHyperparameters(Hyperparameters):
+    """The reference's hyper-parameters (its YAML names and defaults)."""
+
+    hidden_size: int = hyperparameter(64, positive_int, size=True)
+    num_layers: int = hyperparameter(2, positive_int, size=True)
+    dropout_prob: float = hyperparameter(0.2, fraction)
+    time_drop_out: float = hyperparameter(0.2, fraction)
+    d_state: int = hyperparameter(32, positive_int, size=True)
+    d_conv: int = hyperparameter(4, positive_int, size=True)
+    expand: int = hyperparameter(2, positive_int, size=True)
+    head_dim: int = hyperparameter(32, positive_int, size=True)
+    chunk_size: int = hyperparameter(32, positive_int, size=True)
+    is_ffn: bool = hyperparameter(True, boolean)
+    inner_size: int | None = hyperparameter(None, optional(positive_int), size=True)  # None: 4 * hidden_size
+    p2p_residual: bool = hyperparameter(False, boolean)
+    norm_eps: float = hyperparameter(1e-12, positive_number)
+    is_kai_ming_init: bool = hyperparameter(True, boolean)
+    time_mode: str = hyperparameter("causal", choice(*TIME_MODES))
+
+    def check(self) -> None:
+        d_inner = self.expand * self.hidden_size
+        if d_inner % self.head_dim:
+            raise ConfigError(f"hidden_size * expand = {d_inner} is not a multiple of head_dim {self.head_dim}")
+
+    @property
+    def mode(self) -> TimeMode:
+        """The time mode (:mod:`tim4rec.models.time_paths`), chosen here by its name."""
+        return TIME_MODES[self.time_mode]
+
+    @property
+    def n_heads(self) -> int:
+        return self.expand * self.hidden_size // self.head_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class SSD4RecHyperparameters(TiM4RecHyperparameters):
+    """SSD4Rec*: the time path off and PyTorch's convolution initialisation."""
+
+    is_kai_ming_init: bool = hyperparameter(False, boolean)
+    time_mode: str = hyperparameter("none", choice(*TIME_MODES))
 
 
 class GatedRMSNorm(nn.Module):
@@ -79,37 +125,24 @@ class TiSSD(nn.Module):
     on this block under the reference's names.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        seq_len: int,
-        d_state: int,
-        d_conv: int,
-        expand: int,
-        head_dim: int,
-        chunk_size: int,
-        time_drop_out: float,
-        time_mode: str,
-        p2p_residual: bool,
-        norm_eps: float,
-    ):
+    def __init__(self, hp: TiM4RecHyperparameters, max_seq_length: int):
         super().__init__()
-        self.d_inner = expand * d_model
-        self.n_heads = self.d_inner // head_dim
-        self.head_dim, self.d_state, self.d_conv, self.chunk_size = head_dim, d_state, d_conv, chunk_size
-        h = self.n_heads
+        d_model, d_state, d_conv = hp.hidden_size, hp.d_state, hp.d_conv
+        self.d_inner = hp.expand * d_model
+        self.n_heads = h = hp.n_heads
+        self.head_dim, self.d_state, self.d_conv, self.chunk_size = hp.head_dim, d_state, d_conv, hp.chunk_size
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + h)  # -> z, xBC, dt
         conv_dim = self.d_inner + 2 * d_state
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
         self.act = nn.Hardswish()
-        path = TIME_MODES[time_mode][1](h, seq_len, d_conv, time_drop_out, p2p_residual, norm_eps)
+        path = hp.mode.path(h, max_seq_length, hp.norm_eps, d_conv, hp.time_drop_out, hp.p2p_residual)
         self.time_path: NoTimePath = adopt_children(self, path)
         # Mamba-2 initialisation: dt log-uniform in [1e-3, 1e-1] (floor 1e-4) through softplus^-1, A ~ U(1, 16)
         dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(h))
-        self.norm = GatedRMSNorm(self.d_inner, norm_eps)
+        self.norm = GatedRMSNorm(self.d_inner, hp.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, d_model)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -206,25 +239,18 @@ class TiSSD(nn.Module):
 class TiSSDLayer(nn.Module):
     """TiSSD, dropout and a post-norm residual (none with a single layer), then the FFN."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_layers: int,
-        dropout: float,
-        is_ffn: bool,
-        inner_size: int,
-        norm_eps: float,
-        **ssd_args: Any,
-    ):
+    def __init__(self, hp: TiM4RecHyperparameters, max_seq_length: int):
         super().__init__()
-        self.residual = num_layers > 1
-        self.ssd = TiSSD(d_model, norm_eps=norm_eps, **ssd_args)
+        d_model, dropout = hp.hidden_size, hp.dropout_prob
+        self.residual = hp.num_layers > 1
+        self.ssd = TiSSD(hp, max_seq_length)
         self.dropout = Dropout(dropout)
-        self.layer_norm = nn.LayerNorm(d_model, eps=norm_eps)
+        self.layer_norm = nn.LayerNorm(d_model, eps=hp.norm_eps)
         # the reference's FFN LayerNorm eps is 1e-12 whatever norm_eps says
+        inner = hp.inner_size or 4 * d_model
         self.ffn = (
-            FeedForward(d_model, inner_size, dropout, "hardswish", layer_norm_eps=1e-12, inner_dropout=dropout)
-            if is_ffn
+            FeedForward(d_model, inner, dropout, "hardswish", layer_norm_eps=1e-12, inner_dropout=dropout)
+            if hp.is_ffn
             else None
         )
 
@@ -248,29 +274,7 @@ class TiSSDLayer(nn.Module):
 
 class TiM4Rec(SequentialRecommender):
     name = "tim4rec"
-    hyperparameters = {
-        "hidden_size": 64,
-        "num_layers": 2,
-        "dropout_prob": 0.2,
-        "time_drop_out": 0.2,
-        "d_state": 32,
-        "d_conv": 4,
-        "expand": 2,
-        "head_dim": 32,
-        "chunk_size": 32,
-        "is_ffn": True,
-        "inner_size": None,  # None: 4 * hidden_size, as in the reference
-        "p2p_residual": False,
-        "norm_eps": 1e-12,
-        "is_kai_ming_init": True,
-        "time_mode": "causal",
-    }
-
-    @classmethod
-    def check_hyperparameters(cls, values: dict) -> None:
-        d_inner = values["expand"] * values["hidden_size"]
-        if d_inner % values["head_dim"]:
-            raise ConfigError(f"hidden_size * expand = {d_inner} is not a multiple of head_dim {values['head_dim']}")
+    Hyperparameters = TiM4RecHyperparameters
 
     @classmethod
     def translate_config(cls, layer: dict[str, Any], notices: list[str]) -> dict[str, Any]:
@@ -282,59 +286,20 @@ class TiM4Rec(SequentialRecommender):
                 notices.append(f"is_time: {is_time} read as time_mode: {layer['time_mode']}")
         return layer
 
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        hidden_size: int,
-        num_layers: int,
-        dropout_prob: float,
-        time_drop_out: float,
-        d_state: int,
-        d_conv: int,
-        expand: int,
-        head_dim: int,
-        chunk_size: int,
-        is_ffn: bool,
-        inner_size: int | None,
-        p2p_residual: bool,
-        norm_eps: float,
-        is_kai_ming_init: bool,
-        time_mode: str,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: TiM4RecHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.time_mode = time_mode
-        self.causal = self.streaming = time_mode != "paper"
-        self.fixed_length = time_mode == "paper"  # position-axis layers fix L; the other modes run at any length
-        self.regime = CAUSAL if self.causal else PREFIX
-        self.is_kai_ming_init = is_kai_ming_init
-        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
-        self.in_layer_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
-        self.n_heads = expand * hidden_size // head_dim
-        features = TIME_MODES[time_mode][0](max_seq_length, self.n_heads, norm_eps)
+        self.time_mode = hp.mode
+        self.causal = self.streaming = hp.mode.causal
+        self.fixed_length = not hp.mode.causal  # position-axis layers fix L; causal modes run at any length
+        self.regime = CAUSAL if hp.mode.causal else PREFIX
+        self.is_kai_ming_init = hp.is_kai_ming_init
+        self.item_embedding = nn.Embedding(n_items + 1, hp.hidden_size, padding_idx=0)
+        self.in_layer_norm = nn.LayerNorm(hp.hidden_size, eps=hp.norm_eps)
+        self.n_heads = hp.n_heads
+        features = hp.mode.features(hp.n_heads, max_seq_length, hp.norm_eps)
         self.time_features: NoTimeFeatures = adopt_children(self, features)  # layer_norm_time / time_encoder
-        self.dropout = Dropout(dropout_prob)
-        self.ssd_layers = nn.ModuleList(
-            TiSSDLayer(
-                hidden_size,
-                num_layers,
-                dropout_prob,
-                is_ffn,
-                inner_size or 4 * hidden_size,
-                norm_eps,
-                seq_len=max_seq_length,
-                d_state=d_state,
-                d_conv=d_conv,
-                expand=expand,
-                head_dim=head_dim,
-                chunk_size=chunk_size,
-                time_drop_out=time_drop_out,
-                time_mode=time_mode,
-                p2p_residual=p2p_residual,
-            )
-            for _ in range(num_layers)
-        )
+        self.dropout = Dropout(hp.dropout_prob)
+        self.ssd_layers = nn.ModuleList(TiSSDLayer(hp, max_seq_length) for _ in range(hp.num_layers))
         self.apply(self._init_weights)
         self.time_features.initialize()
 
@@ -404,4 +369,4 @@ class SSD4Rec(TiM4Rec):
     """SSD4Rec* of the TiM4Rec paper: the same stack with the time path off and PyTorch's conv init."""
 
     name = "ssd4rec"
-    hyperparameters = {**TiM4Rec.hyperparameters, "time_mode": "none", "is_kai_ming_init": False}
+    Hyperparameters = SSD4RecHyperparameters

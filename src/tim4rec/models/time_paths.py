@@ -1,5 +1,9 @@
 """TiM4Rec's time path, one small module per ``time_mode``, chosen once when the model is built.
 
+A :class:`TimeMode` (``TIME_MODES[name]``) holds a mode's two classes and what the mode allows
+(``causal``: the output at t depends only on events <= t, so the model trains in the causal
+regime, runs at any length and streams); nothing downstream compares mode names.
+
 Each mode has two parts with the same interface across modes:
 
 - *features* (once per model): timestamps (B, L) -> the first layer's time input ``tau``;
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +43,9 @@ Convolve = Callable[[nn.Conv1d, torch.Tensor, int], torch.Tensor]
 
 # -- features: timestamps -> the first layer's tau ----------------------------------------------------------------
 class NoTimeFeatures(nn.Module):
-    """No time features (``tau`` is None). Every features class is built as ``cls(max_seq_length, n_heads, eps)``."""
+    """No time features (``tau`` is None). Every features class is built as ``cls(n_heads, max_seq_length, eps)``."""
 
-    streams: ClassVar[bool] = True
-
-    def __init__(self, max_seq_length: int, n_heads: int, eps: float):
+    def __init__(self, n_heads: int, max_seq_length: int, eps: float):
         super().__init__()
 
     def forward(self, timestamps: torch.Tensor, dropout: nn.Module) -> None:
@@ -59,10 +61,8 @@ class NoTimeFeatures(nn.Module):
 class PaperTimeFeatures(NoTimeFeatures):
     """``tau = LayerNorm_L(Dropout([0, t1-t0, t2-t1, ...]))`` over the padded float32 row, repeated over heads."""
 
-    streams = False
-
-    def __init__(self, max_seq_length: int, n_heads: int, eps: float):
-        super().__init__(max_seq_length, n_heads, eps)
+    def __init__(self, n_heads: int, max_seq_length: int, eps: float):
+        super().__init__(n_heads, max_seq_length, eps)
         self.n_heads = n_heads
         self.layer_norm_time = nn.LayerNorm(max_seq_length, eps=eps)
 
@@ -77,8 +77,8 @@ class PaperTimeFeatures(NoTimeFeatures):
 class CausalTimeFeatures(NoTimeFeatures):
     """``tau_t = W log1p(max(t_t - t_{t-1}, 0))`` per head (``tau_0`` from a gap of 0), then dropout."""
 
-    def __init__(self, max_seq_length: int, n_heads: int, eps: float):
-        super().__init__(max_seq_length, n_heads, eps)
+    def __init__(self, n_heads: int, max_seq_length: int, eps: float):
+        super().__init__(n_heads, max_seq_length, eps)
         self.time_encoder = nn.Linear(1, n_heads)  # log1p(gap in seconds) -> per-head feature
 
     def initialize(self) -> None:
@@ -101,12 +101,10 @@ class CausalTimeFeatures(NoTimeFeatures):
 class NoTimePath(nn.Module):
     """No time path: ``u`` is None (dt is used as it is) and there is no next tau.
 
-    Every layer path is built as ``cls(n_heads, max_seq_length, d_conv, dropout, p2p_residual, eps)``.
+    Every layer path is built as ``cls(n_heads, max_seq_length, eps, d_conv, dropout, p2p_residual)``.
     """
 
-    streams: ClassVar[bool] = True
-
-    def __init__(self, n_heads: int, max_seq_length: int, d_conv: int, dropout: float, p2p_residual: bool, eps: float):
+    def __init__(self, n_heads: int, max_seq_length: int, eps: float, d_conv: int, dropout: float, p2p_residual: bool):
         super().__init__()
 
     def forward(self, tau: None) -> tuple[None, None]:
@@ -123,8 +121,8 @@ class _GatedTimePath(NoTimePath):
     """The reference's layer time path; ``features(n_heads, max_seq_length)`` is the axis its MLP, gate
     and LayerNorm act on."""
 
-    def __init__(self, n_heads: int, max_seq_length: int, d_conv: int, dropout: float, p2p_residual: bool, eps: float):
-        super().__init__(n_heads, max_seq_length, d_conv, dropout, p2p_residual, eps)
+    def __init__(self, n_heads: int, max_seq_length: int, eps: float, d_conv: int, dropout: float, p2p_residual: bool):
+        super().__init__(n_heads, max_seq_length, eps, d_conv, dropout, p2p_residual)
         h, features = n_heads, self.features(n_heads, max_seq_length)
         self.conv1d4time_1 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
         self.conv1d4time_2 = nn.Conv1d(h, h, d_conv, groups=h, padding=d_conv - 1)
@@ -151,8 +149,6 @@ class _GatedTimePath(NoTimePath):
 
 class PaperTimePath(_GatedTimePath):
     """tau (B, H, L): MLP, gate and LayerNorm over the position axis (length L)."""
-
-    streams = False
 
     @staticmethod
     def features(n_heads: int, max_seq_length: int) -> int:
@@ -197,9 +193,23 @@ class CausalTimePath(_GatedTimePath):
         return u, tau_next, new_state
 
 
-#: time_mode -> (features class, layer path class)
-TIME_MODES: dict[str, tuple[type[NoTimeFeatures], type[NoTimePath]]] = {
-    "paper": (PaperTimeFeatures, PaperTimePath),
-    "causal": (CausalTimeFeatures, CausalTimePath),
-    "none": (NoTimeFeatures, NoTimePath),
+@dataclass(frozen=True)
+class TimeMode:
+    """A ``time_mode``: its features and layer-path classes, and whether it is causal (trains in the causal
+    regime, runs at any length, streams) or mixes positions (``paper``: prefix regime, fixed length L)."""
+
+    name: str
+    features: type[NoTimeFeatures]
+    path: type[NoTimePath]
+    causal: bool
+
+
+#: every time mode by its name (the value of the ``time_mode`` hyper-parameter)
+TIME_MODES: dict[str, TimeMode] = {
+    mode.name: mode
+    for mode in (
+        TimeMode("paper", PaperTimeFeatures, PaperTimePath, causal=False),
+        TimeMode("causal", CausalTimeFeatures, CausalTimePath, causal=True),
+        TimeMode("none", NoTimeFeatures, NoTimePath, causal=True),
+    )
 }

@@ -44,6 +44,7 @@ The output at t depends only on events <= t, so the model trains in the causal r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -51,8 +52,10 @@ from torch import nn
 
 from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
-from tim4rec.models.base import SequentialRecommender, StreamState, check_heads_divide, require
-from tim4rec.models.blocks import Dropout, FeedForward, init_normal_
+from tim4rec.models.base import SequentialRecommender, StreamState, require
+from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Dropout, init_normal_
+from tim4rec.models.hyperparameters import hyperparameter
+from tim4rec.values import choice, int_in, positive_int
 
 TIME_INTERVAL_MODES = ("scaled", "raw_seconds")
 _NO_GAP = torch.iinfo(torch.int64).max
@@ -82,6 +85,16 @@ def time_intervals(timestamps: torch.Tensor, time_span: int, mode: str = "scaled
     stamps = timestamps.long()
     distance = (stamps[:, :, None] - stamps[:, None, :]).abs()  # |t_i - t_j|
     return interval_buckets(distance, running_min_gap(stamps)[:, :, None], time_span, mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class TiSASRecHyperparameters(AttentionHyperparameters):
+    n_heads: int = hyperparameter(4, positive_int, size=True)
+    # the interval tables have time_span + 1 rows of hidden_size each: real settings use hundreds to
+    # thousands of buckets (256 in the packaged configs); 2**20 (12 days of unscaled seconds) still fits
+    # in 512 MiB at hidden_size 64, while an unbounded value asks the allocator for terabytes
+    time_span: int = hyperparameter(256, int_in(1, 2**20), size=True)
+    time_interval_mode: str = hyperparameter("scaled", choice(*TIME_INTERVAL_MODES))
 
 
 class TimeAwareSelfAttention(nn.Module):
@@ -175,89 +188,31 @@ class TimeAwareSelfAttention(nn.Module):
         return out[:, 0], keys, values
 
 
-class TiSASRecBlock(nn.Module):
-    def __init__(
-        self,
-        hidden_size: int,
-        n_heads: int,
-        inner_size: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        hidden_act: str,
-        layer_norm_eps: float,
-    ):
-        super().__init__()
-        self.attention = TimeAwareSelfAttention(
-            hidden_size, n_heads, attn_dropout_prob, hidden_dropout_prob, layer_norm_eps
-        )
-        self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
-
-    def forward(self, x: torch.Tensor, *time_and_position: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
-        return self.feed_forward(self.attention(x, *time_and_position))
-
-    def step(self, x: torch.Tensor, *cache_time_and_position: torch.Tensor):
-        """One event (B, d) -> (out (B, d), keys, values); see :meth:`TimeAwareSelfAttention.step`."""
-        out, keys, values = self.attention.step(x, *cache_time_and_position)
-        return self.feed_forward(out), keys, values
-
-
 class TiSASRec(SequentialRecommender):
     name = "tisasrec"
     regime = CAUSAL
     causal = True
     streaming = True
-    hyperparameters = {
-        "hidden_size": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "inner_size": 256,
-        "hidden_dropout_prob": 0.2,
-        "attn_dropout_prob": 0.2,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "initializer_range": 0.02,
-        "time_span": 256,
-        "time_interval_mode": "scaled",
-    }
+    Hyperparameters = TiSASRecHyperparameters
 
-    @classmethod
-    def check_hyperparameters(cls, values: dict) -> None:
-        check_heads_divide(values)
-
-    def __init__(
-        self,
-        n_items: int,
-        max_seq_length: int,
-        *,
-        hidden_size: int,
-        n_layers: int,
-        n_heads: int,
-        inner_size: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        hidden_act: str,
-        layer_norm_eps: float,
-        initializer_range: float,
-        time_span: int,
-        time_interval_mode: str,
-    ):
+    def __init__(self, n_items: int, max_seq_length: int, hp: TiSASRecHyperparameters):
         super().__init__(n_items, max_seq_length)
-        self.time_span = int(time_span)
-        self.time_interval_mode = time_interval_mode
-        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
-        self.position_key_embedding = nn.Embedding(max_seq_length, hidden_size)
-        self.position_value_embedding = nn.Embedding(max_seq_length, hidden_size)
-        self.interval_key_embedding = nn.Embedding(self.time_span + 1, hidden_size)
-        self.interval_value_embedding = nn.Embedding(self.time_span + 1, hidden_size)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = Dropout(hidden_dropout_prob)
+        self.time_span = hp.time_span
+        self.time_interval_mode = hp.time_interval_mode
+        self.item_embedding = nn.Embedding(n_items + 1, hp.hidden_size, padding_idx=0)
+        self.position_key_embedding = nn.Embedding(max_seq_length, hp.hidden_size)
+        self.position_value_embedding = nn.Embedding(max_seq_length, hp.hidden_size)
+        self.interval_key_embedding = nn.Embedding(self.time_span + 1, hp.hidden_size)
+        self.interval_value_embedding = nn.Embedding(self.time_span + 1, hp.hidden_size)
+        self.layer_norm = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
+        self.dropout = Dropout(hp.hidden_dropout_prob)
         self.blocks = nn.ModuleList(
-            TiSASRecBlock(
-                hidden_size, n_heads, inner_size, hidden_dropout_prob, attn_dropout_prob, hidden_act, layer_norm_eps
-            )
-            for _ in range(n_layers)
-        )
-        self.apply(lambda module: init_normal_(module, initializer_range))
+            AttentionBlock(hp, attention=TimeAwareSelfAttention(
+                hp.hidden_size, hp.n_heads, hp.attn_dropout_prob, hp.hidden_dropout_prob, hp.layer_norm_eps
+            ))
+            for _ in range(hp.n_layers)
+        )  # fmt: skip
+        self.apply(lambda module: init_normal_(module, hp.initializer_range))
 
     def time_intervals(self, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, L) seconds -> (B, L, L) interval buckets in [0, time_span] (see the module docstring)."""

@@ -23,7 +23,8 @@ On CUDA with mamba-ssm installed, :func:`ssd_scan` and :func:`ssd_readout` call 
 
 Beside the fast path, :func:`ssd_recurrent` (the recurrence step by step) and :func:`ssd_quadratic`
 (the (l, l) matrix form) state the same function as the paper does; the tests and the kernel
-benchmark use them as the oracle.
+benchmark use them as the oracle. :func:`ssd_chunked_reference` writes the four steps above directly
+from the paper's equations, one einsum each, as a one-screen reading of the chunked form.
 
 Numerics: all work happens in float32 (float64 for float64 ``x``), also under autocast
 (:mod:`tim4rec.ops.precision`). Every exponent is a sum of
@@ -46,7 +47,7 @@ from tim4rec.ops.compile import compiled
 from tim4rec.ops.kernels import fused_kernel
 from tim4rec.ops.precision import float32_compute
 
-__all__ = ["ssd_quadratic", "ssd_readout", "ssd_recurrent", "ssd_scan", "ssd_step"]
+__all__ = ["ssd_chunked_reference", "ssd_quadratic", "ssd_readout", "ssd_recurrent", "ssd_scan", "ssd_step"]
 
 _NO_LIMIT = (0.0, float("inf"))
 _BLOCK_ELEMS = 1 << 20  # size of the (b, h, chunks, Q, Q) intermediates of one block of chunks
@@ -443,4 +444,57 @@ def ssd_quadratic(
     decay = exponent.masked_fill(~causal, float("-inf")).exp()
     scores = torch.einsum("bihn,bjhn->bhij", Ch, Bh)  # C_i . B_j
     y = torch.einsum("bhij,bjhp->bihp", decay * scores, x * delta[..., None])
+    return _skip_and_gate(y, x, D, z)
+
+
+def _segsum(a: Tensor) -> Tensor:
+    """(..., T) -> (..., T, T) with entry (i, j) = a_{j+1} + ... + a_i for i >= j (0 on the diagonal), -inf above.
+
+    Built from masked cumulative sums of the a_k themselves, never as a difference of cumulative sums.
+    """
+    T = a.shape[-1]
+    ones = torch.ones(T, T, dtype=torch.bool, device=a.device)
+    terms = a[..., :, None].expand(*a.shape, T).masked_fill(~ones.tril(-1), 0)  # (k, j): a_k where k > j
+    return terms.cumsum(-2).masked_fill(~ones.tril(), float("-inf"))  # (i, j): sum of a_k over j < k <= i
+
+
+# fmt: off
+def ssd_chunked_reference(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, *, D: Tensor | None = None,
+    z: Tensor | None = None, initial_states: Tensor | None = None, **step_size: Any,
+) -> Tensor:
+    # fmt: on
+    """The chunked form in the paper's four steps (Mamba-2 paper, Sec. 6 / Listing 1): returns y (b, l, h, p).
+
+    Chunks c of Q steps, positions l, s inside a chunk, X_s = Delta_s x_s, a_t = Delta_t A, and
+    L_ls = exp(a_{s+1} + ... + a_l) for s <= l, 0 above (``exp(segsum(a))``); T_c = sum of a over chunk c:
+
+        (1) diagonal blocks   y_l  = sum_{s <= l} (C_l . B_s) L_ls X_s              O(l Q (n + p))
+        (2) chunk states      S_c  = sum_s L_Qs X_s B_s^T   (the chunk from S = 0)  O(l n p)
+        (3) state passing     H_c  = sum_{k < c} exp(T_{k+1} + ... + T_{c-1}) S_k   O((l / Q)^2 n p)
+                                     (+ exp(T_0 + ... + T_{c-1}) S_init)
+        (4) off-diagonal      y_l += exp(a_1 + ... + a_l) H_c C_l                   O(l n p)
+
+    per head; memory O(l Q + (l / Q)^2). Arguments as :func:`ssd_scan`; l is padded to a multiple of Q
+    with Delta = 0 steps (no input, no decay) and cut back. Computes in x's dtype, plain autograd.
+    """
+    delta, A, Bh, Ch = _reference_inputs(x, dt, A, B, C, **step_size)
+    b, l, h, p = x.shape
+    Q, n = int(chunk_size), B.shape[-1]
+    pad = -l % Q
+
+    def chunks(t: Tensor) -> Tensor:  # (b, l, ...) -> (b, c, Q, ...), padded with zeros
+        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)).view(b, (l + pad) // Q, Q, *t.shape[2:])
+
+    X, Bc, Cc = chunks(x * delta[..., None]), chunks(Bh), chunks(Ch)  # (b, c, Q, h, p | n)
+    a = chunks(delta * A).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    L = torch.exp(_segsum(a))  # (b, h, c, Q, Q)
+    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Cc, Bc, L, X)  # (1)
+    states = torch.einsum("bcshn,bhcs,bcshp->bchpn", Bc, L[..., -1, :], X)  # (2)
+    S0 = x.new_zeros(b, h, p, n) if initial_states is None else initial_states.to(x.dtype)
+    states = torch.cat([S0[:, None], states], dim=1)  # (b, 1 + c, h, p, n): S_init, S_0, ..., S_{c-1}
+    passing = torch.exp(_segsum(F.pad(a.sum(-1), (1, 0))))  # (b, h, 1 + c, 1 + c)
+    H = torch.einsum("bhzk,bkhpn->bzhpn", passing, states)[:, :-1]  # (3): the state entering each chunk
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, H, a.cumsum(-1).exp())  # (4)
+    y = (y_diag + y_off).flatten(1, 2)[:, :l]
     return _skip_and_gate(y, x, D, z)
