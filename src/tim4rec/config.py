@@ -22,6 +22,7 @@ through its ``translate_config`` hook.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 
 from tim4rec.data import FieldNames, Interactions, SequenceData, load_interactions, make_split
-from tim4rec.data.batches import REGIMES
+from tim4rec.data.batches import REGIMES, Regime
 from tim4rec.data.preprocess import FIVE_CORE, TIME_ORDERS, parse_interval
 from tim4rec.data.split import SPLITS
 from tim4rec.errors import ConfigError
@@ -139,6 +140,16 @@ def _setting(default: Any, parse: Parser, *, resumable: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "resumable": resumable})
 
 
+def _plain(value: Any) -> Any:
+    """A setting's value as plain data (an enum as its name), as YAML, JSON and weights-only files hold it."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _regime(key: str, value: Any) -> Regime:
+    """A training regime by its name (the one place a regime's name is read)."""
+    return Regime(choice(*(r.value for r in REGIMES))(key, value))
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of a run, parsed; the model's hyper-parameters in ``hyperparameters``."""
@@ -160,7 +171,7 @@ class Config:
     data_cache: str | None = _setting(None, optional(text), resumable=True)
     output_dir: str | None = _setting(None, optional(text), resumable=True)  # None: runs/<model>-<dataset>-seed<seed>
     # training
-    train_regime: str | None = _setting(None, optional(choice(*REGIMES)))  # None: the model's own regime
+    train_regime: Regime | None = _setting(None, optional(_regime))  # None: the model's own regime
     epochs: int = _setting(300, positive_int, resumable=True)
     train_batch_size: int = _setting(256, positive_int)
     micro_batch: int = _setting(256, positive_int, resumable=True)  # rows per forward/backward: bounds the memory
@@ -242,7 +253,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The flat key -> value form of the YAML files (hyper-parameters beside the settings)."""
         flat = {"model": self.model}
-        flat.update({f.name: getattr(self, f.name) for f in _SETTING_FIELDS})
+        flat.update({f.name: _plain(getattr(self, f.name)) for f in _SETTING_FIELDS})
         flat.update(self.hyperparameters)
         return flat
 

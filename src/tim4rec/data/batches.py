@@ -19,6 +19,7 @@ Validation and test batches are prefix batches (one target per row) in both regi
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 
@@ -29,8 +30,28 @@ from tim4rec.data.preprocess import Interactions
 from tim4rec.data.split import TargetIndex
 from tim4rec.errors import DataError
 
-PREFIX, CAUSAL = "prefix", "causal"
-REGIMES = (PREFIX, CAUSAL)
+
+class Regime(str, enum.Enum):
+    """A training regime, parsed once from its name (``train_regime``, a model's default); compared by
+    identity downstream. A ``str`` so that configs and ``results.json`` keep the plain name."""
+
+    PREFIX = "prefix"  # one target per row, read at item_seq_len - 1 (also every evaluation)
+    CAUSAL = "causal"  # a target at every position of a window of L events
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def rows_per_batch(self, targets: int, length: int) -> int:
+        """Rows of a training batch of about ``targets`` training targets: a causal window of L events
+        holds about L of them, so both regimes take similar steps."""
+        return targets if self is Regime.PREFIX else max(1, round(targets / length))
+
+
+PREFIX, CAUSAL = Regime.PREFIX, Regime.CAUSAL
+REGIMES = tuple(Regime)
 
 
 @dataclass
@@ -41,7 +62,7 @@ class Batch:
     prefix regime and every evaluation) or ``"causal"`` (a target at every position of a window).
     """
 
-    regime: str
+    regime: Regime
     item_seq: torch.Tensor  # (B, L) long, item ids, 0 at padding
     item_seq_len: torch.Tensor  # (B,) long
     timestamps: torch.Tensor  # (B, L) long seconds, 0 at padding
@@ -53,9 +74,11 @@ class Batch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.regime not in REGIMES:
-            raise ValueError(f"unknown regime {self.regime!r}; expected one of {REGIMES}")
-        if self.regime == CAUSAL and self.target_index is None:
+        try:
+            self.regime = Regime(self.regime)
+        except ValueError:
+            raise ValueError(f"unknown regime {self.regime!r}; expected one of {[r.value for r in REGIMES]}") from None
+        if self.regime is CAUSAL and self.target_index is None:
             self.target_index = torch.nonzero(self.target.reshape(-1) > 0).squeeze(1)
 
     def __len__(self) -> int:
@@ -115,7 +138,7 @@ class SampleSet:
         return len(self.starts)
 
     @property
-    def regime(self) -> str:
+    def regime(self) -> Regime:
         return PREFIX if self.targets is not None else CAUSAL
 
     def subset(self, rows: np.ndarray) -> SampleSet:
@@ -172,16 +195,19 @@ class SequenceData:
                 "leave-one-out trains on users with at least 4 events, a temporal split on users with 2 before the cut)"
             )
 
-    def train_samples(self, regime: str) -> SampleSet:
-        """The training samples of ``regime`` (``"prefix"`` or ``"causal"``); a DataError when there are none."""
-        if regime not in REGIMES:
-            raise DataError(f"unknown training regime {regime!r}; expected one of {REGIMES}")
+    def train_samples(self, regime: Regime | str) -> SampleSet:
+        """The training samples of ``regime`` (a :class:`Regime` or its name); a DataError when there are none."""
+        try:
+            regime = Regime(regime)
+        except ValueError:
+            names = [r.value for r in REGIMES]
+            raise DataError(f"unknown training regime {regime!r}; expected one of {names}") from None
         self.check_trainable()
         users, first, last = self.split.users, self.split.train_first, self.split.train_last
         counts = last - first + 1
         has = counts > 0
         users, first, last, counts = users[has], first[has], last[has], counts[has]
-        if regime == PREFIX:
+        if regime is PREFIX:
             target = np.repeat(last - counts + 1, counts) + _ranges(counts)
             return self._one_target(target, np.repeat(users, counts))
         window = self.max_seq_length

@@ -3,7 +3,7 @@
 A model is created by :func:`tim4rec.models.create` as
 ``Model(n_items, max_seq_length, hp)`` (``hp``: its ``Hyperparameters`` dataclass) and provides:
 
-- ``regime``: the training regime it uses by default, ``"prefix"`` or ``"causal"``;
+- ``regime``: the training regime it uses by default (:class:`~tim4rec.data.batches.Regime`);
 - ``causal``: True when its output at position t depends only on events <= t (such a model may
   also be trained in the causal regime);
 - ``forward(item_seq, item_seq_len, timestamps) -> (B, L, d)`` hidden states;
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tim4rec.data.batches import CAUSAL, PREFIX, Batch
+from tim4rec.data.batches import CAUSAL, PREFIX, Batch, Regime
 from tim4rec.models.hyperparameters import Hyperparameters
 from tim4rec.ops.cross_entropy import linear_cross_entropy
 from tim4rec.ops.sampled_softmax import sampled_softmax_loss
@@ -135,7 +135,7 @@ class SequentialRecommender(nn.Module):
     """Base class: read-out, scoring against the item embedding table, and the CE loss."""
 
     name: ClassVar[str] = ""
-    regime: ClassVar[str] = PREFIX
+    regime: ClassVar[Regime] = PREFIX
     causal: ClassVar[bool] = False
     #: the model's hyper-parameters (:mod:`tim4rec.models.hyperparameters`): the model is built as
     #: ``Model(n_items, max_seq_length, Model.Hyperparameters.parse(values, name))``
@@ -254,9 +254,9 @@ class SequentialRecommender(nn.Module):
     def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (T, d) of the positions that carry a loss, and their targets (T,)."""
         self.check_history(batch.item_seq, batch.item_seq_len, batch.timestamps)
-        if batch.regime == PREFIX:  # one target per row, read at len - 1
+        if batch.regime is PREFIX:  # one target per row, read at len - 1
             return self.readout(batch.item_seq, batch.item_seq_len, batch.timestamps), batch.target
-        if batch.regime == CAUSAL:  # every position with a target
+        if batch.regime is CAUSAL:  # every position with a target
             hidden = self.forward(batch.item_seq, batch.item_seq_len, batch.timestamps)
             index = batch.target_index
             return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index), batch.target.reshape(-1)[index]

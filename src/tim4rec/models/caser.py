@@ -117,6 +117,6 @@ class Caser(SequentialRecommender):
         return self.reg_weight * torch.stack([weight.norm(2) for weight in weights]).sum()
 
     def target_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.regime != PREFIX:
+        if batch.regime is not PREFIX:
             raise ValueError("Caser is not causal: it trains on prefix samples (one target per row) only")
         return super().target_states(batch)

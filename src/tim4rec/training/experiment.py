@@ -15,7 +15,7 @@ import torch
 
 from tim4rec.config import Config
 from tim4rec.data import SequenceData
-from tim4rec.data.batches import PREFIX
+from tim4rec.data.batches import PREFIX, Regime
 from tim4rec.errors import ConfigError
 from tim4rec.models import create
 from tim4rec.models.base import SequentialRecommender
@@ -44,11 +44,9 @@ class Experiment:
         return rows_per_batch(self.config, self.regime)
 
 
-def rows_per_batch(config: Config, regime: str) -> int:
-    """Rows of a training batch: ``train_batch_size`` counts training targets, so a causal batch holds
-    about as many targets (windows x L) as a prefix batch holds samples, and both regimes take similar steps."""
-    size, length = config.train_batch_size, config.max_seq_length
-    return size if regime == PREFIX else max(1, round(size / length))
+def rows_per_batch(config: Config, regime: Regime) -> int:
+    """Rows of a training batch: ``train_batch_size`` counts training targets (:meth:`Regime.rows_per_batch`)."""
+    return regime.rows_per_batch(config.train_batch_size, config.max_seq_length)
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +70,7 @@ def build_experiment(config: Config, notices: list[str] | None = None, distribut
     seed_everything(config.seed)
     model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
     regime = config.train_regime or model.regime
-    if regime != PREFIX and not (model.causal or model.window_objective):
+    if regime is not PREFIX and not (model.causal or model.window_objective):
         raise ConfigError(
             f"train_regime: model '{config.model}' (as configured) is not causal, "
             "so it trains only in the prefix regime"
