@@ -12,16 +12,20 @@ User errors print one line (``tim4rec: error: ...``) and exit with status 2, wit
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tim4rec.data.preprocess import FIVE_CORE
 from tim4rec.errors import Tim4RecError
+
+#: ``tim4rec bench``'s subcommands: each is the module ``tim4rec.bench.<name>``
+BENCHMARKS = ("speed", "serve", "catalogue", "data", "threads", "kernel", "curves", "quality")
 
 
 def _format_metrics_table(rows: dict[str, dict[str, float]], ks: Sequence[int], names: Sequence[str]) -> str:
@@ -107,101 +111,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmarks() -> list[ModuleType]:
+    """The modules of ``tim4rec bench``'s subcommands, in the order ``tim4rec bench --help`` lists them. Each
+    has ``HELP``, ``add_arguments(parser)`` and ``command(args)``, and imports its heavy parts in ``command``."""
+    return [importlib.import_module(f"tim4rec.bench.{name}") for name in BENCHMARKS]
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tim4rec.bench import quality, quality_report
-
-    if args.bench_command == "speed":
-        from tim4rec.bench import speed
-
-        overrides: dict[str, dict] = {}
-        from tim4rec.config import parse_override
-
-        for text in args.model_set:
-            model, _, assignment = text.partition(":")
-            key, value = parse_override(assignment)
-            overrides.setdefault(model, {})[key] = value
-        dropouts = {"both": [True, False], "on": [True], "off": [False]}[args.dropout]
-        print(
-            speed.run(
-                args.models,
-                args.lengths,
-                batch=args.batch,
-                items=args.items,
-                dropouts=dropouts,
-                device=args.device,
-                threads=args.threads,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                output=Path(args.output),
-                memory_limit_gib=args.memory_limit_gib,
-                hyperparameters=overrides,
-                flush_denormal=not args.keep_denormals,
-                infer_batch=args.infer_batch,
-                compile=args.compile,
-                precisions=tuple(args.precision),
-            )
-        )
-        return 0
-    if args.bench_command == "serve":
-        from tim4rec.bench import serve
-
-        print(serve.run(args.checkpoint, history=args.history, concurrency=args.concurrency, requests=args.requests,
-                        warmup=args.warmup, lengths=args.lengths, repeats=args.repeats, users=args.users,
-                        output=Path(args.output)))  # fmt: skip
-        return 0
-    if args.bench_command == "catalogue":
-        from tim4rec.bench import catalogue
-
-        print(catalogue.run(args.sizes, negatives=args.negatives, windows=args.windows, length=args.length,
-                            users=args.users, threads=args.threads, repeats=args.repeats, output=Path(args.output),
-                            memory_limit_gib=args.memory_limit_gib, device=args.device))  # fmt: skip
-        return 0
-    if args.bench_command == "data":
-        from tim4rec.bench import data
-
-        print(data.run(args.dataset, Path(args.output)))
-        return 0
-    if args.bench_command == "threads":
-        from tim4rec.bench import threads
-
-        print(threads.run(args.dataset, args.steps, args.states, Path(args.output)))
-        return 0
-    if args.bench_command == "kernel":
-        from tim4rec.bench import kernel
-
-        print(
-            kernel.run(
-                args.lengths,
-                batch=args.batch,
-                heads=args.heads,
-                head_dim=args.head_dim,
-                state=args.state,
-                chunk=args.chunk,
-                threads=args.threads,
-                device=args.device,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                max_recurrent=args.max_recurrent,
-                max_quadratic=args.max_quadratic,
-                output=Path(args.output),
-                compile=args.compile,
-            )
-        )
-        return 0
-    if args.bench_command == "curves":
-        from tim4rec.bench import curves
-
-        print(curves.run(args.results, args.epochs, Path(args.output)))
-        return 0
-    if args.bench_command == "quality":
-        output = args.output or str(Path(args.plan).with_suffix(""))
-        if args.add_seen_removed:
-            for line in quality.add_seen_removed(args.plan, output):
-                print(line)
-        elif not args.report_only:
-            quality.run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds)
-        print(quality_report.report(args.plan, output))
-    return 0
+    return importlib.import_module(f"tim4rec.bench.{args.bench_command}").command(args)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -229,9 +146,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tim4rec.serving.server import serve
+    from tim4rec.serving.server import ServeOptions, serve
 
-    return serve(args)
+    options = ServeOptions(
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        cache_size=args.cache_size,
+        eager_step=args.eager_step,
+        batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch=args.max_batch,
+        threads=args.threads,
+    )
+    return serve(options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,110 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that write tables and plots")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    speed = bench_commands.add_parser(
-        "speed", help="training-step and inference time and peak memory against sequence length"
-    )
-    speed.add_argument("--models", nargs="+", default=["sasrec", "tim4rec", "ssd4rec", "mamba4rec"])
-    speed.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 800, 3200])
-    speed.add_argument("--batch", type=int, default=16, help="histories (windows) per training step")
-    speed.add_argument("--infer-batch", type=int, default=256, help="histories per inference call")
-    speed.add_argument("--compile", action="store_true", help="run the steps through torch.compile")
-    speed.add_argument(
-        "--precision",
-        nargs="+",
-        default=["off"],
-        choices=["off", "bf16", "fp16"],
-        help="mixed_precision settings to measure side by side (off: float32)",
-    )
-    speed.add_argument("--items", type=int, default=3416, help="number of items (default: ML-1M's 3416)")
-    speed.add_argument("--dropout", choices=["both", "on", "off"], default="both")
-    speed.add_argument("--device", default="cpu")
-    speed.add_argument("--threads", type=int, default=1)
-    speed.add_argument("--warmup", type=int, default=2)
-    speed.add_argument("--repeats", type=int, default=5)
-    speed.add_argument(
-        "--memory-limit-gib", type=float, default=16.0, help="address-space limit of each measuring subprocess"
-    )
-    speed.add_argument(
-        "--model-set",
-        action="append",
-        default=[],
-        metavar="MODEL:KEY=VALUE",
-        help="a hyper-parameter for one model (repeatable)",
-    )
-    speed.add_argument(
-        "--keep-denormals",
-        action="store_true",
-        help="do not flush denormal numbers to zero (training flushes them by default)",
-    )
-    speed.add_argument("--output", default="docs/benchmarks/speed")
-    serve_bench = bench_commands.add_parser("serve", help="the HTTP service under load; streaming updates; memory")
-    serve_bench.add_argument("checkpoint", help="a saved model (best.pt)")
-    serve_bench.add_argument("--history", type=int, default=200, help="events per /recommend history")
-    serve_bench.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
-    serve_bench.add_argument("--requests", type=int, default=2000, help="measured requests per level")
-    serve_bench.add_argument("--warmup", type=int, default=100)
-    serve_bench.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 1000, 3000])
-    serve_bench.add_argument("--repeats", type=int, default=20)
-    serve_bench.add_argument("--users", type=int, default=10_000, help="new users for the memory measurement")
-    serve_bench.add_argument("--output", default="docs/benchmarks/serve")
-    catalogue = bench_commands.add_parser(
-        "catalogue", help="training step and scoring time and memory against catalogue size, full vs sampled softmax"
-    )
-    catalogue.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
-    catalogue.add_argument("--negatives", type=int, default=1024, help="K of the sampled softmax")
-    catalogue.add_argument("--windows", type=int, default=10, help="causal windows per training step")
-    catalogue.add_argument("--length", type=int, default=200)
-    catalogue.add_argument("--users", type=int, default=256, help="histories scored in the scoring measurement")
-    catalogue.add_argument("--threads", type=int, default=1)
-    catalogue.add_argument("--repeats", type=int, default=3)
-    catalogue.add_argument("--device", default="cpu")
-    catalogue.add_argument("--memory-limit-gib", type=float, default=16.0)
-    catalogue.add_argument("--output", default="docs/benchmarks/catalogue")
-    data_bench = bench_commands.add_parser("data", help="the data pipeline's peak memory and time in each regime")
-    data_bench.add_argument("dataset", nargs="?", default="ml-1m")
-    data_bench.add_argument("--output", default="docs/benchmarks/data")
-    threads = bench_commands.add_parser("threads", help="training speed by thread setting, idle and with one core busy")
-    threads.add_argument("--dataset", default="ml-1m")
-    threads.add_argument("--steps", type=int, default=25)
-    threads.add_argument("--states", nargs="+", choices=["idle", "busy"], default=["idle", "busy"])
-    threads.add_argument("--output", default="docs/benchmarks/threads")
-    kernel = bench_commands.add_parser("kernel", help="SSD scan vs recurrence, quadratic form and the Mamba-1 scan")
-    kernel.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
-    kernel.add_argument("--batch", type=int, default=16)
-    kernel.add_argument("--heads", type=int, default=4)
-    kernel.add_argument("--head-dim", type=int, default=32)
-    kernel.add_argument("--state", type=int, default=32)
-    kernel.add_argument("--chunk", type=int, default=32)
-    kernel.add_argument("--threads", type=int, default=1)
-    kernel.add_argument("--device", default="cpu")
-    kernel.add_argument("--warmup", type=int, default=2)
-    kernel.add_argument("--repeats", type=int, default=5)
-    kernel.add_argument("--max-recurrent", type=int, default=2048, help="longest length for the step-by-step loop")
-    kernel.add_argument("--max-quadratic", type=int, default=2048, help="longest length for the (l, l) form")
-    kernel.add_argument("--compile", action="store_true", help="run the chunked scan through torch.compile")
-    kernel.add_argument("--output", default="docs/benchmarks/kernel")
-    curves_bench = bench_commands.add_parser("curves", help="runs' validation curves side by side at chosen epochs")
-    curves_bench.add_argument("results", nargs="+", help="results.json of each run (the first is the reference)")
-    curves_bench.add_argument("--epochs", nargs="+", type=int, default=[5, 10, 20, 40])
-    curves_bench.add_argument("--output", required=True, help="folder for curves.md")
-    quality = bench_commands.add_parser("quality", help="models x seeds from a plan file; resumes what is done")
-    quality.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")
-    quality.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")
-    quality.add_argument("--only", nargs="+", help="run only these runs of the plan")
-    quality.add_argument(
-        "--deadline",
-        type=float,
-        help="seconds this invocation may take: no run starts after them, and each run's time_budget is cut "
-        "so that it ends by then (a later invocation resumes it under the plan's budget)",
-    )
-    quality.add_argument("--seeds", nargs="+", type=int, help="run only these seeds of the plan")
-    quality.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
-    quality.add_argument(
-        "--add-seen-removed",
-        action="store_true",
-        help="give finished runs that lack them test metrics with seen items removed (from their best.pt), then report",
-    )
+    for module in _benchmarks():
+        module.add_arguments(bench_commands.add_parser(module.__name__.rpartition(".")[2], help=module.HELP))
 
     recommend = commands.add_parser("recommend", help="recommendations from a saved model: every user, or one history")
     recommend.add_argument("checkpoint", help="a saved model (best.pt)")

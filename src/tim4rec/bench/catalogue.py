@@ -13,6 +13,7 @@ Run: ``tim4rec bench catalogue`` -> ``docs/benchmarks/catalogue/catalogue.{md,cs
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,6 @@ import torch
 
 from tim4rec.bench import common
 from tim4rec.bench.common import machine_description, time_call
-from tim4rec.runtime import runtime_settings
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 LOSSES = ("full", "sampled")
@@ -44,6 +44,7 @@ def measure_point(
     from tim4rec.bench.flops import random_batch
     from tim4rec.evaluation.scoring import blocked_target_ranks
     from tim4rec.models import create
+    from tim4rec.runtime import runtime_settings
     from tim4rec.training.loss import NextItemLoss
     from tim4rec.training.negatives import NegativeSampler
 
@@ -148,6 +149,31 @@ def run(
         "memory over its start (training peak: after the training steps; peak: after scoring too).",
         machine, rows, columns,
     )  # fmt: skip
+
+
+HELP = "training step and scoring time and memory against catalogue size, full vs sampled softmax"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench catalogue``."""
+    parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--negatives", type=int, default=1024, help="K of the sampled softmax")
+    parser.add_argument("--windows", type=int, default=10, help="causal windows per training step")
+    parser.add_argument("--length", type=int, default=200)
+    parser.add_argument("--users", type=int, default=256, help="histories scored in the scoring measurement")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-limit-gib", type=float, default=16.0)
+    parser.add_argument("--output", default="docs/benchmarks/catalogue")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench catalogue``: measure, write the report, print its table."""
+    print(run(args.sizes, negatives=args.negatives, windows=args.windows, length=args.length,
+              users=args.users, threads=args.threads, repeats=args.repeats, output=Path(args.output),
+              memory_limit_gib=args.memory_limit_gib, device=args.device))  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

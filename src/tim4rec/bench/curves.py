@@ -7,6 +7,7 @@ of training and validation per full epoch; written to ``curves.md`` beside the c
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import statistics
@@ -65,3 +66,19 @@ def run(paths: list[str], epochs: list[int], output: Path, metric: str = "ndcg@1
     output.mkdir(parents=True, exist_ok=True)
     (output / "curves.md").write_text(text)
     return text
+
+
+HELP = "runs' validation curves side by side at chosen epochs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench curves``."""
+    parser.add_argument("results", nargs="+", help="results.json of each run (the first is the reference)")
+    parser.add_argument("--epochs", nargs="+", type=int, default=[5, 10, 20, 40])
+    parser.add_argument("--output", required=True, help="folder for curves.md")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench curves``: write curves.md and print it."""
+    print(run(args.results, args.epochs, Path(args.output)))
+    return 0

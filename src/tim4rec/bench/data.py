@@ -10,6 +10,7 @@ Run: ``tim4rec bench data ml-1m`` -> ``docs/benchmarks/data/data.{md,csv}``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -35,7 +36,7 @@ def measure_point(*, dataset: str, regime: str, model: str = "tim4rec") -> dict[
     data = config.load_data()
     loaded = time.perf_counter()
     samples = data.train_samples(regime)
-    rows = rows_per_batch(config, regime)
+    rows = rows_per_batch(config, samples.regime)  # the regime as the data stage parsed it
     batches = targets = 0
     for batch in data.iterate(samples, rows, generator=torch.Generator().manual_seed(0)):
         batches += 1
@@ -77,6 +78,21 @@ def run(dataset: str, output: Path) -> str:
         "memory the pipeline added to a process that had imported torch; process peak: all of it.",
         machine_description(1), rows, columns,
     )  # fmt: skip
+
+
+HELP = "the data pipeline's peak memory and time in each regime"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench data``."""
+    parser.add_argument("dataset", nargs="?", default="ml-1m")
+    parser.add_argument("--output", default="docs/benchmarks/data")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench data``: measure, write the report, print its table."""
+    print(run(args.dataset, Path(args.output)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

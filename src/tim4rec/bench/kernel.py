@@ -18,6 +18,7 @@ state passing), divided by the measured forward time; the machine's float32 matm
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from functools import partial
@@ -27,14 +28,20 @@ from typing import Any
 import torch
 
 from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
-from tim4rec.bench.flops import matmul_rate
-from tim4rec.ops import ssd_quadratic, ssd_scan, ssd_step
-from tim4rec.ops.selective_scan import selective_scan
-from tim4rec.runtime import runtime_settings
+
+#: the kernels measured, imported where they run (``tim4rec --help`` imports this module for its options)
+_KERNELS = {
+    "ssd_scan": "tim4rec.ops",
+    "ssd_quadratic": "tim4rec.ops",
+    "ssd_step": "tim4rec.ops",
+    "selective_scan": "tim4rec.ops.selective_scan",
+}
 
 
 def recurrent_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
     """:func:`tim4rec.ops.ssd_step` in a loop over time: what streaming one event at a time costs."""
+    from tim4rec.ops import ssd_step
+
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1])
     ys = []
@@ -57,11 +64,15 @@ def chunked_forward_flops(b: int, l: int, h: int, p: int, n: int, Q: int, g: int
 
 
 def _forward_backward(x, dt, A, B, C, chunk: int) -> None:
+    from tim4rec.ops import ssd_scan
+
     ssd_scan(x, dt, A, B, C, chunk).sum().backward()
 
 
 def matmul_gflops(device: str) -> float:
     """The float32 1024 x 1024 matmul rate in GFLOP/s, at the current thread count."""
+    from tim4rec.bench.flops import matmul_rate  # imports the models
+
     return matmul_rate(device) / 1e9
 
 
@@ -70,6 +81,8 @@ def run(lengths: list[int], *, threads: int, compile: bool = False, **options: A
 
     ``compile``: the chunked scan through ``torch.compile`` (:mod:`tim4rec.ops.compile`).
     """
+    from tim4rec.runtime import runtime_settings
+
     with runtime_settings(threads=threads, reuse_memory=True, compile=compile) as runtime:  # as training runs
         return _run(lengths, threads=threads, mode="compiled" if runtime.compiled else "eager", **options)
 
@@ -91,6 +104,9 @@ def _run(
     output: Path,
     mode: str = "eager",
 ) -> str:
+    from tim4rec.ops import ssd_quadratic, ssd_scan
+    from tim4rec.ops.selective_scan import selective_scan
+
     machine = machine_description(threads, device)
     matmul = matmul_gflops(device)
     rows: list[dict[str, Any]] = []
@@ -187,3 +203,57 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+HELP = "SSD scan vs recurrence, quadratic form and the Mamba-1 scan"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench kernel``."""
+    parser.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--state", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-recurrent", type=int, default=2048, help="longest length for the step-by-step loop")
+    parser.add_argument("--max-quadratic", type=int, default=2048, help="longest length for the (l, l) form")
+    parser.add_argument("--compile", action="store_true", help="run the chunked scan through torch.compile")
+    parser.add_argument("--output", default="docs/benchmarks/kernel")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench kernel``: measure, write the report, print its table."""
+    print(
+        run(
+            args.lengths,
+            batch=args.batch,
+            heads=args.heads,
+            head_dim=args.head_dim,
+            state=args.state,
+            chunk=args.chunk,
+            threads=args.threads,
+            device=args.device,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            max_recurrent=args.max_recurrent,
+            max_quadratic=args.max_quadratic,
+            output=Path(args.output),
+            compile=args.compile,
+        )
+    )
+    return 0
+
+
+def __getattr__(name: str) -> Any:
+    """The kernels (``ssd_scan``, ``ssd_quadratic``, ``ssd_step``, ``selective_scan``) as attributes of this module,
+    imported when first asked for."""
+    if name in _KERNELS:
+        import importlib
+
+        return getattr(importlib.import_module(_KERNELS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

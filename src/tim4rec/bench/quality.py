@@ -31,6 +31,7 @@ models the plan leaves out, each with the reason (``{caser: "..."}``), listed un
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -39,14 +40,13 @@ import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tim4rec.config import Config, load_config, read_yaml
 from tim4rec.errors import ConfigError, Tim4RecError
-from tim4rec.io import write_json_atomic
-from tim4rec.runtime import runtime_settings
-from tim4rec.training import api
-from tim4rec.training.trainer import log
+from tim4rec.log import log
+
+if TYPE_CHECKING:
+    from tim4rec.config import Config
 
 DEADLINE_MARGIN = 300.0  # seconds kept back from a deadline for loading the data and the test evaluations
 SHORTEST_RUN = 60.0  # a run that would get less training time than this before the deadline is not started
@@ -73,6 +73,8 @@ def _check_anchors(path: str | Path, anchors: Any) -> None:
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:
+    from tim4rec.config import read_yaml
+
     plan = read_yaml(path)
     unknown = set(plan) - PLAN_KEYS
     if unknown:
@@ -140,6 +142,8 @@ def _unfinished(results: dict[str, Any], config: Config) -> bool:
 def complete_under_plan(plan: dict[str, Any], results: dict[str, Any]) -> bool:
     """Whether a finished run (a :func:`collect` row) trained all the plan asks of it: the tables leave out
     a run that a cut budget (``--deadline``) stopped short, until it is resumed."""
+    from tim4rec.config import load_config
+
     config, _ = load_config(overrides=_run_config(plan, results["_run"], results["seed"]))
     return not _unfinished(results, config)
 
@@ -154,6 +158,8 @@ def _elapsed(folder: Path) -> float:
 
 def _cut_to_deadline(config: Config, overrides: dict[str, Any], folder: Path, training_left: float) -> Config:
     """``config`` with its ``time_budget`` cut so that the run trains at most ``training_left`` more seconds."""
+    from tim4rec.config import load_config
+
     budget = math.floor(_elapsed(folder) + training_left)  # a budget counts the seconds of earlier invocations
     if config.time_budget and config.time_budget <= budget:
         return config
@@ -186,6 +192,9 @@ def run_plan(
     seeds: list[int] | None = None,
 ) -> None:
     """Train every (run, seed) of the plan not done yet (only the runs ``only`` and seeds ``seeds`` if given)."""
+    from tim4rec.config import load_config
+    from tim4rec.training import api
+
     plan = read_plan(plan_path)
     output = Path(output)
     started = time.monotonic()
@@ -247,6 +256,8 @@ def add_seen_removed(plan_path: str | Path, output: str | Path) -> list[str]:
     to the same weights. Returns a line per run touched.
     """
     from tim4rec.evaluation import evaluate, load_for_evaluation
+    from tim4rec.io.files import write_json_atomic
+    from tim4rec.runtime import runtime_settings
 
     plan = read_plan(plan_path)
     lines = []
@@ -307,3 +318,50 @@ def train_command(plan: dict[str, Any], name: str, results: dict[str, Any]) -> s
         parts += ["--set", f"{key}={_set_value(recorded.get(key, keys[key]))}"]
     parts += ["--set", f"seed={results['seed']}", "--output", f"runs/{name}/seed{results['seed']}"]
     return shlex.join(parts)
+
+
+HELP = "models x seeds from a plan file; resumes what is done"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench quality``."""
+    parser.add_argument("plan", help="plan YAML (dataset, seeds, common, runs)")
+    parser.add_argument("--output", help="folder for runs and tables (default: the plan's path without .yaml)")
+    parser.add_argument("--only", nargs="+", help="run only these runs of the plan")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds this invocation may take: no run starts after them, and each run's time_budget is cut "
+        "so that it ends by then (a later invocation resumes it under the plan's budget)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds of the plan")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    parser.add_argument(
+        "--add-seen-removed",
+        action="store_true",
+        help="give finished runs that lack them test metrics with seen items removed (from their best.pt), then report",
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench quality``: train what the plan still lacks (or add seen-removed metrics), then report."""
+    from tim4rec.bench import quality_report
+
+    output = args.output or str(Path(args.plan).with_suffix(""))
+    if args.add_seen_removed:
+        for line in add_seen_removed(args.plan, output):
+            print(line)
+    elif not args.report_only:
+        run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds)
+    print(quality_report.report(args.plan, output))
+    return 0
+
+
+def __getattr__(name: str) -> Any:
+    """``api``: :mod:`tim4rec.training.api`, imported when first asked for (it imports the trainer and the
+    models, which ``tim4rec --help`` does not need); the functions above import it where they use it."""
+    if name == "api":
+        from tim4rec.training import api
+
+        return api
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

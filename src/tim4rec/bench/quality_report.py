@@ -16,7 +16,7 @@ from typing import Any
 from tim4rec.bench.quality import collect, complete_under_plan, read_plan, train_command
 from tim4rec.evaluation.significance import paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
-from tim4rec.training.trainer import log
+from tim4rec.log import log
 
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
 SEEN_REMOVED_METRICS = ("ndcg@10", "hit@10", "mrr@10")

@@ -292,3 +292,27 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     raise SystemExit(client_main(sys.argv[1:]))
+
+
+HELP = "the HTTP service under load; streaming updates; memory"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench serve``."""
+    parser.add_argument("checkpoint", help="a saved model (best.pt)")
+    parser.add_argument("--history", type=int, default=200, help="events per /recommend history")
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
+    parser.add_argument("--requests", type=int, default=2000, help="measured requests per level")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 1000, 3000])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--users", type=int, default=10_000, help="new users for the memory measurement")
+    parser.add_argument("--output", default="docs/benchmarks/serve")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench serve``: measure, write the report, print it."""
+    print(run(args.checkpoint, history=args.history, concurrency=args.concurrency, requests=args.requests,
+              warmup=args.warmup, lengths=args.lengths, repeats=args.repeats, users=args.users,
+              output=Path(args.output)))  # fmt: skip
+    return 0

@@ -27,6 +27,7 @@ ratios against SASRec from the same run and the machine's load at start.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -38,7 +39,6 @@ import torch
 
 from tim4rec.bench import common
 from tim4rec.bench.common import machine_description, time_call
-from tim4rec.runtime import runtime_settings
 
 DEFAULT_MODELS = ("sasrec", "tim4rec", "ssd4rec", "mamba4rec")
 DEFAULT_LENGTHS = (50, 200, 800, 3200)
@@ -66,6 +66,8 @@ def measure_point(
     ``point``: batch, infer_batch, items, dropout (bool), device, warmup, repeats, hyperparameters
     (dict), compile (bool).
     """
+    from tim4rec.runtime import runtime_settings
+
     compile = point.pop("compile", False)
     with runtime_settings(
         threads=threads, flush_denormal=flush_denormal, reuse_memory=True, compile=compile
@@ -277,6 +279,80 @@ def _add_ratios(rows: list[dict[str, Any]], name: str, key: Callable, is_base: C
                 row[f"{what}_vs_{name}"] = 1 / ratio if name == "float32" else ratio
         if name == "sasrec":
             row["memory_vs_sasrec"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None
+
+
+HELP = "training-step and inference time and peak memory against sequence length"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench speed``."""
+    parser.add_argument("--models", nargs="+", default=["sasrec", "tim4rec", "ssd4rec", "mamba4rec"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[50, 200, 800, 3200])
+    parser.add_argument("--batch", type=int, default=16, help="histories (windows) per training step")
+    parser.add_argument("--infer-batch", type=int, default=256, help="histories per inference call")
+    parser.add_argument("--compile", action="store_true", help="run the steps through torch.compile")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["off"],
+        choices=["off", "bf16", "fp16"],
+        help="mixed_precision settings to measure side by side (off: float32)",
+    )
+    parser.add_argument("--items", type=int, default=3416, help="number of items (default: ML-1M's 3416)")
+    parser.add_argument("--dropout", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--memory-limit-gib", type=float, default=16.0, help="address-space limit of each measuring subprocess"
+    )
+    parser.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="a hyper-parameter for one model (repeatable)",
+    )
+    parser.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="do not flush denormal numbers to zero (training flushes them by default)",
+    )
+    parser.add_argument("--output", default="docs/benchmarks/speed")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench speed``: measure, write the report, print its table."""
+    from tim4rec.config import parse_override
+
+    overrides: dict[str, dict] = {}
+    for text in args.model_set:
+        model, _, assignment = text.partition(":")
+        key, value = parse_override(assignment)
+        overrides.setdefault(model, {})[key] = value
+    dropouts = {"both": [True, False], "on": [True], "off": [False]}[args.dropout]
+    print(
+        run(
+            args.models,
+            args.lengths,
+            batch=args.batch,
+            items=args.items,
+            dropouts=dropouts,
+            device=args.device,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            output=Path(args.output),
+            memory_limit_gib=args.memory_limit_gib,
+            hyperparameters=overrides,
+            flush_denormal=not args.keep_denormals,
+            infer_batch=args.infer_batch,
+            compile=args.compile,
+            precisions=tuple(args.precision),
+        )
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

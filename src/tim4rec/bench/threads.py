@@ -11,6 +11,7 @@ busy. Each setting's time is also given as a multiple of the best setting of the
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from tim4rec.bench.common import machine_description, markdown_table, write_csv
-from tim4rec.runtime import usable_cores
 
 
 def _tim4rec(*args: str, env: dict[str, str] | None = None, **options: Any):
@@ -52,6 +52,8 @@ def _busy_process() -> subprocess.Popen:
 
 
 def run(dataset: str, steps: int, states: list[str], output: Path, settle_seconds: float = 10.0) -> str:
+    from tim4rec.runtime import usable_cores
+
     machine = machine_description(usable_cores())
     settings: list[tuple[str, int | None, dict[str, str] | None]] = []
     for count in range(1, usable_cores() + 1):
@@ -89,3 +91,20 @@ def run(dataset: str, steps: int, states: list[str], output: Path, settle_second
     )
     (output / "threads.md").write_text(text)
     return text
+
+
+HELP = "training speed by thread setting, idle and with one core busy"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tim4rec bench threads``."""
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--states", nargs="+", choices=["idle", "busy"], default=["idle", "busy"])
+    parser.add_argument("--output", default="docs/benchmarks/threads")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``tim4rec bench threads``: measure, write the report, print its table."""
+    print(run(args.dataset, args.steps, args.states, Path(args.output)))
+    return 0

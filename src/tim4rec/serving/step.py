@@ -21,15 +21,16 @@ from tim4rec.models.base import SequentialRecommender, StreamState
 
 class StreamingStep:
     """``step(state, item_ids, timestamps) -> (hidden (B, d), state)``: the model's ``step_hidden``, compiled
-    when ``compile`` and compiling works here, eager otherwise (same numbers up to float32 rounding)."""
+    when ``compile`` and compiling works here, eager otherwise (same numbers up to float32 rounding). A
+    model that does not stream has no step: nothing is compiled for it."""
 
     def __init__(self, model: SequentialRecommender, *, compile: bool):
         self.model = model
-        self.names = sorted(model.init_state(1).tensors)
+        self.names = sorted(model.init_state(1).tensors) if model.streaming else []
         self.compiled: Callable | None = None
         self.compile_seconds: float | None = None
         self.notice: str | None = None
-        if compile:
+        if compile and model.streaming:
             self.compiled = torch.compile(self._flat_step, dynamic=False)
 
     @property

@@ -91,7 +91,7 @@ class UserStore:
         self.db = _open_database(path)
         self.recommender = recommender
         self.model = recommender.model
-        self.step = StreamingStep(self.model, compile=compile_step and self.model.streaming)
+        self.step = StreamingStep(self.model, compile=compile_step)
         self.step.warm_up()
         self.timings: dict[str, float] = {}
         self.fingerprint = recommender.saved.fingerprint()

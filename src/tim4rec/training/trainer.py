@@ -35,6 +35,7 @@ from tim4rec.errors import ConfigError, DataError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.io import load_saved_model, save_model, write_json_atomic
+from tim4rec.log import log
 from tim4rec.ops.kernels import paths_taken
 from tim4rec.runtime import RuntimeSettings
 from tim4rec.training.checkpoint import (
@@ -58,10 +59,6 @@ class Diverged(Tim4RecError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
-
-
-def log(message: str) -> None:
-    print(f"tim4rec: {message}", file=sys.stderr, flush=True)
 
 
 def default_output_dir(config: Config) -> Path:
