@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from tim4rec.data import FieldNames, Interactions, SequenceData, load_interactions, make_split
 from tim4rec.data.batches import REGIMES, Regime
-from tim4rec.data.preprocess import FIVE_CORE, TIME_ORDERS, parse_interval
+from tim4rec.data.description import DataDescription
+from tim4rec.data.preprocess import TIME_ORDERS, parse_interval
 from tim4rec.data.split import SPLITS
 from tim4rec.errors import ConfigError
 from tim4rec.models import model_class
@@ -140,6 +140,11 @@ def _setting(default: Any, parse: Parser, *, resumable: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "resumable": resumable})
 
 
+def _data(setting: str) -> Any:
+    """The default of a data setting: the data description's."""
+    return DataDescription.setting_default(setting)
+
+
 def _plain(value: Any) -> Any:
     """A setting's value as plain data (an enum as its name), as YAML, JSON and weights-only files hold it."""
     return value.value if isinstance(value, enum.Enum) else value
@@ -158,17 +163,18 @@ class Config:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = _setting(None, optional(text))
     # data
-    USER_ID_FIELD: str = _setting("user_id", text)
-    ITEM_ID_FIELD: str = _setting("item_id", text)
-    TIME_FIELD: str = _setting("timestamp", text)
-    user_inter_num_interval: str | int | None = _setting(FIVE_CORE, interval)
-    item_inter_num_interval: str | int | None = _setting(FIVE_CORE, interval)
-    time_order: str = _setting("exact", choice(*TIME_ORDERS))  # "recbole": float32 ordering, as RecBole 1.2
-    split: str = _setting("leave_one_out", choice(*SPLITS))
-    temporal_cut: float | None = _setting(None, optional(number))  # unix seconds; None: the quantile below
-    temporal_cut_quantile: float = _setting(0.9, fraction)
-    MAX_ITEM_LIST_LENGTH: int = _setting(50, positive_int)
-    data_cache: str | None = _setting(None, optional(text), resumable=True)
+    # data (:class:`~tim4rec.data.description.DataDescription`: its defaults and meanings)
+    USER_ID_FIELD: str = _setting(_data("USER_ID_FIELD"), text)
+    ITEM_ID_FIELD: str = _setting(_data("ITEM_ID_FIELD"), text)
+    TIME_FIELD: str = _setting(_data("TIME_FIELD"), text)
+    user_inter_num_interval: str | int | None = _setting(_data("user_inter_num_interval"), interval)
+    item_inter_num_interval: str | int | None = _setting(_data("item_inter_num_interval"), interval)
+    time_order: str = _setting(_data("time_order"), choice(*TIME_ORDERS))
+    split: str = _setting(_data("split"), choice(*SPLITS))
+    temporal_cut: float | None = _setting(_data("temporal_cut"), optional(number))
+    temporal_cut_quantile: float = _setting(_data("temporal_cut_quantile"), fraction)
+    MAX_ITEM_LIST_LENGTH: int = _setting(_data("MAX_ITEM_LIST_LENGTH"), positive_int)
+    data_cache: str | None = _setting(_data("data_cache"), optional(text), resumable=True)
     output_dir: str | None = _setting(None, optional(text), resumable=True)  # None: runs/<model>-<dataset>-seed<seed>
     # training
     train_regime: Regime | None = _setting(None, optional(_regime))  # None: the model's own regime
@@ -232,22 +238,10 @@ class Config:
         return f"{key}@{int(k)}"
 
     # -- the data it describes --------------------------------------------------------------------------------------
-    def load_interactions(self) -> Interactions:
-        """The dataset (fetched on first use), filtered and time-sorted as these settings say."""
-        return load_interactions(
-            self.dataset,
-            fields=FieldNames(self.USER_ID_FIELD, self.ITEM_ID_FIELD, self.TIME_FIELD),
-            user_inter_num_interval=self.user_inter_num_interval,
-            item_inter_num_interval=self.item_inter_num_interval,
-            time_order=self.time_order,
-            cache=self.data_cache,
-        )
-
-    def load_data(self, interactions: Interactions | None = None) -> SequenceData:
-        """The dataset split as these settings say, batched at ``MAX_ITEM_LIST_LENGTH``."""
-        interactions = interactions if interactions is not None else self.load_interactions()
-        split = make_split(self.split, cut=self.temporal_cut, quantile=self.temporal_cut_quantile)
-        return SequenceData(interactions, split(interactions), self.max_seq_length)
+    @property
+    def data(self) -> DataDescription:
+        """The data these settings describe (``data.load()``: read, filtered, ordered and split)."""
+        return DataDescription.from_settings({name: getattr(self, name) for name in DataDescription.settings()})
 
     # -- conversions ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

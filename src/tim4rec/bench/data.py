@@ -33,7 +33,7 @@ def measure_point(*, dataset: str, regime: str, model: str = "tim4rec") -> dict[
     baseline = common.max_rss_bytes()
     started = time.perf_counter()
     config, _ = load_config(model=model, dataset=dataset, set_args=["show_progress=false"])
-    data = config.load_data()
+    data = config.data.load()
     loaded = time.perf_counter()
     samples = data.train_samples(regime)
     rows = rows_per_batch(config, samples.regime)  # the regime as the data stage parsed it

@@ -11,6 +11,7 @@ import torch
 
 from tim4rec.config import Config
 from tim4rec.data.batches import SampleSet, SequenceData
+from tim4rec.data.description import DataDescription
 from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.evaluation.scoring import ITEM_BLOCK, blocked_target_ranks
@@ -129,7 +130,7 @@ def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Config, Sequ
     was trained on) and the epoch it was saved at: what evaluating it needs, read once."""
     saved = load_saved_model(path)
     config = Config.from_dict(saved.config)
-    data = config.load_data()
+    data = DataDescription.from_settings(saved.config).load()
     if data.interactions.item_tokens.tolist() != saved.item_tokens:
         raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
     return saved.build(), config, data, saved.epoch

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from tim4rec.config import Config
 from tim4rec.data import Interactions
+from tim4rec.data.description import DataDescription
 from tim4rec.data.items import item_metadata_path, read_item_metadata
 from tim4rec.errors import Tim4RecError
 from tim4rec.evaluation.scoring import blocked_topk, stable_topk
@@ -156,7 +157,7 @@ class Recommender:
         config = Config.from_dict(saved.config)
         interactions = metadata = None
         if with_dataset:
-            interactions = config.load_interactions()
+            interactions = DataDescription.from_settings(saved.config).load_interactions()
             if [str(t) for t in interactions.item_tokens] != [str(t) for t in saved.item_tokens]:
                 raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
             metadata_path = item_metadata_path(str(config.dataset), config.data_cache)

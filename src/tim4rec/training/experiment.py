@@ -65,7 +65,7 @@ def build_experiment(config: Config, notices: list[str] | None = None, distribut
     if distributed.active and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
     with distributed.main_first():
-        data = config.load_data()
+        data = config.data.load()
     data.check_trainable()
     seed_everything(config.seed)
     model = create(config.model, data.interactions.n_items, config.max_seq_length, **config.hyperparameters)
