@@ -38,17 +38,19 @@ def _format_metrics_table(rows: dict[str, dict[str, float]], ks: Sequence[int], 
 
 def _print_results(results: dict[str, Any]) -> None:
     from tim4rec.config import Config
+    from tim4rec.training.results import RunResults
 
-    config = Config.from_dict(results["config"])
+    run = RunResults.from_dict(results)
+    config = Config.from_dict(run.config)
     names, ks = config.metric_names, config.topk
     print(
-        f"\n{results['model']} on {results['dataset']} ({results['regime']} regime, seed {results['seed']}, "
-        f"{results['threads']} threads): best epoch {results['best_epoch']} of {results['epochs_run']}, "
-        f"stopped by {results['stopped_by']}, "
-        + (f"{results['seconds_per_epoch']:.1f} s per epoch" if results["seconds_per_epoch"] else "no full epoch")
+        f"\n{run.model} on {run.dataset} ({run.regime} regime, seed {run.seed}, "
+        f"{run.threads} threads): best epoch {run.best_epoch} of {run.epochs_run}, "
+        f"stopped by {run.stopped_by}, "
+        + (f"{run.seconds_per_epoch:.1f} s per epoch" if run.seconds_per_epoch else "no full epoch")
     )
-    print(_format_metrics_table({"valid (best)": results["best_valid"], "test": results["test"]}, ks, names))
-    print(f"results: {results['output_dir']}/results.json")
+    print(_format_metrics_table({"valid (best)": run.best_valid, "test": run.test}, ks, names))
+    print(f"results: {run.output_dir}/results.json")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

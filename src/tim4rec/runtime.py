@@ -1,4 +1,5 @@
-"""Process-wide settings (threads, denormal flushing, freed memory) and the compute device, scoped.
+"""Process-wide settings (threads, denormal flushing, freed memory) and the compute device, scoped;
+facts about the process (library versions, the machine, peak memory) that results record.
 
 :func:`runtime_settings` sets PyTorch's intra-op thread count, the CPU's flush-to-zero of
 denormal numbers and whether freed memory stays in the process, for the duration of a ``with``
@@ -26,16 +27,21 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import platform
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from tim4rec.errors import ConfigError
 from tim4rec.ops.compile import compiling
 from tim4rec.ops.kernels import kernel_mode
 from tim4rec.values import positive_int
+from tim4rec.version import __version__
 
 _DENORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
 
@@ -194,3 +200,37 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device: {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
+
+
+def versions() -> dict[str, str]:
+    """The versions of tim4rec, its main libraries and Python."""
+    import pandas
+
+    return {
+        "tim4rec": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def peak_rss_mib() -> float | None:
+    """The process's peak resident memory so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def machine() -> dict[str, Any]:
+    """The platform, processor, CPU count and load average now."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in load],
+    }

@@ -18,8 +18,6 @@ import contextlib
 import functools
 import itertools
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -34,10 +32,10 @@ from tim4rec.data.batches import REGIMES, Batch, SampleSet
 from tim4rec.errors import ConfigError, DataError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.evaluation.metrics import metrics_from_ranks
-from tim4rec.io import load_saved_model, save_model, write_json_atomic
+from tim4rec.io import load_saved_model, save_model
 from tim4rec.log import log
 from tim4rec.ops.kernels import paths_taken
-from tim4rec.runtime import RuntimeSettings
+from tim4rec.runtime import RuntimeSettings, machine, peak_rss_mib, versions
 from tim4rec.training.checkpoint import (
     data_difference,
     load_checkpoint,
@@ -46,7 +44,7 @@ from tim4rec.training.checkpoint import (
     save_checkpoint,
 )
 from tim4rec.training.experiment import Experiment
-from tim4rec.version import __version__
+from tim4rec.training.results import RunResults, TrainingState
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")
 #: an epoch whose mean loss exceeds this many times ln(n_items) has diverged (cross-entropy starts near ln(n_items))
@@ -66,38 +64,6 @@ def default_output_dir(config: Config) -> Path:
     return Path("runs") / f"{config.model}-{dataset}-seed{config.seed}"
 
 
-def versions() -> dict[str, str]:
-    import pandas
-
-    return {
-        "tim4rec": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pandas.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def peak_rss_mib() -> float | None:
-    """The process's peak resident memory so far, in MiB (None where the OS does not say)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def machine() -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "platform": platform.platform(),
-        "processor": platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in load],
-    }
-
-
 class Trainer:
     """Runs one experiment: train (or continue), validate each epoch, stop, test the best epoch."""
 
@@ -111,10 +77,7 @@ class Trainer:
         self.train_samples = self.data.train_samples(experiment.regime)
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
-        self.state: dict[str, Any] = {
-            "epoch": 0, "step": 0, "elapsed": 0.0, "best_score": -math.inf, "best_epoch": None,
-            "best_valid": None, "epochs_since_best": 0, "history": [], "stopped_by": None,
-        }  # fmt: skip
+        self.state = TrainingState()
         # fp16 gradients underflow without loss scaling (bf16 has float32's range and needs none)
         fp16 = config.mixed_precision == "fp16" and self.optimizer is not None
         self.scaler = torch.amp.GradScaler(experiment.device.type) if fp16 else None
@@ -149,7 +112,7 @@ class Trainer:
 
     def _write_results(self, status: str) -> None:
         if self.distributed.main:
-            write_json_atomic(self.results(status), self.results_path)
+            self.results(status).write(self.results_path)
 
     def _save_checkpoint(self) -> None:
         # every rank's RNG state, so a resumed rank draws what it would have drawn (dropout differs by rank)
@@ -163,7 +126,7 @@ class Trainer:
             data_fingerprint=self.data_fingerprint,
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if self.optimizer else {},
-            state=self.state,
+            state=self.state.to_dict(),
             rng_by_rank=rng_by_rank,
             scaler_state=self.scaler.state_dict() if self.scaler else None,
         )
@@ -180,8 +143,8 @@ class Trainer:
             hyperparameters=self.config.hyperparameters,
             config=self.config.to_dict(),
             item_tokens=self.item_tokens,
-            epoch=self.state["best_epoch"],
-            valid=self.state["best_valid"],
+            epoch=self.state.best_epoch,
+            valid=self.state.best_valid,
         )
 
     def _on_main(self, action: Callable[[], Any]) -> Any:
@@ -244,9 +207,9 @@ class Trainer:
                 f"{self.distributed.world}: the global batch changes from here on"
             )
         restore_rng_state(by_rank[self.distributed.rank] if len(by_rank) == self.distributed.world else by_rank[0])
-        self.state = checkpoint["state"]
-        self.state["stopped_by"] = None
-        self._log(f"resumed {self.output_dir} after epoch {self.state['epoch']} (step {self.state['step']})")
+        self.state = TrainingState.from_dict(checkpoint["state"])
+        self.state.stopped_by = None
+        self._log(f"resumed {self.output_dir} after epoch {self.state.epoch} (step {self.state.step})")
 
     def _check_same_data(self, saved: dict[str, Any] | None) -> None:
         """Refuse to resume on prepared data other than the checkpoint's (the same item ids may hide other
@@ -261,59 +224,57 @@ class Trainer:
                 "resume with the same data or start a new run"
             )
 
-    def results(self, status: str, test: dict[str, float] | None = None) -> dict[str, Any]:
-        history = self.state["history"]
-        full_epochs = [entry for entry in history if not entry["partial"]]
-        interactions = self.data.interactions
-        return {
-            "status": status,
-            "model": self.config.model,
-            "dataset": str(self.config.dataset),
-            "config": self.config.to_dict(),
-            "config_files": list(self.config.config_files),
-            "notices": self.experiment.notices,
-            "dataset_stats": interactions.stats(),
-            "data_order": interactions.time_order,
-            "split": self.data.split.description,
-            "regime": self.experiment.regime,
-            "train_targets": {regime: self.data.train_samples(regime).n_targets for regime in REGIMES},
-            "train_samples": len(self.train_samples),
-            "rows_per_batch": self.experiment.rows_per_batch,
-            "evaluated_users": len(self.test_samples),
-            "seed": self.config.seed,
-            "processes": self.distributed.world,  # the global batch is train_batch_size x processes
-            "device": str(self.experiment.device),
-            "threads": self.runtime.threads,
-            "flush_denormal": self.runtime.flush_denormal,
-            "reuse_memory": self.runtime.reuse_memory,
-            "compiled": self.runtime.compiled,
-            "kernels": paths_taken(),  # the path each scan took (tim4rec.ops.kernels)
-            "n_parameters": sum(p.numel() for p in self.model.parameters()),
-            "epochs": history,
-            "epochs_run": len(history),
-            "steps": self.state["step"],
-            "seconds_per_epoch": float(np.mean([e["train_seconds"] for e in full_epochs])) if full_epochs else None,
-            "elapsed_seconds": self.state["elapsed"],
-            "best_epoch": self.state["best_epoch"],
-            "best_valid": self.state["best_valid"],
-            "valid_metric": self.config.valid_key,
-            "stopped_by": self.state["stopped_by"],
-            "test": test,
-            "peak_rss_mib": peak_rss_mib(),
-            "versions": versions(),
-            "machine": self.machine,
-            "output_dir": str(self.output_dir),
-        }
+    def results(self, status: str, test: dict[str, float] | None = None) -> RunResults:
+        """The run's results as they stand, with ``status`` and the test metrics (None before the test)."""
+        state, config, interactions = self.state, self.config, self.data.interactions
+        full_epochs = [entry for entry in state.history if not entry["partial"]]
+        return RunResults(
+            status=status,
+            model=config.model,
+            dataset=str(config.dataset),
+            config=config.to_dict(),
+            config_files=list(config.config_files),
+            notices=self.experiment.notices,
+            dataset_stats=interactions.stats(),
+            data_order=interactions.time_order,
+            split=self.data.split.description,
+            regime=self.experiment.regime,
+            train_targets={regime: self.data.train_samples(regime).n_targets for regime in REGIMES},
+            train_samples=len(self.train_samples),
+            rows_per_batch=self.experiment.rows_per_batch,
+            evaluated_users=len(self.test_samples),
+            seed=config.seed,
+            processes=self.distributed.world,
+            device=str(self.experiment.device),
+            threads=self.runtime.threads,
+            flush_denormal=self.runtime.flush_denormal,
+            reuse_memory=self.runtime.reuse_memory,
+            compiled=self.runtime.compiled,
+            kernels=paths_taken(),
+            n_parameters=sum(p.numel() for p in self.model.parameters()),
+            epochs=state.history,
+            epochs_run=len(state.history),
+            steps=state.step,
+            seconds_per_epoch=float(np.mean([e["train_seconds"] for e in full_epochs])) if full_epochs else None,
+            elapsed_seconds=state.elapsed,
+            best_epoch=state.best_epoch,
+            best_valid=state.best_valid,
+            valid_metric=config.valid_key,
+            stopped_by=state.stopped_by,
+            test=test,
+            peak_rss_mib=peak_rss_mib(),
+            versions=versions(),
+            machine=self.machine,
+            output_dir=str(self.output_dir),
+        )
 
     # ------------------------------------------------------------------------------ loop
     def _limit_reached(self, started: float) -> str | None:
         """``max_steps`` or ``time_budget`` when one is reached (on any rank: every rank stops together)."""
         config = self.config
-        if config.max_steps and self.state["step"] >= config.max_steps:
+        if config.max_steps and self.state.step >= config.max_steps:
             return "max_steps"
-        over = (
-            bool(config.time_budget) and self.state["elapsed"] + (time.perf_counter() - started) >= config.time_budget
-        )
+        over = bool(config.time_budget) and self.state.elapsed + (time.perf_counter() - started) >= config.time_budget
         return "time_budget" if self.distributed.any(over) else None
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -341,24 +302,24 @@ class Trainer:
             value = self._step(batch)
             if not math.isfinite(value):
                 raise Diverged(
-                    f"epoch {epoch}, step {self.state['step'] + 1}: the loss is {value}; lower learning_rate",
+                    f"epoch {epoch}, step {self.state.step + 1}: the loss is {value}; lower learning_rate",
                     "nan_loss",
                 )
             total_loss += value
             n_steps += 1
             n_samples += len(batch) * world
-            self.state["step"] += 1
+            self.state.step += 1
             progress.set_postfix(
                 loss=f"{total_loss / n_steps:.4f}", samples_s=f"{n_samples / (time.perf_counter() - started):.0f}"
             )
             limit = self._limit_reached(started)
             if limit:
-                self.state["stopped_by"] = limit
+                self.state.stopped_by = limit
                 partial = n_steps < n_batches
                 break
         progress.close()
         seconds = time.perf_counter() - started
-        self.state["elapsed"] += seconds
+        self.state.elapsed += seconds
         return {
             "epoch": epoch,
             "loss": total_loss / max(1, n_steps),
@@ -426,7 +387,8 @@ class Trainer:
         return metrics
 
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
-        """Train (or continue), then evaluate the best epoch on test; returns the results dict."""
+        """Train (or continue), then evaluate the best epoch on test; returns the results
+        (:meth:`RunResults.to_dict`, what ``results.json`` holds)."""
         if resume:
             self._resume()
         else:
@@ -441,23 +403,23 @@ class Trainer:
         for notice in self.experiment.notices:
             self._log(notice)
         try:
-            while self.state["stopped_by"] is None:
-                limit = self._limit_reached(time.perf_counter()) if self.state["step"] else None
+            while self.state.stopped_by is None:
+                limit = self._limit_reached(time.perf_counter()) if self.state.step else None
                 if limit:  # a resumed run whose limit is already spent: evaluate, train no further
-                    self.state["stopped_by"] = limit
+                    self.state.stopped_by = limit
                     break
-                if self.state["epoch"] >= config.epochs:
-                    self.state["stopped_by"] = "epochs"
+                if self.state.epoch >= config.epochs:
+                    self.state.stopped_by = "epochs"
                     break
-                if self.state["epochs_since_best"] >= config.stopping_step:
-                    self.state["stopped_by"] = "early_stopping"
+                if self.state.epochs_since_best >= config.stopping_step:
+                    self.state.stopped_by = "early_stopping"
                     break
-                if self.optimizer is None and self.state["epoch"] >= 1:  # nothing to learn: one epoch validates
-                    self.state["stopped_by"] = "nothing_to_learn"
+                if self.optimizer is None and self.state.epoch >= 1:  # nothing to learn: one epoch validates
+                    self.state.stopped_by = "nothing_to_learn"
                     break
-                self._run_epoch(self.state["epoch"] + 1)
+                self._run_epoch(self.state.epoch + 1)
         except Diverged as error:
-            self.state["stopped_by"] = error.reason
+            self.state.stopped_by = error.reason
             self._write_results("failed")
             self._log(f"stopped: {error}; the last complete epoch is in {self.checkpoint_path}")
             raise
@@ -480,26 +442,27 @@ class Trainer:
                 f"{limit:.4g}, so training diverged; lower learning_rate",
                 "diverged",
             )
+        state = self.state
         started = time.perf_counter()
         valid = self._evaluate(self.valid_samples)
         entry["valid_seconds"] = time.perf_counter() - started
-        self.state["elapsed"] += entry["valid_seconds"]
+        state.elapsed += entry["valid_seconds"]
         entry["valid"] = valid
         key = self.config.valid_key
         score = valid[key]
-        improved = score > self.state["best_score"]
+        improved = score > state.best_score
         if improved:
-            self.state.update(best_score=score, best_epoch=epoch, best_valid=valid, epochs_since_best=0)
+            state.best_score, state.best_epoch, state.best_valid, state.epochs_since_best = score, epoch, valid, 0
         else:
-            self.state["epochs_since_best"] += 1
-        self.state["epoch"] = epoch
-        self.state["history"].append(entry)
+            state.epochs_since_best += 1
+        state.epoch = epoch
+        state.history.append(entry)
         if improved:
             self._save_best()
         self._save_checkpoint()
         self._write_results("running")
-        best = " (best)" if improved else f" (best {self.state['best_score']:.4f} at epoch {self.state['best_epoch']})"
-        stopped = f"; stopped by {self.state['stopped_by']}" if self.state["stopped_by"] else ""
+        best = " (best)" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})"
+        stopped = f"; stopped by {state.stopped_by}" if state.stopped_by else ""
         self._log(
             f"epoch {epoch}: loss {entry['loss']:.4f}, {entry['train_seconds']:.1f} s train "
             f"({entry['samples_per_second']:.0f} samples/s), valid {key} {score:.4f}{best}{stopped}"
@@ -513,22 +476,23 @@ class Trainer:
         self.model.load_state_dict(load_saved_model(self.best_path).model_state)
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the best epoch's weights on the test users and write the final results."""
+        """Evaluate the best epoch's weights on the test users, write the final results and return them
+        (:meth:`RunResults.to_dict`)."""
         self._on_main(self._load_best)  # best.pt lies beside rank 0; the other ranks receive its weights
         self.distributed.broadcast_weights(self.model)
         ranks: list[int] = []
         test = self._evaluate(self.test_samples, ranks)
         results = self.results("finished", test)
-        users = self.data.interactions.user_tokens[self.test_samples.users]
-        results["test_ranks"] = {"users": [str(u) for u in users], "ranks": ranks}  # per user: paired comparisons
+        users = [str(u) for u in self.data.interactions.user_tokens[self.test_samples.users]]
+        results.test_ranks = {"users": users, "ranks": ranks}  # per user: paired comparisons
         if not self.config.mask_history:  # also the protocol that never ranks an item the user already met
             removed_ranks: list[int] = []
-            results["test_seen_removed"] = self._evaluate(self.test_samples, removed_ranks, mask_history=True)
-            results["test_seen_removed_ranks"] = {"users": results["test_ranks"]["users"], "ranks": removed_ranks}
+            results.test_seen_removed = self._evaluate(self.test_samples, removed_ranks, mask_history=True)
+            results.test_seen_removed_ranks = {"users": users, "ranks": removed_ranks}
         if self.distributed.main:
-            write_json_atomic(results, self.results_path)
+            results.write(self.results_path)
         self._log(
-            f"best epoch {self.state['best_epoch']} of {self.state['epoch']} ({self.state['stopped_by']}); "
+            f"best epoch {self.state.best_epoch} of {self.state.epoch} ({self.state.stopped_by}); "
             f"results in {self.results_path}"
         )
-        return results
+        return results.to_dict()
