@@ -23,7 +23,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from tim4rec.data.batches import Batch
+from tim4rec.data.batches import Batch, Regime
 from tim4rec.models import create, model_defaults
 from tim4rec.models.base import cross_entropy_terms
 
@@ -48,17 +48,15 @@ def _register_cpu_attention() -> None:
 _register_cpu_attention()
 
 
-def random_batch(regime: str, rows: int, length: int, items: int, seed: int = 0) -> Batch:
+def random_batch(regime: Regime | str, rows: int, length: int, items: int, seed: int = 0) -> Batch:
     """Full-length random histories: a causal batch (a target at every position) or a prefix batch."""
+    regime = Regime(regime)
     generator = torch.Generator().manual_seed(seed)
     item_seq = torch.randint(1, items + 1, (rows, length), generator=generator)
     timestamps = 1_000_000_000 + torch.cumsum(torch.randint(0, 100_000, (rows, length), generator=generator), 1)
     lengths = torch.full((rows,), length)
-    if regime == "causal":
-        return Batch(
-            "causal", item_seq, lengths, timestamps, torch.randint(1, items + 1, (rows, length), generator=generator)
-        )
-    return Batch("prefix", item_seq, lengths, timestamps, torch.randint(1, items + 1, (rows,), generator=generator))
+    target_shape = (rows, length) if regime is Regime.CAUSAL else (rows,)
+    return Batch(regime, item_seq, lengths, timestamps, torch.randint(1, items + 1, target_shape, generator=generator))
 
 
 def counted_flops(function: Any) -> int:

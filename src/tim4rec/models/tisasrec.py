@@ -57,7 +57,6 @@ from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Drop
 from tim4rec.models.hyperparameters import hyperparameter
 from tim4rec.values import choice, int_in, positive_int
 
-TIME_INTERVAL_MODES = ("scaled", "raw_seconds")
 _NO_GAP = torch.iinfo(torch.int64).max
 
 
@@ -71,13 +70,19 @@ def running_min_gap(timestamps: torch.Tensor) -> torch.Tensor:
     return torch.where(scale == _NO_GAP, torch.ones_like(scale), scale)
 
 
+#: time_interval_mode -> how |t_i - t_j| (seconds) becomes a bucket before the clamp: divided by the query's scale
+_RESCALE = {
+    "scaled": lambda distance, scale: torch.div(distance, scale, rounding_mode="floor"),
+    "raw_seconds": lambda distance, scale: distance,
+}
+TIME_INTERVAL_MODES = tuple(_RESCALE)
+
+
 def interval_buckets(distance: torch.Tensor, scale: torch.Tensor, time_span: int, mode: str) -> torch.Tensor:
     """|t_i - t_j| in seconds -> buckets in [0, time_span]: divided by the query's ``scale`` (``scaled``) or not."""
-    if mode == "scaled":
-        distance = torch.div(distance, scale, rounding_mode="floor")
-    elif mode != "raw_seconds":
+    if mode not in _RESCALE:
         raise ConfigError(f"time_interval_mode: expected one of {TIME_INTERVAL_MODES}, got {mode!r}")
-    return distance.clamp(max=time_span)
+    return _RESCALE[mode](distance, scale).clamp(max=time_span)
 
 
 def time_intervals(timestamps: torch.Tensor, time_span: int, mode: str = "scaled") -> torch.Tensor:
