@@ -8,12 +8,11 @@ into the caller (a notebook, the test suite).
 
 Freed memory: glibc's malloc serves large blocks (above a threshold of at most 32 MiB) with
 ``mmap`` and returns them to the system when freed, so every large tensor of every step is
-allocated afresh and its pages are faulted in again. On the virtual machines this project runs on
-a page fault costs about 3 us: one 52 MB tensor (an SSD layer's activations at batch 256, L = 200)
-then costs about 40 ms to allocate against 5 ms to compute (measured: ``x * 2`` on (256, 200, 256)
-float32, 1 thread). ``reuse_memory`` tells malloc to serve every block from the heap and not to
-give freed memory back while the block runs (``mallopt``: no mmap, no trimming), so steady-state
-steps reuse warm pages; on exit the defaults come back and the unused heap is returned.
+allocated afresh and its pages are faulted in again, which can cost more than the arithmetic on
+the tensor (the README's speed section gives a step's time with and without this setting).
+``reuse_memory`` tells malloc to serve every block from the heap and not to give freed memory back
+while the block runs (``mallopt``: no mmap, no trimming), so steady-state steps reuse warm pages; on
+exit the defaults come back and the unused heap is returned.
 
 Denormal numbers (float32 below 1.2e-38) take a slow path in the CPU's arithmetic. The SSD
 models' gradients decay through the state towards old positions and pass through that range:
@@ -92,10 +91,9 @@ def idle_cores(sample_seconds: float = 0.3) -> int:
 def default_threads() -> int:
     """The thread count used when ``threads`` is not set: the cores idle at start.
 
-    Measured (docs/benchmarks/threads): with every core idle, 2 threads were the fastest (ml-1m
-    TiM4Rec steps 1.34x faster than 1 thread); with one other single-thread training busy on
-    the second core, 1 thread was the fastest and 2 threads 2.2x slower than it (OpenMP's
-    threads wait for each other), so a fixed count cannot be within 1.25x of the best in both.
+    OpenMP's threads wait for each other, so a thread on a core that another process keeps busy
+    slows the step below what one thread gives, while on idle cores more threads are faster; no
+    fixed count is near the best in both cases (docs/benchmarks/threads).
     """
     return min(idle_cores(), usable_cores())
 

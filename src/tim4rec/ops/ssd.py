@@ -15,8 +15,8 @@ recurrence over chunks, (4) off-diagonal blocks -- the contribution of the incom
 Cost is O(l Q (p + n)) time and O(l Q) memory per head. Chunks are processed in blocks of
 consecutive chunks whose (b, h, chunks, Q, Q) intermediates hold about ``_BLOCK_ELEMS`` numbers,
 carrying the state from block to block: the big temporaries stay cache-sized and reusable by the
-allocator, so time stays linear in l in practice (one whole-sequence pass was about 2x slower
-at l = 4096, b = 16, h = 4 on a CPU, largely from page faults on fresh 64 MB temporaries).
+allocator (whole-sequence temporaries of tens of MB are fresh pages on every call), so time stays
+linear in l in practice.
 
 On CUDA with mamba-ssm installed, :func:`ssd_scan` and :func:`ssd_readout` call its Triton kernel
 ``mamba_chunk_scan_combined`` instead (same arguments and semantics; :mod:`tim4rec.ops.kernels`).

@@ -90,8 +90,8 @@ def serve(options: ServeOptions) -> int:
             batching=options.batching, batch_wait_ms=options.batch_wait_ms, max_batch=options.max_batch
         )
         app = create_app(recommender, store, settings)
-        # the model, id maps and titles live as long as the process: keep them out of the cyclic
-        # collector's full passes (about 200,000 objects for ML-1M; a full pass took ~0.1 s mid-request)
+        # the model, id maps and titles live as long as the process: keep their objects (hundreds of
+        # thousands for ML-1M) out of the cyclic collector's full passes, which would stall a request
         gc.collect()
         gc.freeze()
         print(f"tim4rec: serving {options.checkpoint} on http://{options.host}:{options.port} "

@@ -150,13 +150,11 @@ def end_worker(status: int) -> NoReturn:
     and the C++ runtime's teardown.
 
     ``DistributedDataParallel`` keeps its gloo process group, and with it the group's worker and socket
-    threads, alive after :func:`leave` (``/proc/self/task`` still lists ``pt_gloo_runloop`` and
-    ``gloo_tcp_loop`` once the group is destroyed; without DDP they are gone). Ordinary exit then tears
-    the process down around those running threads, and now and then a rank aborted there (SIGABRT,
-    "terminate called without an active exception") after its results were written, failing the job.
-    Everything the command wrote is already on disk (checkpoints and results are written atomically),
-    so the streams are flushed and the process leaves at once. (``tim4rec`` under torchrun only: a script
-    that calls :func:`tim4rec.train` under torchrun ends its processes itself.)"""
+    threads, alive after :func:`leave`; an ordinary exit tears the process down around those running
+    threads and can abort it (SIGABRT) after its results are written. Everything the command wrote is
+    already on disk (checkpoints and results are written atomically), so the streams are flushed and
+    the process leaves at once. (``tim4rec`` under torchrun only: a script that calls
+    :func:`tim4rec.train` under torchrun ends its processes itself.)"""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed or broken pipe must not stop the exit
             stream.flush()
