@@ -170,6 +170,7 @@ class Config:
     user_inter_num_interval: str | int | None = _setting(_data("user_inter_num_interval"), interval)
     item_inter_num_interval: str | int | None = _setting(_data("item_inter_num_interval"), interval)
     time_order: str = _setting(_data("time_order"), choice(*TIME_ORDERS))
+    time_values: str = _setting(_data("time_values"), choice(*TIME_ORDERS))
     split: str = _setting(_data("split"), choice(*SPLITS))
     temporal_cut: float | None = _setting(_data("temporal_cut"), optional(number))
     temporal_cut_quantile: float = _setting(_data("temporal_cut_quantile"), fraction)
@@ -178,6 +179,7 @@ class Config:
     output_dir: str | None = _setting(None, optional(text), resumable=True)  # None: runs/<model>-<dataset>-seed<seed>
     # training
     train_regime: Regime | None = _setting(None, optional(_regime))  # None: the model's own regime
+    window_stride: int | None = _setting(None, optional(positive_int))  # causal windows start every s targets; None: L
     epochs: int = _setting(300, positive_int, resumable=True)
     train_batch_size: int = _setting(256, positive_int)
     micro_batch: int = _setting(256, positive_int, resumable=True)  # rows per forward/backward: bounds the memory
@@ -213,6 +215,11 @@ class Config:
 
     def __post_init__(self) -> None:
         self.valid_key  # noqa: B018 -- checks valid_metric against metrics and topk
+        if self.window_stride is not None and self.window_stride > self.MAX_ITEM_LIST_LENGTH:
+            raise ConfigError(
+                f"window_stride: expected at most MAX_ITEM_LIST_LENGTH = {self.MAX_ITEM_LIST_LENGTH}, "
+                f"got {self.window_stride}"
+            )
 
     # -- derived values ------------------------------------------------------------------------------------------
     @property

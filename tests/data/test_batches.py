@@ -68,3 +68,49 @@ def test_iterate_shuffles_reproducibly():
     other = [b.target.tolist() for b in seq.iterate(samples, 5, generator=torch.Generator().manual_seed(2))]
     assert first == again != other
     assert sorted(sum(first, [])) == sorted(seq.batch(samples, np.arange(len(samples))).target.tolist())
+
+
+@pytest.mark.parametrize("max_len, stride", [(5, 1), (5, 2), (5, 5), (3, 2), (50, 7)])
+def test_overlapping_windows_carry_context_and_each_target_once(max_len, stride):
+    """With a window stride s, each window's last s positions are new targets and the positions before
+    them context without loss; every training target is taken once and sees at least L - s + 1 events
+    (where its user has them), all of them at s = 1."""
+    seq, data = make([5, 9, 17, 4, 3], max_len=max_len)
+    prefix = seq.train_samples("prefix")
+    causal = seq.train_samples("causal", window_stride=stride)
+    assert causal.n_targets == prefix.n_targets
+    c = seq.batch(causal, np.arange(len(causal)))
+    assert sorted(c.target[c.target > 0].tolist()) == sorted(seq.batch(prefix, np.arange(len(prefix))).target.tolist())
+    assert int((c.target > 0).sum(1).max()) <= stride
+    p = seq.batch(prefix, np.arange(len(prefix)))
+    history = {int(t): int(n) for t, n in zip(p.target, p.item_seq_len)}  # ids are unique per event here
+    for row in range(len(causal)):
+        for position in torch.nonzero(c.target[row] > 0).flatten().tolist():
+            seen, full = position + 1, history[int(c.target[row, position])]  # full: the prefix regime's
+            assert full >= seen >= min(full, max_len - stride + 1)
+
+
+def test_stride_one_gives_the_prefix_regimes_loss():
+    """Stride 1, dropout off: the summed per-target loss of a causal model equals the prefix regime's."""
+    from tim4rec.models import create
+    from tim4rec.models.base import cross_entropy_terms
+
+    seq, data = make([5, 9, 17, 4, 3], max_len=6)
+    torch.manual_seed(0)
+    model = create("tim4rec", data.n_items, 6, hidden_size=8, head_dim=4, d_state=4, chunk_size=4,
+                   dropout_prob=0.0, time_drop_out=0.0).eval()  # fmt: skip
+    with torch.no_grad():
+        sums = {}
+        for regime, stride in (("prefix", None), ("causal", 1)):
+            samples = seq.train_samples(regime, window_stride=stride)
+            sums[regime] = cross_entropy_terms(model, seq.batch(samples, np.arange(len(samples))))
+    assert sums["prefix"][1] == sums["causal"][1]
+    torch.testing.assert_close(sums["causal"][0], sums["prefix"][0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_stride_outside_one_to_l_is_an_error():
+    from tim4rec.errors import DataError
+
+    seq, _ = make([9], max_len=4)
+    with pytest.raises(DataError, match="window_stride: expected from 1 to MAX_ITEM_LIST_LENGTH = 4, got 5"):
+        seq.train_samples("causal", window_stride=5)

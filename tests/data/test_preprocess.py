@@ -69,6 +69,11 @@ def test_recbole_time_order_uses_float32_rounding():
     assert exact.item_tokens[exact.items].tolist() == ["early", "late", "x"]
     assert recbole.item_tokens[recbole.items].tolist() == ["late", "early", "x"]
     assert recbole.timestamps.tolist() == [1_000_000_030, 1_000_000_001, 1_000_001_000]  # kept exact
+    values = build_interactions(frame(rows), user_inter_num_interval=None, item_inter_num_interval=None,
+                                time_order="recbole", time_values="recbole")  # fmt: skip
+    assert values.item_tokens[values.items].tolist() == ["late", "early", "x"]
+    assert values.timestamps.tolist() == [1_000_000_000, 1_000_000_000, 1_000_001_024]  # float32, as RecBole reads
+    assert values.stats()["time_values"] == "recbole"
 
 
 def test_filtering_that_empties_is_an_error():

@@ -22,6 +22,7 @@ def load_interactions(
     user_inter_num_interval: Any = FIVE_CORE,
     item_inter_num_interval: Any = FIVE_CORE,
     time_order: str = "exact",
+    time_values: str = "exact",
     cache: str | None = None,
 ) -> Interactions:
     """Read a named dataset (fetched on first use) or a file/folder, then filter and sort it."""
@@ -44,6 +45,7 @@ def load_interactions(
         user_inter_num_interval=user_inter_num_interval,
         item_inter_num_interval=item_inter_num_interval,
         time_order=time_order,
+        time_values=time_values,
         source=path,
     )
 

@@ -8,10 +8,14 @@ Two training regimes feed the same training targets:
 
 - ``prefix``: one sample per training target (history -> target), RecBole's protocol; the loss is
   read at position ``len - 1``.
-- ``causal``: each user's training targets are cut into consecutive windows of at most ``L``
-  targets, aligned so that the most recent window is the full one; the loss is read at every
-  position of a window, each training target exactly once. Only valid for models whose output
-  at position t depends on events <= t.
+- ``causal``: each user's training targets are cut into windows of at most ``L`` positions,
+  aligned so that the most recent window is the full one; the loss is read at every position of
+  a window that holds a new target, each training target exactly once. Only valid for models
+  whose output at position t depends on events <= t. With a window stride ``s < L`` consecutive
+  windows overlap: each window's last ``s`` positions are its targets and the ``L - s`` before
+  them are context without loss, so every target sees up to ``L - 1`` earlier events as in the
+  prefix regime (``s = 1`` gives exactly the prefix regime's targets and histories); an epoch
+  then costs about ``L / s`` times as much.
 
 Validation and test batches are prefix batches (one target per row) in both regimes. Every
 :class:`Batch` says which regime it belongs to; nothing guesses it from a tensor's shape.
@@ -44,10 +48,10 @@ class Regime(str, enum.Enum):
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
 
-    def rows_per_batch(self, targets: int, length: int) -> int:
-        """Rows of a training batch of about ``targets`` training targets: a causal window of L events
-        holds about L of them, so both regimes take similar steps."""
-        return targets if self is Regime.PREFIX else max(1, round(targets / length))
+    def rows_per_batch(self, targets: int, per_window: int) -> int:
+        """Rows of a training batch of about ``targets`` training targets: a causal window holds about
+        ``per_window`` of them (its stride, L without overlap), so both regimes take similar steps."""
+        return targets if self is Regime.PREFIX else max(1, round(targets / per_window))
 
 
 PREFIX, CAUSAL = Regime.PREFIX, Regime.CAUSAL
@@ -126,13 +130,15 @@ class SampleSet:
 
     ``starts``/``lengths`` (S,) locate each input history; ``targets`` is (S,) flat indices of the
     target events for one-target samples, or ``None`` for causal windows (the targets are the
-    events right after each input position).
+    events right after each input position); ``context`` (S,) for causal windows: how many leading
+    positions carry no loss (their targets belong to an earlier window), None when all do.
     """
 
     starts: np.ndarray
     lengths: np.ndarray
     targets: np.ndarray | None
     users: np.ndarray  # (S,) user ids 1..n_users
+    context: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -144,11 +150,14 @@ class SampleSet:
     def subset(self, rows: np.ndarray) -> SampleSet:
         """The samples at ``rows``."""
         targets = None if self.targets is None else self.targets[rows]
-        return SampleSet(self.starts[rows], self.lengths[rows], targets, self.users[rows])
+        context = None if self.context is None else self.context[rows]
+        return SampleSet(self.starts[rows], self.lengths[rows], targets, self.users[rows], context)
 
     @property
     def n_targets(self) -> int:
-        return int(len(self) if self.targets is not None else self.lengths.sum())
+        if self.targets is not None:
+            return len(self)
+        return int(self.lengths.sum() - (0 if self.context is None else self.context.sum()))
 
 
 class SequenceData:
@@ -195,8 +204,9 @@ class SequenceData:
                 "leave-one-out trains on users with at least 4 events, a temporal split on users with 2 before the cut)"
             )
 
-    def train_samples(self, regime: Regime | str) -> SampleSet:
-        """The training samples of ``regime`` (a :class:`Regime` or its name); a DataError when there are none."""
+    def train_samples(self, regime: Regime | str, window_stride: int | None = None) -> SampleSet:
+        """The training samples of ``regime`` (a :class:`Regime` or its name); a DataError when there are none.
+        ``window_stride``: causal windows start every ``window_stride`` targets (None: L, no overlap)."""
         try:
             regime = Regime(regime)
         except ValueError:
@@ -211,14 +221,20 @@ class SequenceData:
             target = np.repeat(last - counts + 1, counts) + _ranges(counts)
             return self._one_target(target, np.repeat(users, counts))
         window = self.max_seq_length
-        n_windows = -(-counts // window)
-        # window k (0 = most recent) of a user covers targets (last - (k+1)*L, last - k*L]
+        stride = window if window_stride is None else window_stride
+        if not 1 <= stride <= window:
+            raise DataError(f"window_stride: expected from 1 to MAX_ITEM_LIST_LENGTH = {window}, got {stride}")
+        n_windows = -(-counts // stride)
+        # window k (0 = most recent) of a user ends at target last - k*s: new targets (last - (k+1)*s, last - k*s],
+        # and positions reach back L targets for context (never before the user's first target)
         k = _ranges(n_windows)
-        user_rep = np.repeat(users, n_windows)
-        window_last = np.repeat(last, n_windows) - k * window
-        window_first = np.maximum(np.repeat(first, n_windows), window_last - window + 1)
+        user_rep, user_first = np.repeat(users, n_windows), np.repeat(first, n_windows)
+        window_last = np.repeat(last, n_windows) - k * stride
+        window_first = np.maximum(user_first, window_last - window + 1)
+        new_first = np.maximum(user_first, window_last - stride + 1)
         lengths = window_last - window_first + 1
-        return SampleSet(window_first - 1, lengths, None, user_rep)
+        context = None if stride == window else new_first - window_first
+        return SampleSet(window_first - 1, lengths, None, user_rep, context)
 
     # ----------------------------------------------------------------------------- batches
     def _gather(self, starts: torch.Tensor, lengths: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -236,6 +252,9 @@ class SequenceData:
             target = self.items[torch.from_numpy(samples.targets)[rows]]
         else:
             target = self._gather(starts + 1, lengths, self.items)
+            if samples.context is not None:  # context positions: history for the window's targets, no loss
+                context = torch.from_numpy(samples.context)[rows]
+                target = target.masked_fill(torch.arange(self.max_seq_length)[None, :] < context[:, None], 0)
         return Batch(
             regime=samples.regime,
             item_seq=self._gather(starts, lengths, self.items),

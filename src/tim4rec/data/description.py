@@ -37,6 +37,7 @@ class DataDescription:
     user_inter_num_interval: str | int | None = FIVE_CORE
     item_inter_num_interval: str | int | None = FIVE_CORE
     time_order: str = "exact"  # "recbole": float32 ordering, as RecBole 1.2
+    time_values: str = "exact"  # "recbole": the float32 times RecBole's models read
     split: str = "leave_one_out"
     temporal_cut: float | None = None  # unix seconds; None: the quantile below
     temporal_cut_quantile: float = 0.9
@@ -74,6 +75,7 @@ class DataDescription:
             user_inter_num_interval=self.user_inter_num_interval,
             item_inter_num_interval=self.item_inter_num_interval,
             time_order=self.time_order,
+            time_values=self.time_values,
             cache=self.data_cache,
         )
 

@@ -8,7 +8,9 @@ Steps, matching RecBole 1.2's sequential pipeline:
    with maps back to the dataset's own ids;
 3. each user's events sorted by timestamp, stable on ties (file order). ``time_order="exact"``
    compares int64 seconds; ``time_order="recbole"`` compares the float32 rounding that RecBole
-   1.2 keeps (64-second steps near 1e9), so published tables can be matched like for like.
+   1.2 keeps (64-second steps near 1e9), so published tables can be matched like for like;
+4. the times the models read: ``time_values="exact"`` keeps whole seconds, ``time_values="recbole"``
+   the float32 rounding RecBole's models read (so TiM4Rec's and TiSASRec's gaps are RecBole's too).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Interactions:
     user_tokens: np.ndarray  # (n_users + 1,) object: dataset ids, index 0 = "[PAD]"
     item_tokens: np.ndarray  # (n_items + 1,) object: dataset ids, index 0 = "[PAD]"
     time_order: str = "exact"
+    time_values: str = "exact"
     fractional_seconds: bool = False  # the file's times had fractions of a second (used for ordering only)
     source: str = ""
     filtering: dict = field(default_factory=dict)
@@ -99,6 +102,7 @@ class Interactions:
                 "max": int(lengths.max()),
             },
             "time_order": self.time_order,
+            "time_values": self.time_values,
             "time_unit": "unix seconds"
             + (" (fractions of a second used for ordering)" if self.fractional_seconds else ""),
             "filtering": self.filtering,
@@ -177,11 +181,14 @@ def build_interactions(
     user_inter_num_interval: str | int | None = FIVE_CORE,
     item_inter_num_interval: str | int | None = FIVE_CORE,
     time_order: str = "exact",
+    time_values: str = "exact",
     source: str | Path = "",
 ) -> Interactions:
     """Filter, re-index and time-sort a raw frame (columns user, item, timestamp)."""
     if time_order not in TIME_ORDERS:
         raise ConfigError(f"time_order: expected one of {TIME_ORDERS}, got {time_order!r}")
+    if time_values not in TIME_ORDERS:
+        raise ConfigError(f"time_values: expected one of {TIME_ORDERS}, got {time_values!r}")
     user_bounds = parse_interval(user_inter_num_interval, "user_inter_num_interval")
     item_bounds = parse_interval(item_inter_num_interval, "item_inter_num_interval")
     before = {"users": int(raw["user"].nunique()), "items": int(raw["item"].nunique()), "interactions": len(raw)}
@@ -196,6 +203,8 @@ def build_interactions(
     times = kept["timestamp"].to_numpy()  # int64 seconds, or float64 with fractions of a second
     fractional = times.dtype.kind == "f"
     timestamps = np.floor(times).astype(np.int64) if fractional else times.astype(np.int64)
+    if time_values == "recbole":  # RecBole's float32 timestamps, as whole seconds
+        timestamps = times.astype(np.float32).astype(np.int64)
     sort_key = times.astype(np.float32) if time_order == "recbole" else times  # fractions order same-second events
     order = np.argsort(sort_key, kind="stable")
     order = order[np.argsort(user_index[order], kind="stable")]
@@ -210,6 +219,7 @@ def build_interactions(
         user_tokens=np.concatenate([pad, np.asarray(user_tokens, dtype=object)]),
         item_tokens=np.concatenate([pad, np.asarray(item_tokens, dtype=object)]),
         time_order=time_order,
+        time_values=time_values,
         fractional_seconds=bool(fractional),
         source=str(source),
         filtering={

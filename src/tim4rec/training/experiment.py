@@ -46,7 +46,7 @@ class Experiment:
 
 def rows_per_batch(config: Config, regime: Regime) -> int:
     """Rows of a training batch: ``train_batch_size`` counts training targets (:meth:`Regime.rows_per_batch`)."""
-    return regime.rows_per_batch(config.train_batch_size, config.max_seq_length)
+    return regime.rows_per_batch(config.train_batch_size, config.window_stride or config.max_seq_length)
 
 
 def seed_everything(seed: int) -> None:

@@ -74,7 +74,7 @@ class Trainer:
         self.model, self.data, self.optimizer = experiment.model, experiment.data, experiment.optimizer
         self.output_dir = Path(output_dir or config.output_dir or default_output_dir(config))
         self.runtime = runtime
-        self.train_samples = self.data.train_samples(experiment.regime)
+        self.train_samples = self.data.train_samples(experiment.regime, config.window_stride)
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
         self.state = TrainingState()
