@@ -298,5 +298,10 @@ def test_curves_put_runs_side_by_side_at_the_chosen_epochs(tmp_path: Path):
     assert "| 2 | 0.2 | 0.25 | 0.05 |" in text and "| 3 | 0.3 |  |  |" in text  # epoch 3: the second run has none
     assert "float32, eager: 20.0 s of training + 2.0 s of validation" in text and "bf16" in text
     assert (tmp_path / "out" / "curves.md").read_text() == text
+    timed = curves.run([str(first), str(second)], [1], tmp_path / "timed", seconds=[12, 25, 40])
+    assert "| 12 | 0.1000 (epoch 1) | 0.1000 (epoch 1) |" in timed  # 10 + 2 s: epoch 1 of both
+    assert "| 25 | 0.1000 (epoch 1) | 0.1000 (epoch 1) |" in timed  # epoch 2 ends at 34 s
+    assert "| 40 | 0.2000 (epoch 2) | 0.2500 (epoch 2) |" in timed
+    assert (tmp_path / "timed" / "curves.png").stat().st_size > 0
     with pytest.raises(Tim4RecError, match="not a run's results.json"):
         curves.run([str(tmp_path / "missing.json")], [1], tmp_path / "out")
