@@ -208,7 +208,8 @@ def comparisons(
         else {name: reference for name in sorted(by_run, key=order.index) if name != reference}
     )
     missing = sorted({base for base in pairs.values() if not all(key in r for r in by_run.get(base, [{}]))})
-    if missing:
+    pairs = {name: base for name, base in pairs.items() if base not in missing}  # the pairs that can be compared
+    if not pairs:
         return (
             ""
             if seen_removed
