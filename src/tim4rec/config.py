@@ -180,6 +180,7 @@ class Config:
     # training
     train_regime: Regime | None = _setting(None, optional(_regime))  # None: the model's own regime
     window_stride: int | None = _setting(None, optional(positive_int))  # causal windows start every s targets; None: L
+    samples_per_epoch: int | None = _setting(None, optional(positive_int))  # drawn anew each epoch; None: all
     epochs: int = _setting(300, positive_int, resumable=True)
     train_batch_size: int = _setting(256, positive_int)
     micro_batch: int = _setting(256, positive_int, resumable=True)  # rows per forward/backward: bounds the memory

@@ -186,3 +186,35 @@ def test_temporal_split_from_the_config(synthetic_inter: Path, tmp_path: Path):
     results = _fit(synthetic_inter, tmp_path / "t", epochs=1, split="temporal", temporal_cut_quantile=0.8)
     assert results["split"].startswith("temporal split at") and results["status"] == "finished"
     assert 0 < results["evaluated_users"] <= results["dataset_stats"]["users"]
+
+
+def test_samples_per_epoch_draws_prefix_samples_anew_each_epoch(synthetic_inter: Path, tmp_path: Path, monkeypatch):
+    """An epoch of ``samples_per_epoch`` prefix samples drawn at random: each batch row is one of the prefix
+    regime's (history, target) samples, no sample twice in an epoch, another draw the next epoch."""
+    seen: list[list[tuple]] = []
+    step = Trainer._step
+
+    def recording(self, batch):
+        rows = [
+            (tuple(batch.item_seq[r, : int(batch.item_seq_len[r])].tolist()), int(batch.target[r]))
+            for r in range(len(batch))
+        ]
+        seen[-1].extend(rows)
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", recording)
+    config, notices = load_config(overrides={**TINY, "dataset": str(synthetic_inter), "train_regime": "prefix",
+                                             "samples_per_epoch": 50, "epochs": 2})  # fmt: skip
+    with runtime_settings(threads=1, flush_denormal=config.flush_denormal) as runtime:
+        trainer = Trainer(build_experiment(config, notices), tmp_path / "run", runtime=runtime)
+        trainer.epoch_end_hook = lambda epoch: seen.append([])
+        seen.append([])
+        results = trainer.fit()
+        every = trainer.data.batch(trainer.train_samples, torch.arange(len(trainer.train_samples)))
+    prefix = {
+        (tuple(every.item_seq[r, : int(every.item_seq_len[r])].tolist()), int(every.target[r]))
+        for r in range(len(every))
+    }
+    first, second = seen[0], seen[1]
+    assert len(first) == len(second) == 50 < len(prefix) and results["epochs"][0]["steps"] == 1
+    assert set(first) <= prefix and set(second) <= prefix and len(set(first)) == 50 and set(first) != set(second)

@@ -283,13 +283,12 @@ class Trainer:
         config, experiment = self.config, self.experiment
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         rows, world = experiment.rows_per_batch, self.distributed.world
+        samples, draw = self.train_samples, config.samples_per_epoch
+        if draw is not None and draw < len(samples):  # a subset drawn anew each epoch
+            samples = samples.subset(torch.randperm(len(samples), generator=generator)[:draw].numpy())
         # step t of rank r takes batch t * world + r of the epoch's order: the same steps on every rank
-        n_batches = (
-            math.ceil(len(self.train_samples) / rows) // world
-            if world > 1
-            else math.ceil(len(self.train_samples) / rows)
-        )
-        order = self.data.iterate(self.train_samples, rows, generator=generator) if self.optimizer else iter(())
+        n_batches = math.ceil(len(samples) / rows) // world if world > 1 else math.ceil(len(samples) / rows)
+        order = self.data.iterate(samples, rows, generator=generator) if self.optimizer else iter(())
         batches = itertools.islice(order, self.distributed.rank, n_batches * world, world)
         progress = tqdm(
             batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
