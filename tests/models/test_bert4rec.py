@@ -134,3 +134,25 @@ def test_trains_on_windows(synthetic_inter, tmp_path):
                             inner_size=32, MAX_ITEM_LIST_LENGTH=8)  # fmt: skip
     assert results["regime"] == "causal" and results["train_samples"] < results["train_targets"]["prefix"]
     assert results["epochs"][0]["loss"] > 0
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_causal_window_takes_its_last_target_into_the_cloze_sequence(last):
+    """On a window of training events, the window's final target (the user's most recent training item in its
+    last window) joins the sequence, so it can be masked and learned; the inputs alone leave it out."""
+    model = small(cloze_last_target=last)
+    items, lengths, times = history((10, 6))
+    targets = torch.zeros_like(items)
+    targets[:, :-1] = items[:, 1:]
+    targets[0, 9], targets[1, 5] = 7, 8  # the events after each window's last input
+    prepared = model.prepare_training_batch(Batch("causal", items, lengths, times, targets))
+    if last:
+        assert prepared.item_seq[0].tolist() == items[0, 1:].tolist() + [7]  # full: the oldest input drops out
+        assert prepared.item_seq[1, :7].tolist() == items[1, :6].tolist() + [8] and prepared.item_seq_len.tolist() == [
+            10,
+            7,
+        ]
+    else:
+        assert torch.equal(prepared.item_seq, items) and prepared.item_seq_len.tolist() == [10, 6]
+    prefix = model.prepare_training_batch(Batch("prefix", items, lengths, times, torch.tensor([7, 8])))
+    assert torch.equal(prefix.item_seq, items)  # RecBole's prefix samples: the history only

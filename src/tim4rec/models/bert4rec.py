@@ -44,11 +44,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from tim4rec.data.batches import PREFIX, Batch
+from tim4rec.data.batches import CAUSAL, PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Dropout, init_normal_
 from tim4rec.models.hyperparameters import hyperparameter
-from tim4rec.values import fraction, open_fraction, positive_int, unit_interval
+from tim4rec.values import boolean, fraction, open_fraction, positive_int, unit_interval
 
 CLOZE_MASKED = "cloze_masked"  # Batch.extras key: (B, L) bool, the positions replaced by the mask token
 
@@ -59,6 +59,9 @@ class BERT4RecHyperparameters(AttentionHyperparameters):
     hidden_dropout_prob: float = hyperparameter(0.4, fraction)
     attn_dropout_prob: float = hyperparameter(0.4, fraction)
     mask_ratio: float = hyperparameter(0.2, open_fraction)
+    #: causal-regime windows: the window's last target joins the sequence, so a user's most recent training
+    #: item is a cloze target too (the paper trains on whole sequences); false: the window's inputs only
+    cloze_last_target: bool = hyperparameter(True, boolean)
     ft_ratio: float = hyperparameter(0.5, unit_interval)  # RecBole 1.2's default: the share of mask-the-last batches
 
 
@@ -73,6 +76,7 @@ class BERT4Rec(SequentialRecommender):
         super().__init__(n_items, max_seq_length)
         self.mask_ratio = hp.mask_ratio
         self.ft_ratio = hp.ft_ratio
+        self.cloze_last_target = hp.cloze_last_target
         self.mask_token = n_items + 1
         self.mask_item_length = max(1, int(hp.mask_ratio * max_seq_length))  # scored masks per row
         self.item_embedding = nn.Embedding(n_items + 2, hp.hidden_size, padding_idx=0)  # + mask token
@@ -104,16 +108,24 @@ class BERT4Rec(SequentialRecommender):
         """Scores of ids 0..n_items (the mask token's row is left out) plus RecBole's output bias."""
         return self.item_embedding.weight[: self.n_items + 1], self.output_bias
 
-    def append_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the mask token after each history: (B, L), (B,) -> (B, L) ids, (B,) new lengths.
+    @staticmethod
+    def append(
+        item_seq: torch.Tensor, item_seq_len: torch.Tensor, ids: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``ids`` (B,) or one id after each history: (B, L), (B,) -> (B, L) ids, (B,) new lengths.
 
-        A full history (len == L) loses its oldest item so that the mask fits at position L-1.
+        A full history (len == L) loses its oldest item so that the new one fits at position L-1.
         """
         length = item_seq.shape[1]
         full = item_seq_len >= length
         shifted = torch.where(full[:, None], item_seq.roll(-1, dims=1), item_seq)
         new_len = torch.where(full, item_seq_len, item_seq_len + 1)
-        return shifted.scatter(1, (new_len - 1)[:, None], self.mask_token), new_len
+        ids = torch.as_tensor(ids, device=item_seq.device).expand(len(item_seq))
+        return shifted.scatter(1, (new_len - 1)[:, None], ids[:, None].to(item_seq.dtype)), new_len
+
+    def append_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask token written after each history (:meth:`append`)."""
+        return self.append(item_seq, item_seq_len, self.mask_token)
 
     def predict_hidden(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
@@ -142,7 +154,12 @@ class BERT4Rec(SequentialRecommender):
         return masked, scored
 
     def prepare_training_batch(self, batch: Batch) -> Batch:
-        """Draw the cloze masks: ``extras["cloze_masked"]`` (B, L) bool and ``target_index`` of the scored positions."""
+        """Draw the cloze masks: ``extras["cloze_masked"]`` (B, L) bool and ``target_index`` of the scored positions.
+        A causal-regime window first takes its last target into the sequence (``cloze_last_target``)."""
+        if batch.regime is CAUSAL and self.cloze_last_target and CLOZE_MASKED not in batch.extras:
+            last = batch.target.gather(1, (batch.item_seq_len - 1).clamp(min=0)[:, None]).squeeze(1)
+            item_seq, item_seq_len = self.append(batch.item_seq, batch.item_seq_len, last)
+            batch = replace(batch, item_seq=item_seq, item_seq_len=item_seq_len)
         masked, scored = self.cloze_mask(batch.item_seq_len, batch.item_seq.shape[1])
         extras = {**batch.extras, CLOZE_MASKED: masked}
         return replace(batch, extras=extras, target_index=torch.nonzero(scored.reshape(-1)).squeeze(1))
