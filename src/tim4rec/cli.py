@@ -139,10 +139,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     with runtime_settings(threads=args.threads, flush_denormal=True, reuse_memory=True):
         recommender = Recommender.load(args.checkpoint)
         if history is not None:
-            print(json.dumps(recommender.recommend(history, args.k, not args.include_seen).to_dict(), indent=2))
+            answer = recommender.recommend(history, args.k, not args.include_seen, request_time=args.request_time)
+            print(json.dumps(answer.to_dict(), indent=2))
             return 0
         users = None if args.users == "all" else read_users(args.users)
-        frame = recommend_users(recommender, users, args.k, args.output, exclude_seen=not args.include_seen)
+        frame = recommend_users(
+            recommender, users, args.k, args.output, exclude_seen=not args.include_seen, request_time=args.request_time
+        )
     print(f"{frame['user'].nunique()} users, {len(frame)} rows: {args.output}")
     return 0
 
@@ -209,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--output", default="recommendations.csv", help="a .csv or .parquet file")
     recommend.add_argument("--history", help='one history as JSON, e.g. \'[{"item": "50", "time": 881250949}]\'')
     recommend.add_argument("--include-seen", action="store_true", help="rank items already in the history too")
+    recommend.add_argument(
+        "--request-time", type=float, help="unix seconds the recommendations are for (default: now); read by "
+        "models trained with request_time",
+    )  # fmt: skip
     recommend.add_argument("--threads", type=int, default=None)
 
     serve = commands.add_parser("serve", help="the HTTP service and demo page for a saved model")

@@ -218,3 +218,30 @@ def test_samples_per_epoch_draws_prefix_samples_anew_each_epoch(synthetic_inter:
     first, second = seen[0], seen[1]
     assert len(first) == len(second) == 50 < len(prefix) and results["epochs"][0]["steps"] == 1
     assert set(first) <= prefix and set(second) <= prefix and len(set(first)) == 50 and set(first) != set(second)
+
+
+def test_a_run_that_reads_the_request_time_reports_both_protocols(synthetic_inter: Path, tmp_path: Path):
+    """A TiM4Rec trained with request_time: test reads the held-out event's time, test_gap0 the same model
+    told the last event's time; a quality report shows them in rows of their own."""
+    from tim4rec.bench.quality_report import summarise
+
+    tiny = {
+        "model": "tim4rec",
+        "hidden_size": 8,
+        "head_dim": 4,
+        "d_state": 4,
+        "chunk_size": 4,
+        "num_layers": 1,
+        "request_time": True,
+    }
+    settings = {key: value for key, value in TINY.items() if key not in ("n_heads", "inner_size", "n_layers")}
+    results = tim4rec.train(
+        {**settings, **tiny, "dataset": str(synthetic_inter), "epochs": 2}, output_dir=tmp_path / "run"
+    )
+    assert set(results["test_gap0"]) == set(results["test"]) and len(results["test_gap0_ranks"]["ranks"]) == 30
+    rows = summarise([{**results, "_run": "timed"}])
+    assert [row["run"] for row in rows] == [
+        "timed (reads the held-out event's time)",
+        "timed (the same models at a gap of 0)",
+    ]
+    assert rows[1]["test_ndcg@10"] == results["test_gap0"]["ndcg@10"]

@@ -57,11 +57,17 @@ def _by_run(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return by_run
 
 
+def _by_metric(metrics: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Each metric's values over several runs' metric dicts."""
+    return {name: [m[name] for m in metrics] for name in metrics[0]}
+
+
 def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = None) -> list[dict[str, Any]]:
     summary = []
     for name, runs in _by_run(results).items():
         row: dict[str, Any] = {
             "run": name,
+            "plan_run": name,
             "model": runs[0]["model"],
             "regime": runs[0]["regime"],
             "seeds": [r["seed"] for r in runs],
@@ -93,6 +99,12 @@ def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = N
             ((metric, value),) = target.items()
             row["time_to"] = [time_to(r, metric, value) for r in runs]
         summary.append(row)
+        if all("test_gap0" in r for r in runs):  # read the held-out event's time: the same model at a gap of 0
+            row["run"] = f"{name} (reads the held-out event's time)"
+            gap0 = {**row, "run": f"{name} (the same models at a gap of 0)"}
+            for metric, values in _by_metric([r["test_gap0"] for r in runs]).items():
+                gap0[f"test_{metric}"], gap0[f"test_{metric}_std"] = _mean_spread(values)
+            summary.append({k: v for k, v in gap0.items() if not k.startswith("seen_removed_")})
     return summary
 
 
@@ -279,7 +291,7 @@ def report(plan_path: str | Path, output: str | Path) -> str:
         return "no finished runs yet"
     order = list(plan["runs"])
     target = plan.get("time_to")
-    summary = sorted(summarise(results, target), key=lambda row: order.index(row["run"]))
+    summary = sorted(summarise(results, target), key=lambda row: order.index(row.pop("plan_run")))
     text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
     if plan.get("compare_to"):
         text += "\n" + comparisons(results, plan["compare_to"], order)

@@ -72,6 +72,9 @@ class Batch:
     timestamps: torch.Tensor  # (B, L) long seconds, 0 at padding
     target: torch.Tensor  # prefix: (B,) long; causal: (B, L) long, 0 where no loss is taken
     user: torch.Tensor | None = None  # (B,) long user ids
+    #: the time of each target (prefix: (B,); causal: (B, L), 0 where no loss is taken): what a model that
+    #: reads the request time (the time its prediction is for) takes in training and evaluation
+    target_time: torch.Tensor | None = None
     #: causal: (T,) long flat indices ``b * L + t`` of the positions with a target (row-major)
     target_index: torch.Tensor | None = None
     #: what a model's ``prepare_training_batch`` adds (BERT4Rec's cloze masks)
@@ -249,9 +252,11 @@ class SequenceData:
         starts = torch.from_numpy(samples.starts)[rows]
         lengths = torch.from_numpy(samples.lengths)[rows]
         if samples.targets is not None:
-            target = self.items[torch.from_numpy(samples.targets)[rows]]
+            target_events = torch.from_numpy(samples.targets)[rows]
+            target, target_time = self.items[target_events], self.timestamps[target_events]
         else:
             target = self._gather(starts + 1, lengths, self.items)
+            target_time = self._gather(starts + 1, lengths, self.timestamps)
             if samples.context is not None:  # context positions: history for the window's targets, no loss
                 context = torch.from_numpy(samples.context)[rows]
                 target = target.masked_fill(torch.arange(self.max_seq_length)[None, :] < context[:, None], 0)
@@ -262,6 +267,7 @@ class SequenceData:
             timestamps=self._gather(starts, lengths, self.timestamps),
             target=target,
             user=torch.from_numpy(samples.users)[rows],
+            target_time=target_time,
         )
 
     def iterate(

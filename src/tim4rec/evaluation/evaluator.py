@@ -37,6 +37,7 @@ def evaluate(
     ranks_out: list | None = None,
     item_block: int = ITEM_BLOCK,
     mixed_precision: str = "off",
+    target_time: bool = True,
 ) -> dict[str, float]:
     """Rank each sample's target among all items 1..n_items with the model's scores.
 
@@ -47,7 +48,9 @@ def evaluate(
     computed ``item_block`` items at a time (:mod:`tim4rec.evaluation.scoring`): the ranks equal
     those of the whole (users x items) matrix, which never exists at once. ``mixed_precision``
     (``bf16``, ``fp16``): the model's forward under autocast; the scores and ranks are float32 either way,
-    so ties mean what they mean in float32.
+    so ties mean what they mean in float32. ``target_time``: a model that reads the request time
+    (:attr:`~tim4rec.models.base.SequentialRecommender.reads_request_time`) is told the held-out event's
+    time (the protocol SS4Rec reports); False: the last event's (a gap of 0).
     """
     was_training = model.training
     model.eval()
@@ -57,8 +60,11 @@ def evaluate(
         for begin in range(0, len(samples), batch_size):
             rows = torch.arange(begin, min(begin + batch_size, len(samples)))
             batch = data.batch(samples, rows).to(device)
+            history = (batch.item_seq, batch.item_seq_len, batch.timestamps)
+            if target_time and getattr(model, "reads_request_time", False):
+                history += (batch.target_time,)  # the request time: the held-out event's
             with autocast(mixed_precision, device.type):
-                hidden = model.predict_hidden(batch.item_seq, batch.item_seq_len, batch.timestamps)
+                hidden = model.predict_hidden(*history)
             hidden = hidden.float()
             masked = None
             if mask_history:
@@ -91,7 +97,8 @@ def evaluate_streaming(
 
     A recurrent model sees the whole history; a fixed-length one (SASRec, TiSASRec: position tables of
     ``max_seq_length`` rows) sees the most recent ``max_seq_length`` events, as the serving path
-    gives it. Users are stepped together: at step t, the rows of users with more than t events.
+    gives it. Users are stepped together: at step t, the rows of users with more than t events. A
+    model that reads the request time is told the held-out event's time, as :func:`evaluate` tells it.
     """
     if not getattr(model, "streaming", False):
         raise Tim4RecError("streaming evaluation needs a streaming model (a causal model that implements step)")
@@ -118,6 +125,9 @@ def evaluate_streaming(
                 )
                 state = state.scatter(active, part)
                 hidden[active.to(device)] = step_hidden
+            if getattr(model, "reads_request_time", False):
+                gaps = times[targets_at] - times[targets_at - 1]  # from the last event to the held-out one
+                hidden = model.at_request(hidden, gaps.to(device))
             targets = torch.from_numpy(data.interactions.items[samples.targets[rows]]).to(device)
             ranks.append(blocked_target_ranks(hidden, *model.output_layer(), targets, block=item_block).cpu())
     finally:

@@ -164,6 +164,9 @@ class SequentialRecommender(nn.Module):
         super().__init__()
         self.n_items = n_items
         self.max_seq_length = max_seq_length
+        #: the read-out's request-time path (:class:`~tim4rec.models.blocks.RequestGap`: the gap from the last
+        #: event to the time the prediction is for), or None for a model that does not read that time
+        self.request_gap: nn.Module | None = None
 
     # -- input checks: a clear ValueError instead of an IndexError from an embedding ------------
     def check_history(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> None:
@@ -229,19 +232,43 @@ class SequentialRecommender(nn.Module):
         """
         return self.gather_last(self.forward(item_seq, item_seq_len, timestamps), item_seq_len)
 
+    @property
+    def reads_request_time(self) -> bool:
+        """True when the read-out takes the time the prediction is for (``request_gap``)."""
+        return self.request_gap is not None
+
+    def at_request(self, hidden: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Read-out states (..., d) for predictions ``gaps`` (...) seconds after their last event (unchanged
+        for a model that does not read the request time)."""
+        return hidden if self.request_gap is None else self.request_gap(hidden, gaps)
+
     def predict_hidden(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        timestamps: torch.Tensor,
+        request_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The checked histories' hidden states (B, d) whose scores through the output layer rank the
-        next item: what :meth:`full_sort_predict` scores, for callers that score in blocks of items."""
+        next item: what :meth:`full_sort_predict` scores, for callers that score in blocks of items.
+        ``request_time`` (B,): the time the prediction is for (None: the last event's, a gap of 0); read
+        only by a model that reads it."""
         self.check_history(item_seq, item_seq_len, timestamps)
-        return self.readout(item_seq, item_seq_len, timestamps)
+        hidden = self.readout(item_seq, item_seq_len, timestamps)
+        if not self.reads_request_time:
+            return hidden
+        last = timestamps.gather(1, (item_seq_len - 1).clamp(min=0)[:, None]).squeeze(1)
+        return self.at_request(hidden, torch.zeros_like(last) if request_time is None else request_time - last)
 
     def full_sort_predict(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        timestamps: torch.Tensor,
+        request_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores (B, n_items + 1) of every item id as the next item (the padding id 0 included)."""
-        return self.item_scores(self.predict_hidden(item_seq, item_seq_len, timestamps))
+        return self.item_scores(self.predict_hidden(item_seq, item_seq_len, timestamps, request_time))
 
     # -- training objective -------------------------------------------------------------------
     def fit_data(self, data: Any) -> None:
@@ -255,11 +282,16 @@ class SequentialRecommender(nn.Module):
         """Hidden states (T, d) of the positions that carry a loss, and their targets (T,)."""
         self.check_history(batch.item_seq, batch.item_seq_len, batch.timestamps)
         if batch.regime is PREFIX:  # one target per row, read at len - 1
-            return self.readout(batch.item_seq, batch.item_seq_len, batch.timestamps), batch.target
+            request = batch.target_time if self.reads_request_time else None
+            return self.predict_hidden(batch.item_seq, batch.item_seq_len, batch.timestamps, request), batch.target
         if batch.regime is CAUSAL:  # every position with a target
             hidden = self.forward(batch.item_seq, batch.item_seq_len, batch.timestamps)
             index = batch.target_index
-            return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index), batch.target.reshape(-1)[index]
+            selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+            if self.reads_request_time:  # each position's prediction is for its target's time
+                gaps = (batch.target_time - batch.timestamps).reshape(-1).index_select(0, index)
+                selected = self.at_request(selected, gaps)
+            return selected, batch.target.reshape(-1)[index]
         raise ValueError(f"unknown batch regime {batch.regime!r}")
 
     def regularization(self) -> torch.Tensor | None:

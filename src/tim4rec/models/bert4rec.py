@@ -128,9 +128,13 @@ class BERT4Rec(SequentialRecommender):
         return self.append(item_seq, item_seq_len, self.mask_token)
 
     def predict_hidden(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        timestamps: torch.Tensor,
+        request_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The hidden state (B, d) at the mask token written after each history."""
+        """The hidden state (B, d) at the mask token written after each history (the request time is not read)."""
         self.check_history(item_seq, item_seq_len, timestamps)
         masked_seq, masked_len = self.append_mask(item_seq, item_seq_len)
         return self.gather_last(self._encode(masked_seq, masked_len), masked_len)

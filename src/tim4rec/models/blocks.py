@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +228,28 @@ class AttentionBlock(nn.Module):
         (out (B, d), keys, values)."""
         out, keys, values = self.attention.step(x, *cache)
         return self.feed_forward(out), keys, values
+
+
+class RequestGap(nn.Module):
+    """The read-out at a request time: ``h + W2 SiLU(W1 phi(g))`` with ``phi(g) = log1p(g) / log1p(1 day)``,
+    ``g`` >= 0 the seconds from the last event to the time the prediction is for.
+
+    A user back after five minutes and one back after five months then get different lists. ``W2``
+    starts at 0, so a model starts out as the same model without the path; the path runs on the
+    read-out only, so a streaming state's update stays O(1) (the gap enters when a list is asked for).
+    """
+
+    def __init__(self, hidden_size: int, features: int = 16):
+        super().__init__()
+        self.encode = nn.Linear(1, features)
+        self.project = nn.Linear(features, hidden_size)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, hidden: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """hidden (..., d), gaps (...) seconds -> (..., d)."""
+        scaled = torch.log1p(gaps.clamp(min=0).to(hidden.dtype)) / math.log1p(86_400.0)
+        return hidden + self.project(F.silu(self.encode(scaled[..., None])))
 
 
 def visible_keys(query_positions: torch.Tensor, length: int) -> torch.Tensor:

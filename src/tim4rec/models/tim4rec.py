@@ -46,7 +46,7 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL, PREFIX
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState
-from tim4rec.models.blocks import Dropout, FeedForward, adopt_children, causal_conv, causal_conv_step
+from tim4rec.models.blocks import Dropout, FeedForward, RequestGap, adopt_children, causal_conv, causal_conv_step
 from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
 from tim4rec.models.time_paths import TIME_MODES, NoTimeFeatures, NoTimePath, TimeMode
 from tim4rec.ops import ssd_readout, ssd_scan, ssd_step
@@ -73,6 +73,9 @@ class TiM4RecHyperparameters(Hyperparameters):
     norm_eps: float = hyperparameter(1e-12, positive_number)
     is_kai_ming_init: bool = hyperparameter(True, boolean)
     time_mode: str = hyperparameter("causal", choice(*TIME_MODES))
+    #: the read-out also takes the gap from the last event to the time the prediction is for (the target's
+    #: time in training and evaluation, the request's when serving): :class:`~tim4rec.models.blocks.RequestGap`
+    request_time: bool = hyperparameter(False, boolean)
 
     def check(self) -> None:
         d_inner = self.expand * self.hidden_size
@@ -302,6 +305,8 @@ class TiM4Rec(SequentialRecommender):
         self.ssd_layers = nn.ModuleList(TiSSDLayer(hp, max_seq_length) for _ in range(hp.num_layers))
         self.apply(self._init_weights)
         self.time_features.initialize()
+        if hp.request_time:
+            self.request_gap = RequestGap(hp.hidden_size)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "time_features":  # a plain attribute: its sub-modules are registered on the model

@@ -65,6 +65,8 @@ class RecommendIn(BaseModel):
     k: StrictInt = Field(10, ge=1)
     exclude_seen: StrictBool = True
     candidates: list[str] | None = None
+    #: when the recommendations are for (unix seconds; absent: now), read by models trained with it
+    request_time: float | None = Field(None, strict=True, allow_inf_nan=False, ge=-MAX_SECONDS, le=MAX_SECONDS)
 
 
 class EventsIn(BaseModel):
@@ -331,7 +333,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         if len(body.history) > settings.max_history:
             raise HTTPException(422, f"history: at most {settings.max_history} events, got {len(body.history)}")
         history = [(event.item, event.time) for event in body.history]
-        query = RecommendQuery(history, body.k, body.exclude_seen, body.candidates)
+        query = RecommendQuery(history, body.k, body.exclude_seen, body.candidates, body.request_time)
         return _answer_json(await batcher.submit(query))
 
     @app.post("/users/{user}/events")
@@ -343,9 +345,14 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         return {"user": user, **result}
 
     @app.get("/users/{user}/recommendations", response_model=RecommendationOut)
-    async def user_recommendations(user: str, k: int = Query(10, ge=1), exclude_seen: bool = True) -> JSONResponse:
+    async def user_recommendations(
+        user: str,
+        k: int = Query(10, ge=1),
+        exclude_seen: bool = True,
+        request_time: float | None = Query(None, ge=-MAX_SECONDS, le=MAX_SECONDS, allow_inf_nan=False),
+    ) -> JSONResponse:
         check_k(k)
-        answer = await model_call(store.recommend, user, k, exclude_seen)
+        answer = await model_call(store.recommend, user, k, exclude_seen, request_time)
         metrics.users_cached.set(store.cached_users())
         return _answer_json(answer)
 
@@ -369,7 +376,8 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": recommender.saved.model, "items": recommender.n_items,
-                "streaming": recommender.streams, "step": store.step.mode, "batching": settings.batching}  # fmt: skip
+                "streaming": recommender.streams, "step": store.step.mode, "batching": settings.batching,
+                "reads_request_time": recommender.model.reads_request_time}  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -37,6 +37,7 @@ def recommend_users(
     batch_size: int = 256,
     exclude_seen: bool = True,
     show_progress: bool = True,
+    request_time: float | None = None,
 ) -> pd.DataFrame:
     """Recommend for ``users`` (None: every dataset user); write ``output`` (.csv or .parquet)."""
     from tqdm import tqdm
@@ -54,7 +55,8 @@ def recommend_users(
     progress = tqdm(batches, desc="recommending", unit="batch", disable=not show_progress or None, file=sys.stderr)
     for start in progress:
         chunk = users[start : start + batch_size]
-        answers = recommender.recommend_batch([recommender.user_history(u) for u in chunk], k, exclude_seen)
+        histories = [recommender.user_history(u) for u in chunk]
+        answers = recommender.recommend_batch(histories, k, exclude_seen, request_time=request_time)
         for user, answer in zip(chunk, answers):
             rows += [(user, rank, x.item, x.score, x.title) for rank, x in enumerate(answer.items, start=1)]
     frame = pd.DataFrame(rows, columns=["user", "rank", "item", "score", "title"])

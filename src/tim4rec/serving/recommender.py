@@ -17,6 +17,7 @@ to the given item ids. Scores come from one batched forward for many histories
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +104,15 @@ class Query:
     k: int = 10
     exclude_seen: bool = True
     candidates: Sequence[str] | None = None
+    #: the time the recommendation is for (unix seconds; None: now); read by models that read it
+    request_time: float | None = None
 
     def check(self) -> None:
         """A :class:`HistoryError` naming the first field that cannot be answered (the history is checked
         when it is encoded)."""
         check_k(self.k)
+        if self.request_time is not None:
+            check_time(self.request_time, "request_time", HistoryError)
         if not isinstance(self.exclude_seen, bool):
             raise HistoryError(f"exclude_seen: expected true or false, got {self.exclude_seen!r}")
         if self.candidates is not None and (
@@ -123,6 +128,8 @@ class EncodedHistory:
     items: torch.Tensor
     times: torch.Tensor
     unknown: list[str]
+    #: the latest event's time as given, known item or not (None: no events)
+    last_time: float | None = None
 
 
 class Recommender:
@@ -198,18 +205,19 @@ class Recommender:
         history is checked (:func:`parse_events`) and its times must not decrease."""
         items, times, unknown = [], [], []
         previous = None
-        for position, (item, time) in enumerate(parse_events(history)):
-            if previous is not None and time < previous:
+        for position, (item, when) in enumerate(parse_events(history)):
+            if previous is not None and when < previous:
                 before = f"is before the previous event's {format_time(previous)}"
-                raise HistoryError(f"history[{position}]: time {format_time(time)} {before}")
-            previous = time
+                raise HistoryError(f"history[{position}]: time {format_time(when)} {before}")
+            previous = when
             index = self.item_ids.get(item)
             if index is None:
                 unknown.append(item)
                 continue
             items.append(index)
-            times.append(whole_seconds(time))
-        return EncodedHistory(torch.tensor(items, dtype=torch.long), torch.tensor(times, dtype=torch.long), unknown)
+            times.append(whole_seconds(when))
+        items, times = torch.tensor(items, dtype=torch.long), torch.tensor(times, dtype=torch.long)
+        return EncodedHistory(items, times, unknown, previous)
 
     # -- scoring -----------------------------------------------------------------------------------------------
     def window(self, encoded: EncodedHistory) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -226,10 +234,13 @@ class Recommender:
         return encoded.items[n - used :], encoded.times[n - used :], metadata
 
     @torch.no_grad()
-    def hidden(self, windows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def hidden(
+        self, windows: Sequence[tuple[torch.Tensor, torch.Tensor]], request_times: Sequence[float] | None = None
+    ) -> torch.Tensor:
         """One batched forward: hidden states (B, d) of right-padded histories (an empty one: a padding
         event), whose products with the output layer score the next item. The forward runs in the
-        model's training precision (``mixed_precision``); the states and scores are float32."""
+        model's training precision (``mixed_precision``); the states and scores are float32.
+        ``request_times`` (one per history): when the recommendations are for (models that read it)."""
         length = max([len(items) for items, _ in windows] + [1])
         item_seq = torch.zeros(len(windows), length, dtype=torch.long)
         time_seq = torch.zeros(len(windows), length, dtype=torch.long)
@@ -237,8 +248,12 @@ class Recommender:
         for row, (items, times) in enumerate(windows):
             item_seq[row, : len(items)], time_seq[row, : len(times)], lengths[row] = items, times, len(items)
         device = self.device
+        history = (item_seq.to(device), lengths.to(device), time_seq.to(device))
+        if request_times is not None and self.model.reads_request_time:
+            request = torch.tensor([whole_seconds(t) for t in request_times], dtype=torch.long, device=device)
+            history += (torch.where(lengths.to(device) > 0, request, history[2][:, 0]),)  # no events: no gap
         with mixed_precision(self.config.mixed_precision, device.type):
-            hidden = self.model.predict_hidden(item_seq.to(device), lengths.to(device), time_seq.to(device))
+            hidden = self.model.predict_hidden(*history)
         return hidden.float()
 
     @torch.no_grad()
@@ -289,10 +304,16 @@ class Recommender:
         ]
 
     def recommend(
-        self, history: Sequence[Event], k: int = 10, exclude_seen: bool = True, candidates: Sequence[str] | None = None
+        self,
+        history: Sequence[Event],
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+        request_time: float | None = None,
     ) -> Recommendation:
-        """The top ``k`` next items for one history (see the module docstring)."""
-        return self.answer([Query(history, k, exclude_seen, candidates)])[0]
+        """The top ``k`` next items for one history (see the module docstring); ``request_time``: when the
+        recommendation is for (None: now), read by a model trained with ``request_time``."""
+        return self.answer([Query(history, k, exclude_seen, candidates, request_time)])[0]
 
     def recommend_batch(
         self,
@@ -300,9 +321,10 @@ class Recommender:
         k: int = 10,
         exclude_seen: bool = True,
         candidates: Sequence[str] | None = None,
+        request_time: float | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many histories with one forward."""
-        return self.answer([Query(history, k, exclude_seen, candidates) for history in histories])
+        return self.answer([Query(history, k, exclude_seen, candidates, request_time) for history in histories])
 
     def answer(self, queries: Sequence[Query]) -> list[Recommendation]:
         """Answer many queries (each with its own k, exclusion and candidates) with one forward; the first
@@ -321,11 +343,14 @@ class Recommender:
         for row, query in enumerate(queries):
             try:
                 query.check()
-                valid.append((row, query, self.encode(query.history)))
+                encoded = self.encode(query.history)
+                resolve_request_time(query, encoded.last_time)
+                valid.append((row, query, encoded))
             except HistoryError as error:
                 outcomes[row] = error
         windows = [self.window(encoded) for _, _, encoded in valid]
-        hidden = self.hidden([(items, times) for items, times, _ in windows]) if windows else None
+        requests = [resolve_request_time(query, encoded.last_time) for _, query, encoded in valid]
+        hidden = self.hidden([(items, times) for items, times, _ in windows], requests) if windows else None
         seen = [encoded.items if query.exclude_seen else () for _, query, encoded in valid]
         whole = [i for i, (_, query, _) in enumerate(valid) if query.candidates is None]
         ranked: dict[int, list[RecommendedItem]] = {}
@@ -336,8 +361,22 @@ class Recommender:
             if query.candidates is not None:
                 ranked[i] = self.rank(hidden[i], query.k, seen=seen[i], candidates=query.candidates)
         for i, ((row, _, encoded), (_, _, metadata)) in enumerate(zip(valid, windows)):
-            outcomes[row] = Recommendation(ranked[i], encoded.unknown, {"model": self.saved.model, **metadata})
+            metadata = {"model": self.saved.model, **metadata, "request_time": requests[i]}
+            outcomes[row] = Recommendation(ranked[i], encoded.unknown, metadata)
         return outcomes
+
+
+def resolve_request_time(query: Query, last_time: float | None) -> float:
+    """The time ``query`` asks for: its ``request_time`` (a :class:`HistoryError` when that is before the
+    history's last event), or now (the last event's time for a history that lies in the future)."""
+    if query.request_time is None:
+        return time.time() if last_time is None else max(time.time(), last_time)
+    when = float(query.request_time)
+    if last_time is not None and when < last_time:
+        raise HistoryError(
+            f"request_time: {format_time(when)} is before the history's last event at {format_time(last_time)}"
+        )
+    return when
 
 
 def _unique_ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:

@@ -36,13 +36,15 @@ from tim4rec.serving.recommender import (
     EncodedHistory,
     Event,
     HistoryError,
+    Query,
     Recommendation,
     Recommender,
     check_k,
     parse_events,
+    resolve_request_time,
 )
 from tim4rec.serving.step import StreamingStep
-from tim4rec.times import time_problem
+from tim4rec.times import time_problem, whole_seconds
 from tim4rec.values import nonnegative_int
 
 logger = logging.getLogger(__name__)
@@ -243,25 +245,36 @@ class UserStore:
             self.timings.update(store=(stored - started) * 1e3, step=(time.perf_counter() - stored) * 1e3)
         return {"stored": len(checked), "unknown_items": encoded.unknown, "late": late, "events": state.events}
 
-    def recommend(self, user: str, k: int = 10, exclude_seen: bool = True) -> Recommendation:
-        """The top ``k`` items for ``user`` from the user's state (streaming models) or stored history."""
+    def recommend(
+        self, user: str, k: int = 10, exclude_seen: bool = True, request_time: float | None = None
+    ) -> Recommendation:
+        """The top ``k`` items for ``user`` from the user's state (streaming models) or stored history;
+        ``request_time``: when the list is for (None: now; not before the user's last event), read by a
+        model trained with ``request_time`` (the gap enters the read-out only: the state stays as it is)."""
         user, k = _user_id(user), check_k(k)
+        query = Query((), k, exclude_seen, request_time=request_time)
+        query.check()
         with self.lock:
             state = self._load(user)
+            when = resolve_request_time(query, None if state.events == 0 and not state.unknown else state.last_time)
             if state.hidden is None or not self._streams(state.events):
                 history = self.history(user)
             else:
-                history = None
+                history, hidden = None, state.hidden
                 seen, unknown = (state.seen if exclude_seen else ()), list(state.unknown)
+                if self.model.reads_request_time:  # the model's state keeps its last event's time
+                    gap = torch.tensor([whole_seconds(when)]) - state.state["last_time"].cpu()
+                    hidden = self.model.at_request(hidden[None], gap.to(hidden.device))[0]
         if history is not None:
-            answer = self.recommender.recommend(history, k, exclude_seen)
+            answer = self.recommender.recommend(history, k, exclude_seen, request_time=when)
             answer.metadata["source"] = "recomputed from the history"
             return answer
         started = time.perf_counter()
-        ranked = self.recommender.rank(state.hidden, k, seen=seen)
+        ranked = self.recommender.rank(hidden, k, seen=seen)
         self.timings["rank"] = (time.perf_counter() - started) * 1e3
         metadata = {"model": self.recommender.saved.model, "events": state.events, "events_used": state.events,
-                    "truncated": False, "whole_history": True, "source": "streaming state"}  # fmt: skip
+                    "truncated": False, "whole_history": True, "source": "streaming state",
+                    "request_time": when}  # fmt: skip
         return Recommendation(ranked, unknown, metadata)
 
     def cached_users(self) -> int:

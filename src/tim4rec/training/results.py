@@ -50,7 +50,7 @@ class TrainingState:
 
 
 #: the keys of results.json written only once set (the test users' ranks, the metrics with seen items removed)
-OPTIONAL = ("test_ranks", "test_seen_removed", "test_seen_removed_ranks")
+OPTIONAL = ("test_ranks", "test_seen_removed", "test_seen_removed_ranks", "test_gap0", "test_gap0_ranks")
 
 
 @dataclass
@@ -113,6 +113,10 @@ class RunResults:
     test_seen_removed: dict[str, float] | None = None
     #: the test ranks under that protocol, as ``test_ranks``
     test_seen_removed_ranks: dict[str, list] | None = None
+    #: a model that reads the request time: ``test`` reads the held-out event's time; these metrics and
+    #: ranks are the same model's with the request time set to the last event's (a gap of 0)
+    test_gap0: dict[str, float] | None = None
+    test_gap0_ranks: dict[str, list] | None = None
     #: keys of a file that are no field (added by other tools), written back after the fields
     extra: dict[str, Any] = field(default_factory=dict)
 

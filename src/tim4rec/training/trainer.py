@@ -358,11 +358,17 @@ class Trainer:
         return distributed.sum(loss) / total_targets
 
     def _evaluate(
-        self, samples: SampleSet, ranks_out: list | None = None, *, mask_history: bool | None = None
+        self,
+        samples: SampleSet,
+        ranks_out: list | None = None,
+        *,
+        mask_history: bool | None = None,
+        target_time: bool = True,
     ) -> dict[str, float]:
         """Full-ranking metrics of ``samples``; under DDP each rank ranks every world-th sample and the
         targets' ranks are gathered, so the metrics equal one process's. ``mask_history`` overrides the
-        config's ``mask_history`` (True: the items each user already met are not ranked)."""
+        config's ``mask_history`` (True: the items each user already met are not ranked); ``target_time``:
+        a model that reads the request time reads the held-out event's time (False: a gap of 0)."""
         config, distributed = self.config, self.distributed
         if mask_history is None:
             mask_history = config.mask_history
@@ -375,7 +381,7 @@ class Trainer:
         metrics = evaluate(
             self.model, self.data, mine, batch_size=config.eval_batch_size, ks=config.topk,
             metric_names=config.metric_names, mask_history=mask_history, ranks_out=ranks,
-            mixed_precision=config.mixed_precision,
+            mixed_precision=config.mixed_precision, target_time=target_time,
         )  # fmt: skip
         if distributed.active:
             shares = distributed.gather([ranks])  # one list per rank, in rank order
@@ -488,6 +494,10 @@ class Trainer:
             removed_ranks: list[int] = []
             results.test_seen_removed = self._evaluate(self.test_samples, removed_ranks, mask_history=True)
             results.test_seen_removed_ranks = {"users": users, "ranks": removed_ranks}
+        if self.model.reads_request_time:  # the same model not told when the held-out event happened
+            gap0_ranks: list[int] = []
+            results.test_gap0 = self._evaluate(self.test_samples, gap0_ranks, target_time=False)
+            results.test_gap0_ranks = {"users": users, "ranks": gap0_ranks}
         if self.distributed.main:
             results.write(self.results_path)
         self._log(
