@@ -157,7 +157,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         host=args.host,
         port=args.port,
-        db=args.db,
+        store=args.store,
+        api_key=args.api_key or os.environ.get("TIM4REC_API_KEY") or None,
+        keyed_reads=args.key_for_reads,
         cache_size=args.cache_size,
         eager_step=args.eager_step,
         batching=not args.no_batching,
@@ -223,8 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--db", help="SQLite file of users' events and states (default: serving.sqlite beside the model)"
+        "--store", "--db", dest="store",
+        help="where users' events and states live: an SQLite file (default: serving.sqlite beside the model) or "
+        "a postgresql:// URL that several replicas share (pip install 'tim4rec[postgres]')",
+    )  # fmt: skip
+    serve.add_argument(
+        "--api-key",
+        help="writes (POST /users/{id}/events) need this key in the X-API-Key header; "
+        "the environment variable TIM4REC_API_KEY sets it without showing it in the process list",
     )
+    serve.add_argument("--key-for-reads", action="store_true", help="reads need the API key too")
     serve.add_argument("--cache-size", type=int, default=10_000, help="user states kept in memory")
     serve.add_argument(
         "--eager-step",

@@ -198,10 +198,10 @@ def test_a_batched_forward_that_fails_is_answered_one_query_at_a_time(recommende
     poison = 7  # a history of this many events makes the forward fail
     forward = recommender.hidden
 
-    def failing_hidden(windows):
+    def failing_hidden(windows, *rest):
         if any(len(items) == poison for items, _ in windows):
             raise RuntimeError("the forward failed")
-        return forward(windows)
+        return forward(windows, *rest)
 
     monkeypatch.setattr(recommender, "hidden", failing_hidden)
     good = RecommendQuery([("50", 1), ("1", 2)], k=3)

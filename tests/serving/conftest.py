@@ -65,3 +65,13 @@ def server(trained: dict[str, Path], tmp_path_factory) -> Server:
     running = Server(trained["tim4rec"], tmp_path_factory.mktemp("db") / "serving.sqlite").start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (tests/serving/postgres.py); skipped outside CI where it is missing."""
+    from tests.serving.postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()

@@ -18,3 +18,18 @@ def test_bench_serve_command(trained, tmp_path: Path):
     assert "| step ms | read-out + ranking ms | step + ranking ms | store write ms |" in text
     assert "the model's step compiled in" in text
     assert (tmp_path / "serve.png").stat().st_size > 0
+
+
+def test_bench_serve_with_replicas_on_postgresql(trained, postgres, tmp_path: Path):
+    url = postgres.fresh_database("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "tim4rec", "bench", "serve", str(trained["tim4rec"]), "--history", "5",
+         "--concurrency", "4", "--requests", "20", "--warmup", "2", "--lengths", "5", "--repeats", "2",
+         "--users", "5", "--output", str(tmp_path), "--store", url, "--replicas", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "serve.md").read_text()
+    assert "| 1 replica, SQLite | 4 |" in text and "| 2 replicas, PostgreSQL | 4 |" in text
+    rows = (tmp_path / "serve_stores.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(row.split(",")[-1] != "" for row in rows)

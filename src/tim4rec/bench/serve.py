@@ -11,6 +11,10 @@
    ``Recommender.recommend`` on the whole (untruncated) history; in this process, one thread, the
    events in an in-memory SQLite database, the step compiled as ``tim4rec serve`` compiles it.
 3. Resident memory of the server before and after 10,000 new users post one event each.
+4. With ``--store postgresql://...``: users' events under load (each request posts one event of a user,
+   or asks for a user's recommendations, alternately), against one replica on SQLite and against
+   ``--replicas`` replicas sharing the PostgreSQL store, the load generator spreading the requests
+   over them.
 
 Writes ``serve.md``, ``serve.csv`` and ``serve.png``.
 """
@@ -33,26 +37,29 @@ from tim4rec.bench.common import machine_description, markdown_table, write_csv
 
 
 # -- the client process ------------------------------------------------------------------------------------------
-async def _load(url: str, bodies: list[dict], concurrency: int, warmup: int) -> dict[str, Any]:
-    """Send ``bodies`` to ``POST /recommend`` from ``concurrency`` workers on aiohttp (about 0.6 ms of
-    CPU per request here; httpx's pool took 7 ms per request at 64 connections, on the server's cores)."""
+async def _load(urls: list[str], requests: list[dict], concurrency: int, warmup: int) -> dict[str, Any]:
+    """Send ``requests`` (``{"path", "json"}``: a POST; ``{"path"}``: a GET) from ``concurrency`` workers on
+    aiohttp, request n to ``urls[n % len(urls)]`` (about 0.6 ms of CPU per request here; httpx's pool took
+    7 ms per request at 64 connections, on the server's cores)."""
     import aiohttp
 
     latencies, errors = [], 0
     queue: asyncio.Queue = asyncio.Queue()
-    for index, body in enumerate(bodies):
-        queue.put_nowait((index, json.dumps(body).encode()))
+    for index, request in enumerate(requests):
+        body = json.dumps(request["json"]).encode() if "json" in request else None
+        queue.put_nowait((index, urls[index % len(urls)] + request["path"], body))
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
 
         async def worker():
             nonlocal errors
             while not queue.empty():
-                index, body = queue.get_nowait()
+                index, url, body = queue.get_nowait()
                 started = time.perf_counter()
                 try:
-                    async with client.post("/recommend", data=body, headers=headers) as response:
+                    sent = client.get(url) if body is None else client.post(url, data=body, headers=headers)
+                    async with sent as response:
                         await response.read()
                         ok = response.status == 200
                 except Exception:  # noqa: BLE001 -- counted as an error
@@ -72,19 +79,29 @@ async def _load(url: str, bodies: list[dict], concurrency: int, warmup: int) -> 
     measured = len(latencies)
     return {"p50_ms": percentile(0.5), "p95_ms": percentile(0.95), "p99_ms": percentile(0.99),
             "mean_ms": statistics.fmean(latencies) * 1000, "requests": measured, "errors": errors,
-            "requests_per_s": measured / wall * (len(bodies) - warmup) / len(bodies) if wall else 0.0}  # fmt: skip
+            "requests_per_s": measured / wall * (len(requests) - warmup) / len(requests) if wall else 0.0}  # fmt: skip
 
 
 def client_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url")
-    parser.add_argument("--bodies", help="a JSON file of request bodies")
+    parser.add_argument("--url", nargs="+", help="the servers, taking requests in turn")
+    parser.add_argument("--requests", help="a JSON file of requests ({path, json} or {path})")
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--warmup", type=int)
     arguments = parser.parse_args(argv)
-    bodies = json.loads(Path(arguments.bodies).read_text())
-    print(json.dumps(asyncio.run(_load(arguments.url, bodies, arguments.concurrency, arguments.warmup))))
+    requests = json.loads(Path(arguments.requests).read_text())
+    print(json.dumps(asyncio.run(_load(arguments.url, requests, arguments.concurrency, arguments.warmup))))
     return 0
+
+
+def _measure(urls: list[str], requests_file: str, concurrency: int, warmup: int) -> dict[str, Any]:
+    """One load level from the client process (so that its CPU is not the measuring process's)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tim4rec.bench.serve", "--url", *urls, "--requests", requests_file,
+         "--concurrency", str(concurrency), "--warmup", str(warmup)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- the server and the measurements -----------------------------------------------------------------------------
@@ -95,10 +112,10 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _start_server(checkpoint: str, port: int, database: Path, batching: bool, cache_size: int) -> subprocess.Popen:
+def _start_server(checkpoint: str, port: int, store: Path | str, batching: bool, cache_size: int) -> subprocess.Popen:
     import httpx
 
-    command = [sys.executable, "-m", "tim4rec", "serve", checkpoint, "--port", str(port), "--db", str(database),
+    command = [sys.executable, "-m", "tim4rec", "serve", checkpoint, "--port", str(port), "--store", str(store),
                "--cache-size", str(cache_size), "--threads", "1"] + ([] if batching else ["--no-batching"])  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -127,8 +144,52 @@ def _bodies(recommender, history: int, count: int) -> list[dict]:
     bodies = []
     for n in range(count):
         events = recommender.user_history(users[n % len(users)])[-history:]
-        bodies.append({"history": [{"item": i, "time": t} for i, t in events], "k": 10})
+        bodies.append({"path": "/recommend", "json": {"history": [{"item": i, "time": t} for i, t in events], "k": 10}})
     return bodies
+
+
+def _user_requests(recommender, count: int) -> list[dict]:
+    """Alternately one new event of a user (200 new users, times increasing) and that user's recommendations."""
+    prefix, items = f"bench-{os.getpid()}-{time.time_ns()}", list(recommender.item_ids)
+    requests = []
+    for n in range(count // 2):
+        user = f"{prefix}-{n % 200}"
+        event = {"item": items[(7 * n) % len(items)], "time": 1_000_000_000 + n}
+        requests.append({"path": f"/users/{user}/events", "json": {"events": [event]}})
+        requests.append({"path": f"/users/{user}/recommendations?k=10"})
+    return requests
+
+
+def _stores_under_load(
+    checkpoint: str,
+    recommender,
+    store: str,
+    replicas: int,
+    folder: Path,
+    concurrency: list[int],
+    requests: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    """Rows of the users' events workload: one replica on SQLite, then ``replicas`` sharing ``store``."""
+    rows = []
+    for name, stores in (("1 replica, SQLite", [folder / "users.sqlite"]),
+                         (f"{replicas} replicas, PostgreSQL", [store] * replicas)):  # fmt: skip
+        ports = [_free_port() for _ in stores]
+        servers = [_start_server(checkpoint, port, where, True, 10_000) for port, where in zip(ports, stores)]
+        try:
+            for level in concurrency:
+                requests_file = folder / f"users-{len(rows)}.json"
+                requests_file.write_text(json.dumps(_user_requests(recommender, requests + warmup)))
+                urls = [f"http://127.0.0.1:{port}" for port in ports]
+                row = {"setup": name, "concurrency": level, **_measure(urls, str(requests_file), level, warmup)}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+        finally:
+            for server in servers:
+                server.terminate()
+            for server in servers:
+                server.wait(timeout=120)
+    return rows
 
 
 def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple[list[dict[str, Any]], str]:
@@ -189,7 +250,8 @@ def _memory_per_users(checkpoint: str, users: int, database: Path) -> dict[str, 
 
 
 def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int, warmup: int,
-        lengths: list[int], repeats: int, users: int, output: Path) -> str:  # fmt: skip
+        lengths: list[int], repeats: int, users: int, output: Path, store: str | None = None,
+        replicas: int = 2) -> str:  # fmt: skip
     from tim4rec.runtime import runtime_settings
     from tim4rec.serving.recommender import Recommender
 
@@ -205,19 +267,22 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
                 server = _start_server(checkpoint, port, Path(folder) / f"db-{batching}.sqlite", batching, 10_000)
                 try:
                     for level in concurrency:
-                        done = subprocess.run(
-                            [sys.executable, "-m", "tim4rec.bench.serve", "--url", f"http://127.0.0.1:{port}",
-                             "--bodies", f"{folder}/bodies.json", "--concurrency", str(level), "--warmup", str(warmup)],
-                            capture_output=True, text=True, check=True,
-                        )  # fmt: skip
+                        measured = _measure([f"http://127.0.0.1:{port}"], f"{folder}/bodies.json", level, warmup)
                         row = {"batching": "on" if batching else "off", "concurrency": level, "history": history,
-                               **json.loads(done.stdout.strip().splitlines()[-1])}  # fmt: skip
+                               **measured}  # fmt: skip
                         print(json.dumps(row), file=sys.stderr, flush=True)
                         load_rows.append(row)
                 finally:
                     server.terminate()
                     server.wait(timeout=120)
             memory = _memory_per_users(checkpoint, users, Path(folder) / "memory.sqlite")
+            store_rows = (
+                _stores_under_load(
+                    checkpoint, recommender, store, replicas, Path(folder), concurrency, requests, warmup
+                )  # fmt: skip
+                if store
+                else []
+            )
         update_rows, step_mode = _update_vs_recompute(recommender, lengths, repeats)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(load_rows, output / "serve.csv")
@@ -261,6 +326,25 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
         f"{memory['rss_after_mib']:.0f} MiB after {memory['users']} new users (one event each, states cached): "
         f"{memory['kib_per_user']:.1f} KiB per user.\n"
     )
+    if store_rows:
+        write_csv(store_rows, output / "serve_stores.csv")
+        text += (
+            "\n## Users' events: one replica on SQLite against replicas sharing PostgreSQL\n\n"
+            "Each request either stores one new event of a user (200 users) or asks for that user's top 10, "
+            f"alternately; {requests} measured requests per level, spread over the replicas in turn (each replica "
+            "1 thread; the PostgreSQL server, the replicas and the load generator share the machine's cores).\n\n"
+            + markdown_table(
+                store_rows,
+                [
+                    ("setup", "setup"),
+                    ("concurrency", "clients"),
+                    ("p50_ms", "p50 ms"),
+                    ("p99_ms", "p99 ms"),
+                    ("requests_per_s", "requests/s"),
+                    ("errors", "errors"),
+                ],
+            )  # fmt: skip
+        )
     (output / "serve.md").write_text(text)
     return text
 
@@ -308,11 +392,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--users", type=int, default=10_000, help="new users for the memory measurement")
     parser.add_argument("--output", default="docs/benchmarks/serve")
+    parser.add_argument(
+        "--store", help="a postgresql:// URL: also measure users' events on --replicas replicas sharing it"
+    )
+    parser.add_argument("--replicas", type=int, default=2, help="replicas on the shared store")
 
 
 def command(args: argparse.Namespace) -> int:
     """``tim4rec bench serve``: measure, write the report, print it."""
     print(run(args.checkpoint, history=args.history, concurrency=args.concurrency, requests=args.requests,
               warmup=args.warmup, lengths=args.lengths, repeats=args.repeats, users=args.users,
-              output=Path(args.output)))  # fmt: skip
+              output=Path(args.output), store=args.store, replicas=args.replicas))  # fmt: skip
     return 0

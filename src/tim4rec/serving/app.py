@@ -9,6 +9,11 @@ Ids are the dataset's raw item and user ids as strings, times unix seconds.
 - ``GET /users/{id}/history``, ``GET /users`` (some of the dataset's user ids), ``GET /items/{id}``;
 - ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI), ``GET /`` (the demo page).
 
+With an API key configured (``ServiceSettings.api_key``), writes (``POST /users/{id}/events``) need it in the
+``X-API-Key`` header (or ``Authorization: Bearer``), compared in constant time: 401 without it; reads too
+when ``keyed_reads`` is set. The key is never logged nor echoed. A user store whose database cannot be
+reached answers 503 (:class:`~tim4rec.serving.databases.StoreUnavailable`) until it can again.
+
 Concurrent ``/recommend`` requests are gathered into one batched forward (at most ``max_batch``):
 the requests that arrived while the model was busy, and those arriving within ``batch_wait_ms``
 (0 by default: a lone request never waits), so throughput grows with load. The model runs on one worker
@@ -23,19 +28,21 @@ checked in full before anything is stored.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from tim4rec.serving.databases import StoreUnavailable
 from tim4rec.serving.recommender import HistoryError, Recommendation, Recommender
 from tim4rec.serving.recommender import Query as RecommendQuery
 from tim4rec.serving.store import UserStore
@@ -44,6 +51,10 @@ from tim4rec.times import MAX_SECONDS
 
 @dataclass(frozen=True)
 class ServiceSettings:
+    #: the key that writes need (None: none); never in a repr, a log or an error
+    api_key: str | None = field(default=None, repr=False)
+    #: reads need the key too
+    keyed_reads: bool = False
     batching: bool = True
     batch_wait_ms: float = 0.0
     max_batch: int = 64
@@ -100,6 +111,15 @@ class Metrics:
         )  # fmt: skip
         self.batch_fallbacks = Counter(
             "tim4rec_batch_fallbacks", "Batched forwards that failed and were answered one query at a time",
+            registry=self.registry,
+        )  # fmt: skip
+        self.user_states = Counter(
+            "tim4rec_user_states", "Where the user states that answered came from: warm (cached and current), "
+            "caught_up (stepped through events stored by another process), loaded (a stored state), rebuilt",
+            ["source"], registry=self.registry,
+        )  # fmt: skip
+        self.store_unavailable = Counter(
+            "tim4rec_store_unavailable", "Requests answered 503 because the user store could not be reached",
             registry=self.registry,
         )  # fmt: skip
 
@@ -310,6 +330,29 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
     app.add_middleware(RequestMetrics, metrics=metrics)
+    store.on_source = lambda source: metrics.user_states.labels(source).inc()
+    expected_key = None if settings.api_key is None else settings.api_key.encode()
+
+    def key_holder(request: Request) -> None:
+        """401 unless the request carries the configured key (``X-API-Key`` or ``Authorization: Bearer``)."""
+        if expected_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None and request.headers.get("authorization", "").lower().startswith("bearer "):
+            given = request.headers["authorization"][7:].strip()
+        if given is None or not hmac.compare_digest(given.encode(), expected_key):
+            raise HTTPException(
+                401, "this server needs its API key here: send it in the X-API-Key header",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+
+    writer = [Depends(key_holder)]
+    reader = writer if settings.keyed_reads else []
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, error: StoreUnavailable):
+        metrics.store_unavailable.inc()
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(HistoryError)
     async def bad_history(request: Request, error: HistoryError):
@@ -327,7 +370,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         if k > settings.max_k:
             raise HTTPException(422, f"k: at most {settings.max_k}, got {k}")
 
-    @app.post("/recommend", response_model=RecommendationOut)
+    @app.post("/recommend", response_model=RecommendationOut, dependencies=reader)
     async def recommend(body: RecommendIn) -> JSONResponse:
         check_k(body.k)
         if len(body.history) > settings.max_history:
@@ -336,7 +379,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         query = RecommendQuery(history, body.k, body.exclude_seen, body.candidates, body.request_time)
         return _answer_json(await batcher.submit(query))
 
-    @app.post("/users/{user}/events")
+    @app.post("/users/{user}/events", dependencies=writer)
     async def post_events(user: str, body: EventsIn) -> dict[str, Any]:
         if len(body.events) > settings.max_events:
             raise HTTPException(422, f"events: at most {settings.max_events} per request, got {len(body.events)}")
@@ -344,7 +387,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         metrics.users_cached.set(store.cached_users())
         return {"user": user, **result}
 
-    @app.get("/users/{user}/recommendations", response_model=RecommendationOut)
+    @app.get("/users/{user}/recommendations", response_model=RecommendationOut, dependencies=reader)
     async def user_recommendations(
         user: str,
         k: int = Query(10, ge=1),
@@ -356,7 +399,7 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         metrics.users_cached.set(store.cached_users())
         return _answer_json(answer)
 
-    @app.get("/users/{user}/history")
+    @app.get("/users/{user}/history", dependencies=reader)
     async def user_history(user: str, limit: int = Query(50, ge=1, le=10_000)) -> dict[str, Any]:
         events = await model_call(store.history, user)
         shown = [{"item": item, "time": when, "title": recommender.title(item)} for item, when in events[-limit:]]
@@ -377,7 +420,9 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": recommender.saved.model, "items": recommender.n_items,
                 "streaming": recommender.streams, "step": store.step.mode, "batching": settings.batching,
-                "reads_request_time": recommender.model.reads_request_time}  # fmt: skip
+                "reads_request_time": recommender.model.reads_request_time, "store": store.db.where,
+                "writes_need_key": expected_key is not None,
+                "reads_need_key": expected_key is not None and settings.keyed_reads}  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tim4rec.errors import ConfigError, Tim4RecError
@@ -24,7 +24,10 @@ class ServeOptions:
     checkpoint: str  #: the saved model (best.pt)
     host: str = "127.0.0.1"
     port: int = 8000
-    db: str | None = None  #: SQLite file of users' events and states; None: serving.sqlite beside the model
+    #: users' events and states: an SQLite file (None: serving.sqlite beside the model) or a postgresql:// URL
+    store: str | None = None
+    api_key: str | None = field(default=None, repr=False)  #: writes need it (never printed)
+    keyed_reads: bool = False  #: reads need the key too
     cache_size: int = 10_000  #: user states kept in memory
     eager_step: bool = False  #: do not compile the streaming step at start
     batching: bool = True  #: score concurrent /recommend requests together (``--no-batching``: False)
@@ -39,6 +42,10 @@ def check_options(options: ServeOptions) -> None:
         raise ConfigError(f"--port: expected a port number from 1 to 65535, got {options.port}")
     if options.cache_size < 0:
         raise ConfigError(f"--cache-size: expected a non-negative number of users, got {options.cache_size}")
+    if options.keyed_reads and not options.api_key:
+        raise ConfigError("--key-for-reads: there is no key: set --api-key or TIM4REC_API_KEY")
+    if options.api_key is not None and not options.api_key.strip():
+        raise ConfigError("--api-key: the key is empty")
     if options.max_batch < 1:
         raise ConfigError(f"--max-batch: expected a positive number of requests, got {options.max_batch}")
     if not 0 <= options.batch_wait_ms < float("inf"):
@@ -77,7 +84,7 @@ def serve(options: ServeOptions) -> int:
     check_options(options)
     with runtime_settings(threads=options.threads, flush_denormal=True, reuse_memory=True):
         recommender = Recommender.load(options.checkpoint)
-        database = Path(options.db) if options.db else Path(options.checkpoint).with_name("serving.sqlite")
+        database = options.store or str(Path(options.checkpoint).with_name("serving.sqlite"))
         listener = listen(options.host, options.port)
         try:
             store = UserStore(recommender, database, cache_size=options.cache_size, compile_step=not options.eager_step)
@@ -87,15 +94,16 @@ def serve(options: ServeOptions) -> int:
         if store.step.compile_seconds is not None:
             print(f"tim4rec: compiled the streaming step in {store.step.compile_seconds:.1f} s", file=sys.stderr)
         settings = ServiceSettings(
-            batching=options.batching, batch_wait_ms=options.batch_wait_ms, max_batch=options.max_batch
-        )
+            api_key=options.api_key, keyed_reads=options.keyed_reads,
+            batching=options.batching, batch_wait_ms=options.batch_wait_ms, max_batch=options.max_batch,
+        )  # fmt: skip
         app = create_app(recommender, store, settings)
         # the model, id maps and titles live as long as the process: keep their objects (hundreds of
         # thousands for ML-1M) out of the cyclic collector's full passes, which would stall a request
         gc.collect()
         gc.freeze()
         print(f"tim4rec: serving {options.checkpoint} on http://{options.host}:{options.port} "
-              f"(users' events in {database})",
+              f"(users' events in {store.db.where}" + ("; writes need the API key)" if options.api_key else ")"),
               file=sys.stderr, flush=True)  # fmt: skip
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
         try:

@@ -1,4 +1,4 @@
-"""Users' events and streaming states: SQLite keeps what was acknowledged, an LRU cache keeps states warm.
+"""Users' events and streaming states: a database keeps what was acknowledged, an LRU cache keeps states warm.
 
 ``observe(user, events)`` stores the events (one transaction, synchronous: when it returns, a crash
 loses none of them) and, for a streaming model, feeds them to the user's state one step each
@@ -13,13 +13,18 @@ rebuilt from the whole history. States are written to the database when they lea
 on :meth:`UserStore.close`, tagged with the model's fingerprint and the number of events they
 hold: a state from another model, or one that misses events (after a crash), is rebuilt from the
 events. Item ids the model does not know are stored and reported back, and do not enter the state.
+
+The database (:mod:`tim4rec.serving.databases`: an SQLite file, or PostgreSQL shared by replicas) may
+be written by other processes: before a cached state answers, the store compares the user's stored
+event count with the state's and steps the missing events (or rebuilds the state when one of them is
+late). ``sources`` counts where each state came from: ``warm`` (cached and current), ``caught_up``,
+``loaded`` (a stored state) and ``rebuilt``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -30,8 +35,8 @@ from typing import Any
 
 import torch
 
-from tim4rec.errors import Tim4RecError
 from tim4rec.models.base import StreamState
+from tim4rec.serving.databases import Row, open_database
 from tim4rec.serving.recommender import (
     EncodedHistory,
     Event,
@@ -49,12 +54,8 @@ from tim4rec.values import nonnegative_int
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (user TEXT NOT NULL, time REAL NOT NULL, seq INTEGER NOT NULL, item TEXT NOT NULL,
-                                   PRIMARY KEY (user, seq));
-CREATE TABLE IF NOT EXISTS states (user TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, events INTEGER NOT NULL,
-                                   blob BLOB NOT NULL);
-"""
+#: where a state that answers came from (the ``sources`` counts)
+SOURCES = ("warm", "caught_up", "loaded", "rebuilt")
 
 
 @dataclass
@@ -70,10 +71,13 @@ class UserState:
     #: from the state never reads the history again
     seen: set[int]
     unknown: list[str]
+    #: how many of the user's stored events it holds (the database's sequence numbers below this one)
+    stored: int = 0
 
 
 class UserStore:
-    """Events in SQLite (``path``; None: in memory), states in an LRU cache of ``cache_size`` users.
+    """Events in a database (``path``: an SQLite file, None: in memory, or a ``postgresql://`` URL), states in
+    an LRU cache of ``cache_size`` users.
 
     ``compile_step``: compile the model's one-event step (:class:`~tim4rec.serving.step.StreamingStep`)
     now, which takes seconds once and makes each event several times cheaper. ``timings`` holds the
@@ -90,7 +94,7 @@ class UserStore:
         compile_step: bool = False,
     ):
         nonnegative_int("cache_size", cache_size)
-        self.db = _open_database(path)
+        self.db = open_database(path)
         self.recommender = recommender
         self.model = recommender.model
         self.step = StreamingStep(self.model, compile=compile_step)
@@ -100,20 +104,22 @@ class UserStore:
         self.cache_size = cache_size
         self.cache: OrderedDict[str, UserState] = OrderedDict()
         self.lock = threading.RLock()
+        self.sources = dict.fromkeys(SOURCES, 0)
+        #: called with a source's name each time a state answers from it (the service's metrics)
+        self.on_source = None
 
     # -- history ---------------------------------------------------------------------------------------------
     def stored_events(self, user: str) -> list[Event]:
         """The user's stored events in time order; a row whose time is not valid (written by another
         program) is left out with a logged notice."""
-        rows = self.db.execute("SELECT item, time FROM events WHERE user = ? ORDER BY time, seq", (user,)).fetchall()
-        events = [(item, time) for item, time in rows if time_problem(time) is None]
-        if len(events) < len(rows):
-            logger.warning("user %r: %d stored event(s) with invalid times left out", user, len(rows) - len(events))
-        return events
+        return _in_time_order(user, self.db.events(user))
 
     def history(self, user: str) -> list[Event]:
         """The user's dataset events, then the stored ones, in time order (stable: dataset events first)."""
-        return sorted(self.recommender.user_history(user) + self.stored_events(user), key=lambda event: event[1])
+        return self._history(user, self.db.events(user))
+
+    def _history(self, user: str, rows: list[Row]) -> list[Event]:
+        return sorted(self.recommender.user_history(user) + _in_time_order(user, rows), key=lambda event: event[1])
 
     def _streams(self, events: int) -> bool:
         model = self.model
@@ -137,29 +143,63 @@ class UserStore:
         seen, unknown = current.seen | set(items.tolist()), current.unknown + encoded.unknown
         return UserState(current.events + len(items), max(current.last_time, last_time), state, hidden, seen, unknown)
 
-    def _rebuild(self, user: str) -> UserState:
-        history = self.history(user)
+    def _rebuild(self, user: str, rows: list[Row] | None = None) -> UserState:
+        """The state from the user's whole history (``rows``: the stored events, when just read)."""
+        rows = self.db.events(user) if rows is None else rows
+        history = self._history(user, rows)
         encoded = self.recommender.encode(history)
         last_time = history[-1][1] if history else float("-inf")
-        empty = UserState(0, float("-inf"), None, None, set(), [])
+        stored = _next_seq(rows)
         if not self._streams(len(encoded.items)):
-            return UserState(len(encoded.items), last_time, None, None, set(encoded.items.tolist()), encoded.unknown)
-        return self._feed(empty, encoded, last_time)
+            seen = set(encoded.items.tolist())
+            return UserState(len(encoded.items), last_time, None, None, seen, encoded.unknown, stored)
+        state = self._feed(UserState(0, float("-inf"), None, None, set(), []), encoded, last_time)
+        state.stored = stored
+        return state
+
+    def _advance(self, user: str, current: UserState, rows: list[Row]) -> tuple[UserState, str]:
+        """``current`` brought up to the stored ``rows`` that follow it (``seq`` from ``current.stored``, in
+        order): stepped through them when they are in time order after its last event and the model streams
+        that far, else rebuilt from the whole history; and which of the two it was."""
+        times = [current.last_time] + [when for _, _, when in rows]
+        in_order = all(time_problem(when) is None and earlier <= when for earlier, when in zip(times, times[1:]))
+        if not in_order or (current.state is None and current.events > 0):
+            return self._rebuild(user), "rebuilt"
+        encoded = self.recommender.encode([(item, when) for _, item, when in rows])
+        if not self._streams(current.events + len(encoded.items)):
+            return self._rebuild(user), "rebuilt"
+        state = self._feed(current, encoded, times[-1])
+        state.stored = _next_seq(rows, current.stored)
+        return state, "caught_up"
 
     def _load(self, user: str) -> UserState:
-        """The user's state: cached, else stored (if of this model, complete and readable), else rebuilt
+        """The user's state, up to date with the database: cached (stepped through the events that other
+        processes stored meanwhile), else stored (if of this model, complete and readable), else rebuilt
         from the events."""
         if user in self.cache:
             self.cache.move_to_end(user)
-            return self.cache[user]
-        encoded = self.recommender.encode(self.history(user))
-        row = self.db.execute("SELECT fingerprint, events, blob FROM states WHERE user = ?", (user,)).fetchone()
-        state = None
+            state = self.cache[user]
+            if self.db.count(user) <= state.stored:
+                return self._answering(state, "warm")
+            state, source = self._advance(user, state, self.db.events(user, since=state.stored))
+            self._remember(user, state)
+            return self._answering(state, source)
+        rows = self.db.events(user)
+        encoded = self.recommender.encode(self._history(user, rows))
+        row = self.db.load_state(user)
+        state, source = None, "loaded"
         if row is not None and row[0] == self.fingerprint and row[1] == len(encoded.items):
             state = self._decode(user, row[2], set(encoded.items.tolist()), encoded.unknown)
         if state is None:
-            state = self._rebuild(user)
+            state, source = self._rebuild(user, rows), "rebuilt"
+        state.stored = _next_seq(rows)
         self._remember(user, state)
+        return self._answering(state, source)
+
+    def _answering(self, state: UserState, source: str) -> UserState:
+        self.sources[source] += 1
+        if self.on_source is not None:
+            self.on_source(source)
         return state
 
     def _decode(self, user: str, blob: bytes, seen: set[int], unknown: list[str]) -> UserState | None:
@@ -205,15 +245,15 @@ class UserStore:
             self._persist(old_user, old_state)
 
     def _persist(self, user: str, state: UserState) -> None:
+        self.db.save_states([row for row in [self._state_row(user, state)] if row is not None])
+
+    def _state_row(self, user: str, state: UserState) -> tuple[str, str, int, bytes] | None:
         if state.state is None:
-            return
+            return None
         buffer = io.BytesIO()
         torch.save({"tensors": state.state.to("cpu").tensors, "hidden": state.hidden, "events": state.events,
                     "last_time": state.last_time}, buffer)  # fmt: skip
-        self.db.execute(
-            "INSERT OR REPLACE INTO states (user, fingerprint, events, blob) VALUES (?, ?, ?, ?)",
-            (user, self.fingerprint, state.events, buffer.getvalue()),
-        )
+        return user, self.fingerprint, state.events, buffer.getvalue()
 
     # -- the public operations -------------------------------------------------------------------------------
     def observe(self, user: str, events: Sequence[Event]) -> dict[str, Any]:
@@ -223,27 +263,20 @@ class UserStore:
         checked = sorted(parse_events(events, "events"), key=lambda event: event[1])
         with self.lock:
             current = self._load(user)
-            next_seq = self.db.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM events WHERE user = ?", (user,)
-            ).fetchone()[0]
             started = time.perf_counter()
-            with self.db:  # one transaction; synchronous=FULL: on disk when it commits
-                self.db.execute("BEGIN")
-                self.db.executemany(
-                    "INSERT INTO events (user, time, seq, item) VALUES (?, ?, ?, ?)",
-                    [(user, when, next_seq + k, item) for k, (item, when) in enumerate(checked)],
-                )
+            appended = self.db.append(user, checked)  # one transaction: durable when it returns
             stored = time.perf_counter()
-            encoded = self.recommender.encode(checked)
-            late = bool(checked) and checked[0][1] < current.last_time
-            total = current.events + len(encoded.items)
-            if late or not self._streams(total) or (current.state is None and current.events > 0):
-                state = self._rebuild(user)
+            earlier = max(current.last_time, float("-inf") if appended.last_time is None else appended.last_time)
+            late = bool(checked) and checked[0][1] < earlier
+            if appended.first_seq == current.stored:  # nobody else stored events for this user meanwhile
+                rows = [(appended.first_seq + k, item, when) for k, (item, when) in enumerate(checked)]
             else:
-                state = self._feed(current, encoded, checked[-1][1] if checked else current.last_time)
+                rows = self.db.events(user, since=current.stored)
+            state, _ = self._advance(user, current, rows)
             self._remember(user, state)
             self.timings.update(store=(stored - started) * 1e3, step=(time.perf_counter() - stored) * 1e3)
-        return {"stored": len(checked), "unknown_items": encoded.unknown, "late": late, "events": state.events}
+        unknown = self.recommender.encode(checked).unknown
+        return {"stored": len(checked), "unknown_items": unknown, "late": late, "events": state.events}
 
     def recommend(
         self, user: str, k: int = 10, exclude_seen: bool = True, request_time: float | None = None
@@ -283,10 +316,11 @@ class UserStore:
     def close(self) -> None:
         """Write every cached state and close the database."""
         with self.lock:
-            with self.db:
-                for user, state in self.cache.items():
-                    self._persist(user, state)
-            self.db.close()
+            try:
+                rows = [self._state_row(user, state) for user, state in self.cache.items()]
+                self.db.save_states([row for row in rows if row is not None])
+            finally:
+                self.db.close()
 
 
 def _user_id(user: object) -> str:
@@ -296,17 +330,15 @@ def _user_id(user: object) -> str:
     return str(user)
 
 
-def _open_database(path: str | Path | None) -> sqlite3.Connection:
-    """The store's SQLite database (``path``; None: in memory), schema created; a :class:`Tim4RecError`
-    naming the file when it cannot be opened or is not such a database."""
-    if path and not Path(path).parent.is_dir():
-        raise Tim4RecError(f"{path}: cannot open the user store: folder {Path(path).parent} does not exist")
-    try:
-        db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
-        if path:
-            db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-    except sqlite3.Error as error:
-        raise Tim4RecError(f"{path}: cannot open as the user store's SQLite database ({error})") from None
-    return db
+def _next_seq(rows: list[Row], default: int = 0) -> int:
+    """The sequence number after the last of ``rows`` (``default`` when there are none)."""
+    return max((seq for seq, _, _ in rows), default=default - 1) + 1
+
+
+def _in_time_order(user: str, rows: list[Row]) -> list[Event]:
+    """Stored rows as events in time order (ties in the order stored); a row whose time is not valid (written
+    by another program) is left out with a logged notice."""
+    valid = [row for row in rows if time_problem(row[2]) is None]
+    if len(valid) < len(rows):
+        logger.warning("user %r: %d stored event(s) with invalid times left out", user, len(rows) - len(valid))
+    return [(item, when) for _, item, when in sorted(valid, key=lambda row: (row[2], row[0]))]
