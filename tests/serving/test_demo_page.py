@@ -63,3 +63,29 @@ def test_demo_page_streams_a_click_into_the_recommendations(server: Server):
         assert user
     finally:
         browser.quit()
+
+
+def test_the_demo_page_asks_for_the_key_of_a_server_that_has_one(trained, tmp_path):
+    """A click posts an event: the page asks for the key (a prompt), sends it, and asks again when refused."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = Server(trained["tim4rec"], tmp_path / "users.sqlite", "--api-key", "right-key").start()
+    browser = browser_or_skip()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#recommendations li")) == 10)
+        note = browser.find_element(By.ID, "history-note").text
+        events = int(note.split()[0])
+        browser.find_elements(By.CSS_SELECTOR, "#recommendations li")[0].click()
+        for answer in ("wrong-key", "right-key"):  # refused once, then accepted
+            prompt = wait.until(expected_conditions.alert_is_present())
+            prompt.send_keys(answer)
+            prompt.accept()
+        wait.until(lambda b: b.find_element(By.ID, "history-note").text.startswith(f"{events + 1} events"))
+    finally:
+        browser.quit()
+        server.stop()
+    assert "right-key" not in server.stderr
