@@ -201,6 +201,8 @@ class Config:
     sampled_negatives: int | None = _setting(None, optional(positive_int))  # None: softmax over all items
     negative_distribution: str = _setting("popularity", choice("uniform", "popularity"))  # Q of the negatives
     show_progress: bool = _setting(True, boolean, resumable=True)
+    tensorboard: bool = _setting(True, boolean, resumable=True)  # event files in <output>/tensorboard
+    mlflow: bool = _setting(False, boolean, resumable=True)  # also an MLflow run (needs the mlflow package)
     loss_type: str = _setting("CE", only("CE", "only 'CE' (cross-entropy over all items) is supported"))
     learner: str = _setting("adam", only("adam", "only 'adam' is supported"))
     train_neg_sample_args: None = _setting(None, no_negative_sampling)

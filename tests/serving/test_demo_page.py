@@ -89,3 +89,20 @@ def test_the_demo_page_asks_for_the_key_of_a_server_that_has_one(trained, tmp_pa
         browser.quit()
         server.stop()
     assert "right-key" not in server.stderr
+
+
+def test_the_api_docs_render_without_a_network(server: Server):
+    """Swagger UI (/docs) and ReDoc (/redoc) load their scripts from the server itself (fastapi-offline's
+    assets), never from a CDN, and render the service's endpoints."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = browser_or_skip()
+    try:
+        for page, rendered in (("/docs", ".swagger-ui .opblock"), ("/redoc", "[data-section-id]")):
+            browser.get(server.url + page)
+            assert "cdn" not in browser.page_source.lower()
+            WebDriverWait(browser, 60).until(lambda b, css=rendered: b.find_elements(By.CSS_SELECTOR, css))
+            assert "/users/{user}/events" in browser.find_element(By.TAG_NAME, "body").text
+    finally:
+        browser.quit()

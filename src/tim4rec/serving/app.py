@@ -7,7 +7,8 @@ Ids are the dataset's raw item and user ids as strings, times unix seconds.
 - ``POST /users/{id}/events`` ``{"events": [{"item", "time"}, ...]}``: 200 once the events are stored;
 - ``GET /users/{id}/recommendations?k=10``: the same shape as ``/recommend``, from the user's state;
 - ``GET /users/{id}/history``, ``GET /users`` (some of the dataset's user ids), ``GET /items/{id}``;
-- ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI), ``GET /`` (the demo page).
+- ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /docs`` and ``GET /redoc`` (OpenAPI, served without a
+  network), ``GET /`` (the demo page).
 
 With an API key configured (``ServiceSettings.api_key``), writes (``POST /users/{id}/events``) need it in the
 ``X-API-Key`` header (or ``Authorization: Bearer``), compared in constant time: 401 without it; reads too
@@ -39,6 +40,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -319,7 +321,8 @@ def create_app(recommender: Recommender, store: UserStore, settings: ServiceSett
         await asyncio.get_running_loop().run_in_executor(executor, store.close)  # states written, db closed
         executor.shutdown(wait=True)
 
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) from assets that fastapi-offline ships, so they work without a network
+    app = FastAPIOffline(
         title="tim4rec", description="Next-item recommendations from a trained tim4rec model.", lifespan=lifespan
     )
     app.state.batcher, app.state.metrics, app.state.store = batcher, metrics, store

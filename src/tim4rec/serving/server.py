@@ -64,6 +64,8 @@ def listen(host: str, port: int) -> socket.socket:
         raise Tim4RecError(f"--host {host}: cannot listen there ({error})") from None
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family in (socket.AF_INET, socket.AF_INET6):  # accepted connections inherit it: no Nagle delay on answers
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         listener.bind(address)
     except OSError as error:
         listener.close()

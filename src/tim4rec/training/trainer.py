@@ -10,6 +10,8 @@ optimiser) and owns only the loop. Files in the output folder:
   model and map ids back (:mod:`tim4rec.io.saved_model`; ``tim4rec evaluate`` and serving load it).
 - ``results.json``: config, dataset statistics, per-epoch history, best epoch and test metrics,
   rewritten atomically after every epoch (status ``running`` / ``interrupted`` / ``finished``).
+- ``tensorboard/``: the same epochs as TensorBoard event files (``tensorboard=false``: none), and an
+  MLflow run with ``mlflow=true`` (:mod:`tim4rec.training.tracking`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from tim4rec.training.checkpoint import (
 )
 from tim4rec.training.experiment import Experiment
 from tim4rec.training.results import RunResults, TrainingState
+from tim4rec.training.tracking import Trackers
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")
 #: an epoch whose mean loss exceeds this many times ln(n_items) has diverged (cross-entropy starts near ln(n_items))
@@ -78,6 +81,7 @@ class Trainer:
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
         self.state = TrainingState()
+        self.trackers = Trackers([])  # opened by fit(), on the main process
         # fp16 gradients underflow without loss scaling (bf16 has float32's range and needs none)
         fp16 = config.mixed_precision == "fp16" and self.optimizer is not None
         self.scaler = torch.amp.GradScaler(experiment.device.type) if fp16 else None
@@ -407,6 +411,9 @@ class Trainer:
         )
         for notice in self.experiment.notices:
             self._log(notice)
+        if self.distributed.main:
+            self.trackers = Trackers.for_run(self.output_dir, tensorboard=config.tensorboard, mlflow=config.mlflow,
+                                             parameters=config.to_dict())  # fmt: skip
         try:
             while self.state.stopped_by is None:
                 limit = self._limit_reached(time.perf_counter()) if self.state.step else None
@@ -466,6 +473,7 @@ class Trainer:
             self._save_best()
         self._save_checkpoint()
         self._write_results("running")
+        self.trackers.epoch(epoch, entry, self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else 0.0)
         best = " (best)" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})"
         stopped = f"; stopped by {state.stopped_by}" if state.stopped_by else ""
         self._log(
@@ -500,6 +508,7 @@ class Trainer:
             results.test_gap0_ranks = {"users": users, "ranks": gap0_ranks}
         if self.distributed.main:
             results.write(self.results_path)
+        self.trackers.finish(self.state.best_epoch, test)
         self._log(
             f"best epoch {self.state.best_epoch} of {self.state.epoch} ({self.state.stopped_by}); "
             f"results in {self.results_path}"
