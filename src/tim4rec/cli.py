@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -99,6 +100,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     results = run(config, output_dir=args.output, resume=args.resume, notices=notices)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         _print_results(results)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tim4rec.training.tuning import TuneOptions, tune
+
+    options = TuneOptions(
+        model=args.model, dataset=args.dataset, space=args.space, trials=args.trials, study_dir=args.study_dir,
+        workers=args.workers, set_args=tuple(args.set), config_files=tuple(args.config), prune=not args.no_prune,
+        heartbeat=args.heartbeat, seed=args.seed,
+    )  # fmt: skip
+    best = tune(options, worker=args.worker)
+    if best is not None:
+        print(Path(args.study_dir, "trials.md").read_text())
     return 0
 
 
@@ -202,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="output folder (default runs/<model>-<dataset>-seed<seed>)")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder")
 
+    tune = commands.add_parser("tune", help="search hyper-parameters on validation (Optuna); test read once")
+    tune.add_argument("--model", required=True)
+    tune.add_argument("--dataset", required=True)
+    tune.add_argument("--space", required=True, help="YAML: setting -> {type: float|int|categorical, ...}")
+    tune.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) to reach")
+    tune.add_argument("--study-dir", default="runs/tune", help="the study (study.db), its trials and report")
+    tune.add_argument("--workers", type=int, default=1, help="processes sharing the study")
+    tune.add_argument("--config", action="append", default=[], help="YAML config file for every trial")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a fixed setting")
+    tune.add_argument("--no-prune", action="store_true", help="train every trial to its end")
+    tune.add_argument("--heartbeat", type=float, default=30.0, help="seconds; a trial silent for 2x is failed")
+    tune.add_argument("--seed", type=int, default=2020, help="the sampler's seed")
+    tune.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+
     bench = commands.add_parser("bench", help="benchmarks that write tables and plots")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     for module in _benchmarks():
@@ -300,7 +329,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
-        "recommend": cmd_recommend, "serve": cmd_serve,
+        "recommend": cmd_recommend, "serve": cmd_serve, "tune": cmd_tune,
     }  # fmt: skip
     on_sigterm = _SigtermWhileRunning()
     previous = signal.signal(signal.SIGTERM, on_sigterm)

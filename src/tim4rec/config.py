@@ -212,6 +212,7 @@ class Config:
     metrics: list[str] = _setting(["Hit", "NDCG", "MRR"], metric_list)
     valid_metric: str = _setting("NDCG@10", text)
     mask_history: bool = _setting(False, boolean)
+    evaluate_test: bool = _setting(True, boolean)  # false: no test metrics at the end (tuning reads them once, later)
     eval_args: dict | None = _setting(None, recbole_eval_args)
     # where the values came from (not settings)
     config_files: tuple[str, ...] = field(default=(), compare=False)

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from tim4rec.io.tables import markdown_table, write_csv
+
 
 def machine_description(threads: int, device: str = "cpu") -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
@@ -50,31 +52,6 @@ def time_call(function: Callable[[], Any], *, warmup: int, repeats: int, device:
         synchronize(device)
         times.append(time.perf_counter() - started)
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "repeats": repeats}
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """``columns`` = [(key, header)]; floats printed with 4 significant digits."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(header for _, header in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    import csv
-
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def write_report(

@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tim4rec.bench.common import markdown_table
 from tim4rec.errors import Tim4RecError
+from tim4rec.io.tables import markdown_table
 
 
 def _read(path: str | Path) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from tim4rec.bench.common import machine_description, markdown_table, time_call, write_csv
+from tim4rec.bench.common import machine_description, time_call
+from tim4rec.io.tables import markdown_table, write_csv
 
 #: the kernels measured, imported where they run (``tim4rec --help`` imports this module for its options)
 _KERNELS = {

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tim4rec.bench.common import machine_description, markdown_table, write_csv
+from tim4rec.bench.common import machine_description
+from tim4rec.io.tables import markdown_table, write_csv
 
 
 def _tim4rec(*args: str, env: dict[str, str] | None = None, **options: Any):

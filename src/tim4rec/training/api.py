@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,20 @@ from tim4rec.training.trainer import Trainer, default_output_dir
 from tim4rec.values import boolean
 
 
-def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = False, notices=()) -> dict[str, Any]:
+def run(
+    config: Config,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    notices=(),
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
     """Build the experiment of ``config`` and train it, under its thread and denormal settings
-    (on every process of a torchrun launch: :mod:`tim4rec.training.distributed`)."""
+    (on every process of a torchrun launch: :mod:`tim4rec.training.distributed`). ``on_epoch(epoch, score)``
+    hears each epoch's validation score (``valid_metric``); an error it raises stops the run there."""
     distributed = join(resolve_device(config.device))
     try:
-        return _run(config, output_dir, resume, notices, distributed)
+        return _run(config, output_dir, resume, notices, distributed, on_epoch)
     except RuntimeError as error:
         if not (distributed.active and peer_lost(error)):
             raise
@@ -37,7 +45,7 @@ def run(config: Config, *, output_dir: str | Path | None = None, resume: bool = 
         leave()
 
 
-def _run(config: Config, output_dir, resume: bool, notices, distributed: Distributed) -> dict[str, Any]:
+def _run(config: Config, output_dir, resume: bool, notices, distributed: Distributed, on_epoch=None) -> dict[str, Any]:
     """Train in the output folder, which rank 0 creates; a run that fails before writing there leaves no folder."""
     folder = Path(output_dir or config.output_dir or default_output_dir(config))
     with (
@@ -51,7 +59,10 @@ def _run(config: Config, output_dir, resume: bool, notices, distributed: Distrib
         ) as runtime,
     ):
         experiment = build_experiment(config, list(notices), distributed)
-        return Trainer(experiment, folder, runtime=runtime).fit(resume=resume)
+        trainer = Trainer(experiment, folder, runtime=runtime)
+        if on_epoch is not None:
+            trainer.epoch_end_hook = lambda epoch: on_epoch(epoch, trainer.state.history[-1]["valid"][config.valid_key])
+        return trainer.fit(resume=resume)
 
 
 def _paths(name: str, value: Any) -> list[str]:

@@ -493,6 +493,14 @@ class Trainer:
         (:meth:`RunResults.to_dict`)."""
         self._on_main(self._load_best)  # best.pt lies beside rank 0; the other ranks receive its weights
         self.distributed.broadcast_weights(self.model)
+        if not self.config.evaluate_test:  # test is read once, later, for the run chosen on validation (tuning)
+            results = self.results("finished")
+            if self.distributed.main:
+                results.write(self.results_path)
+            self.trackers.finish(self.state.best_epoch, {})
+            self._log(f"best epoch {self.state.best_epoch} of {self.state.epoch} ({self.state.stopped_by}); "
+                      f"test not evaluated (evaluate_test: false); results in {self.results_path}")  # fmt: skip
+            return results.to_dict()
         ranks: list[int] = []
         test = self._evaluate(self.test_samples, ranks)
         results = self.results("finished", test)
