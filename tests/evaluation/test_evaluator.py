@@ -40,7 +40,7 @@ def test_padding_never_ranked_and_history_masking():
     assert masked["hit@1"] == 0.0 and masked["mrr@10"] == 1 / 2
 
 
-def test_streaming_evaluation_equals_windowed_when_the_window_holds_every_event(tmp_path):
+def test_streaming_evaluation_equals_windowed_when_the_window_holds_every_event(tmp_path, monkeypatch):
     """With L at least every user's history, feeding events one by one gives the windowed metrics."""
     import torch
 
@@ -57,7 +57,22 @@ def test_streaming_evaluation_equals_windowed_when_the_window_holds_every_event(
     model = create("tim4rec", data.n_items, 20, hidden_size=16, head_dim=8, d_state=8, chunk_size=4).eval()
     test = sequences.evaluation_samples("test")
     windowed = evaluate(model, sequences, test)
+    bars = []
+
+    class Bar:  # the progress bar, counted: its total is every step the evaluation takes
+        def __init__(self, total, **_):
+            self.total, self.done = total, 0
+            bars.append(self)
+
+        def update(self, count):
+            self.done += count
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("tim4rec.evaluation.evaluator.tqdm", Bar)
     streamed = evaluate_streaming(model, sequences, test, batch_size=7)
+    assert len(bars) == 1 and bars[0].done == bars[0].total > len(test)
     assert windowed.keys() == streamed.keys()
     for key in windowed:
         assert abs(windowed[key] - streamed[key]) < 1e-6, key

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tim4rec.config import Config
 from tim4rec.data.batches import SampleSet, SequenceData
@@ -108,6 +109,8 @@ def evaluate_streaming(
     offsets = data.interactions.offsets
     items, times = torch.from_numpy(data.interactions.items), torch.from_numpy(data.interactions.timestamps)
     ranks = []
+    steps = _streaming_steps(offsets, samples, model)
+    progress = tqdm(total=steps, desc="streaming evaluation", unit="event", disable=None, leave=False)  # terminals only
     try:
         for begin in range(0, len(samples), batch_size):
             rows = np.arange(begin, min(begin + batch_size, len(samples)))
@@ -125,14 +128,24 @@ def evaluate_streaming(
                 )
                 state = state.scatter(active, part)
                 hidden[active.to(device)] = step_hidden
+                progress.update(len(active))
             if getattr(model, "reads_request_time", False):
                 gaps = times[targets_at] - times[targets_at - 1]  # from the last event to the held-out one
                 hidden = model.at_request(hidden, gaps.to(device))
             targets = torch.from_numpy(data.interactions.items[samples.targets[rows]]).to(device)
             ranks.append(blocked_target_ranks(hidden, *model.output_layer(), targets, block=item_block).cpu())
     finally:
+        progress.close()
         model.train(was_training)
     return metrics_from_ranks(torch.cat(ranks), ks, metric_names)
+
+
+def _streaming_steps(offsets: np.ndarray, samples: SampleSet, model: torch.nn.Module) -> int:
+    """How many (user, event) steps :func:`evaluate_streaming` takes."""
+    lengths = samples.targets - offsets[samples.users - 1]
+    if model.fixed_length:
+        lengths = np.minimum(lengths, model.max_seq_length)
+    return int(lengths.sum())
 
 
 def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Config, SequenceData, int]:
