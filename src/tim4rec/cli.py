@@ -117,6 +117,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tim4rec.runtime import runtime_settings
+    from tim4rec.serving.export import export_onnx
+
+    output = args.output or str(Path(args.checkpoint).with_suffix(".onnx"))
+    with runtime_settings(threads=args.threads):
+        done = export_onnx(args.checkpoint, output)
+    eager, runtime = done["eager_seconds"] * 1e3, done["onnxruntime_seconds"] * 1e3
+    print(f"{done['model']}: {done['output']} (ids in {done['items']}); scores equal the model's to "
+          f"{done['max_abs_difference']:.2g}; a batch of {done['batch']} histories of {done['max_seq_length']} "
+          f"events: eager {eager:.1f} ms, onnxruntime {runtime:.1f} ms")  # fmt: skip
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tim4rec.evaluation import evaluate_saved_model
 
@@ -216,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--output", help="output folder (default runs/<model>-<dataset>-seed<seed>)")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+
+    export = commands.add_parser("export", help="a saved model's scoring path as an ONNX graph")
+    export.add_argument("checkpoint", help="a saved model (best.pt)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--output", help="the .onnx file (default: beside the model)")
+    export.add_argument("--threads", type=int, default=None)
 
     tune = commands.add_parser("tune", help="search hyper-parameters on validation (Optuna); test read once")
     tune.add_argument("--model", required=True)
@@ -330,6 +350,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
     handlers = {
         "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
         "recommend": cmd_recommend, "serve": cmd_serve, "tune": cmd_tune,
+        "export": cmd_export,
     }  # fmt: skip
     on_sigterm = _SigtermWhileRunning()
     previous = signal.signal(signal.SIGTERM, on_sigterm)

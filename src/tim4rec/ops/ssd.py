@@ -178,6 +178,18 @@ class _DecayedScores(torch.autograd.Function):
         return grad_a, grad_CB
 
 
+def _decayed_scores_by_sums(a: Tensor, CB: Tensor) -> Tensor:
+    """What :class:`_DecayedScores` computes, from differences of prefix sums (``L[i, j] = exp(A_i - A_j)``,
+    ``A = cumsum(a)``) instead of a cumulative product: the form that ONNX export can express (it has no
+    cumulative product); it agrees to float32 rounding over a chunk."""
+    b, h, c, Q = a.shape
+    g = CB.shape[1]
+    prefix = a.cumsum(dim=-1)  # (b, h, c, Q)
+    below = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril()  # i >= j
+    L = torch.exp(torch.where(below, prefix[..., :, None] - prefix[..., None, :], float("-inf")))
+    return (L.view(b, g, h // g, c, Q, Q) * CB.tril()[:, :, None]).view(b, h, c, Q, Q)
+
+
 def _chunked(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, Q: int) -> tuple[Tensor, Tensor, Tensor]:
     """A run of m steps as c = ceil(m / Q) chunks: X = Delta x (b, h, c, Q, p), a = Delta A (b, h, c, Q)
     and B (b, g, c, Q, n); the tail is padded with Delta = 0 steps (decay 1, input 0: the state passes unchanged)."""
@@ -235,7 +247,8 @@ def _ssd_chunks(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, s: Te
     y_off = _scaled_per_head(Cg, torch.exp(acs)) @ S_in.transpose(-1, -2)  # (b, h, c, Q, p)
 
     # (1) diagonal blocks: y_i += sum_{j<=i} (C_i . B_j) exp(a_{j+1}+...+a_i) Delta_j x_j
-    M = _DecayedScores.apply(a, Cg @ Bg.transpose(-1, -2))  # (b, h, c, Q, Q)
+    CB = Cg @ Bg.transpose(-1, -2)  # (b, g, c, Q, Q)
+    M = _decayed_scores_by_sums(a, CB) if torch.compiler.is_exporting() else _DecayedScores.apply(a, CB)
     y = torch.baddbmm(y_off.view(-1, Q, p), M.view(-1, Q, Q), X.view(-1, Q, p)).view(b, h, c, Q, p)
     return y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, h, p)[:, :m], s  # (b, m, h, p), (b, h, p, n)
 
