@@ -12,13 +12,13 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,serve,postgres,tune,export]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,serve,postgres,tune,export,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tim4rec train --model tim4rec --dataset ml-100k --output runs/demo-tim4rec-ml-100k-$$(date +%Y%m%d-%H%M%S) --set time_budget=240
+	$(BIN)/tim4rec train --model tim4rec --dataset ml-100k --output runs/demo --set time_budget=240 $$([ -f runs/demo/checkpoint.pt ] && echo --resume)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests docs
