@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
             if "--check" not in argv:
                 page.write_text(synced)
     if "--check" in argv and stale:
-        print(f"{', '.join(map(str, stale))} differ from the generated tables; run python docs/benchmarks/sync_readme.py")
+        pages_out_of_date = ", ".join(map(str, stale))
+        print(f"{pages_out_of_date} differ from the generated tables; run python docs/benchmarks/sync_readme.py")
         return 1
     return 0
 
