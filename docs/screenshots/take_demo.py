@@ -2,7 +2,8 @@
 
 Starts ``tim4rec serve`` on a free port with a throw-away database, opens the page in headless
 chromium (Debian's chromium and chromium-driver), picks the user, clicks the first
-recommendation once (an event: the list moves) and saves ``docs/screenshots/demo.png``.
+recommendation once (an event: the list moves) and saves ``docs/screenshots/demo.png``; then opens the
+API docs (Swagger UI, served without a network) and saves ``docs/screenshots/api-docs.png``.
 """
 
 import shutil
@@ -53,6 +54,10 @@ def main(checkpoint: str, user: str | None = None) -> None:
             wait.until(lambda b: b.find_element(By.ID, "history-note").text.startswith(f"{events + 1} events"))
             time.sleep(0.5)
             browser.save_screenshot(str(Path(__file__).with_name("demo.png")))
+            browser.get(url + "/docs")
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+            time.sleep(0.5)
+            browser.save_screenshot(str(Path(__file__).with_name("api-docs.png")))
         finally:
             browser.quit()
     finally:
