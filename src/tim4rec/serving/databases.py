@@ -6,8 +6,8 @@ Both keep the same two tables and the same promises:
 - ``append(user, events)`` writes a user's events in one transaction, durable when it returns, and
   serialised per user across processes (SQLite: the database's write lock; PostgreSQL: an advisory
   lock on the user), so every user's events get one gap-free sequence number order, 0, 1, 2, ...;
-- ``count(user)`` is the number of the user's stored events (the next sequence number): a replica
-  whose cached state holds fewer reads only the missing ones (``events(user, since=...)``);
+- ``events(user, since=n)`` reads a user's events from sequence number n on: a replica whose cached state
+  holds n of them reads only those it misses (none: the state is current);
 - states are blobs tagged with the model's fingerprint and the number of events they hold.
 
 A PostgreSQL server that cannot be reached raises :class:`StoreUnavailable` (the service answers
@@ -53,9 +53,6 @@ class EventDatabase(Protocol):
     def events(self, user: str, since: int = 0) -> list[Row]:
         """The user's stored events with ``seq >= since``, in ``seq`` order."""
 
-    def count(self, user: str) -> int:
-        """How many events the user has stored (the next ``seq``)."""
-
     def append(self, user: str, events: list[tuple[str, float]]) -> Appended:
         """Store ``events`` (``(item, time)``, in the order given) after the user's others, in one transaction."""
 
@@ -70,7 +67,7 @@ class EventDatabase(Protocol):
 def open_database(target: str | Path | None) -> EventDatabase:
     """A ``postgresql://`` (or ``postgres://``) URL: :class:`PostgresEvents`; a path: :class:`SQLiteEvents`
     (None: in memory)."""
-    if isinstance(target, str) and target.split("://", 1)[0] in ("postgresql", "postgres") and "://" in target:
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
         return PostgresEvents(target)
     return SQLiteEvents(target)
 
@@ -103,10 +100,6 @@ class SQLiteEvents:
         with self.lock:
             query = "SELECT seq, item, time FROM events WHERE user = ? AND seq >= ? ORDER BY seq"
             return self.db.execute(query, (user, since)).fetchall()
-
-    def count(self, user: str) -> int:
-        with self.lock:
-            return self.db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE user = ?", (user,)).fetchone()[0]
 
     def append(self, user: str, events: list[tuple[str, float]]) -> Appended:
         with self.lock, self.db:
@@ -198,11 +191,6 @@ class PostgresEvents:
         query = "SELECT seq, item, time FROM tim4rec_events WHERE user_id = %s AND seq >= %s ORDER BY seq"
         with self.lock:
             return self._call(lambda c: c.execute(query, (user, since)).fetchall())
-
-    def count(self, user: str) -> int:
-        query = "SELECT COALESCE(MAX(seq) + 1, 0) FROM tim4rec_events WHERE user_id = %s"
-        with self.lock:
-            return self._call(lambda c: c.execute(query, (user,)).fetchone()[0])
 
     def append(self, user: str, events: list[tuple[str, float]]) -> Appended:
         def work(connection) -> Appended:

@@ -179,9 +179,10 @@ class UserStore:
         if user in self.cache:
             self.cache.move_to_end(user)
             state = self.cache[user]
-            if self.db.count(user) <= state.stored:
+            rows = self.db.events(user, since=state.stored)  # what other processes stored meanwhile
+            if not rows:
                 return self._answering(state, "warm")
-            state, source = self._advance(user, state, self.db.events(user, since=state.stored))
+            state, source = self._advance(user, state, rows)
             self._remember(user, state)
             return self._answering(state, source)
         rows = self.db.events(user)
@@ -275,7 +276,7 @@ class UserStore:
             state, _ = self._advance(user, current, rows)
             self._remember(user, state)
             self.timings.update(store=(stored - started) * 1e3, step=(time.perf_counter() - stored) * 1e3)
-        unknown = self.recommender.encode(checked).unknown
+        unknown = [item for item, _ in checked if item not in self.recommender.item_ids]
         return {"stored": len(checked), "unknown_items": unknown, "late": late, "events": state.events}
 
     def recommend(
