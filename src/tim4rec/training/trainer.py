@@ -489,18 +489,40 @@ class Trainer:
         self.model.load_state_dict(load_saved_model(self.best_path).model_state)
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the best epoch's weights on the test users, write the final results and return them
+        """Evaluate the best epoch's weights on the test users (unless ``evaluate_test`` is false: tuning reads
+        test once, later, for the run it chooses on validation), write the final results and return them
         (:meth:`RunResults.to_dict`)."""
+        if self.config.evaluate_test:
+            results, test, untested = *self._tested_results(), ""
+        else:
+            results, test, untested = self.results("finished"), {}, "test not evaluated (evaluate_test: false); "
+        if self.distributed.main:
+            results.write(self.results_path)
+        self.trackers.finish(self.state.best_epoch, test)
+        self._log(
+            f"best epoch {self.state.best_epoch} of {self.state.epoch} ({self.state.stopped_by}); "
+            f"{untested}results in {self.results_path}"
+        )
+        return results.to_dict()
+
+    def _tested_results(self) -> tuple[RunResults, dict[str, float]]:
+        """The results with the best epoch's test metrics and per-user ranks, in every protocol that applies."""
         self._on_main(self._load_best)  # best.pt lies beside rank 0; the other ranks receive its weights
         self.distributed.broadcast_weights(self.model)
-        if not self.config.evaluate_test:  # test is read once, later, for the run chosen on validation (tuning)
-            results = self.results("finished")
-            if self.distributed.main:
-                results.write(self.results_path)
-            self.trackers.finish(self.state.best_epoch, {})
-            self._log(f"best epoch {self.state.best_epoch} of {self.state.epoch} ({self.state.stopped_by}); "
-                      f"test not evaluated (evaluate_test: false); results in {self.results_path}")  # fmt: skip
-            return results.to_dict()
+        ranks: list[int] = []
+        test = self._evaluate(self.test_samples, ranks)
+        results = self.results("finished", test)
+        users = [str(u) for u in self.data.interactions.user_tokens[self.test_samples.users]]
+        results.test_ranks = {"users": users, "ranks": ranks}  # per user: paired comparisons
+        if not self.config.mask_history:  # also the protocol that never ranks an item the user already met
+            removed_ranks: list[int] = []
+            results.test_seen_removed = self._evaluate(self.test_samples, removed_ranks, mask_history=True)
+            results.test_seen_removed_ranks = {"users": users, "ranks": removed_ranks}
+        if self.model.reads_request_time:  # the same model not told when the held-out event happened
+            gap0_ranks: list[int] = []
+            results.test_gap0 = self._evaluate(self.test_samples, gap0_ranks, target_time=False)
+            results.test_gap0_ranks = {"users": users, "ranks": gap0_ranks}
+        return results, test
         ranks: list[int] = []
         test = self._evaluate(self.test_samples, ranks)
         results = self.results("finished", test)

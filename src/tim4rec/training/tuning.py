@@ -19,6 +19,7 @@ table and a plot (``trials.csv``, ``trials.md``, ``trials.png``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import subprocess
@@ -256,11 +257,8 @@ def _plot(trials, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     done = [t for t in trials if t.value is not None]
     axis.plot([t.number for t in done], [t.value for t in done], "o", label="trial (validation)")
-    best, running = [], -math.inf
-    for t in done:
-        running = max(running, t.value)
-        best.append(running)
-    axis.plot([t.number for t in done], best, "-", label="best so far")
+    best = itertools.accumulate((t.value for t in done), max)
+    axis.plot([t.number for t in done], list(best), "-", label="best so far")
     for t in trials:
         if t.intermediate_values and t.value is None:
             axis.plot([t.number], [max(t.intermediate_values.values())], "x", color="grey")
