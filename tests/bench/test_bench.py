@@ -305,3 +305,21 @@ def test_curves_put_runs_side_by_side_at_the_chosen_epochs(tmp_path: Path):
     assert (tmp_path / "timed" / "curves.png").stat().st_size > 0
     with pytest.raises(Tim4RecError, match="not a run's results.json"):
         curves.run([str(tmp_path / "missing.json")], [1], tmp_path / "out")
+
+
+@pytest.mark.parametrize("model", ["tim4rec", "bert4rec"])
+def test_speed_times_onnxruntime_beside_eager(model):
+    """``--onnx``: an exportable model's inference batch through onnxruntime (checked against eager), timed beside
+    the eager time; a model that cannot be exported says why in its row instead."""
+    pytest.importorskip("onnxruntime")
+    small = {"tim4rec": {"hidden_size": 8, "head_dim": 4, "d_state": 4, "chunk_size": 8},
+             "bert4rec": {"hidden_size": 8, "n_heads": 2, "inner_size": 16}}[model]  # fmt: skip
+    row = speed.measure_point(
+        model, 16, batch=2, infer_batch=3, items=50, dropout=False, device="cpu", threads=1, warmup=1, repeats=2,
+        hyperparameters=small, onnx=True,
+    )  # fmt: skip
+    if model == "tim4rec":
+        assert row["infer_onnx_s"] > 0 and row["infer_onnx_max_abs_difference"] <= 1e-4
+        assert row["infer_onnx_speedup"] == pytest.approx(row["infer_s"] / row["infer_onnx_s"])
+    else:
+        assert "infer_onnx_s" not in row and "cannot be exported" in row["onnx"]

@@ -1,5 +1,6 @@
 """``tim4rec export``: the ONNX graph of a saved model scores as the eager model does (onnxruntime, 1e-4), for any
-batch size; models it cannot export are refused with a clear error."""
+batch size and any history length (longer than L: its last L events); models it cannot export are refused with a
+clear error."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 import tim4rec
 from tim4rec.errors import Tim4RecError
-from tim4rec.serving.export import Scoring, export_onnx, random_histories
+from tim4rec.serving.export import export_onnx, random_histories
 from tim4rec.serving.recommender import Recommender
 
 
@@ -34,14 +35,20 @@ def test_onnx_scores_equal_the_eager_model(name: str, trained, gru4rec: Path, tm
     assert done["max_abs_difference"] <= 1e-4
     recommender = Recommender.load(checkpoint)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    for size in (1, 5, 33):  # any batch size
-        inputs = random_histories(recommender.n_items, size, recommender.model.max_seq_length, seed=size + 10)
-        with torch.no_grad():
-            eager = Scoring(recommender.model.float().eval())(*inputs).numpy()
+    model = recommender.model.float().eval()
+    length = model.max_seq_length
+    for size, events in ((1, 1), (5, length), (33, 3 * length + 1), (4, 7)):  # any batch size, any history length
+        inputs = random_histories(recommender.n_items, size, events, seed=size + 10)
         names = ("item_seq", "item_seq_len", "timestamps")
         exported = session.run(None, {key: tensor.numpy() for key, tensor in zip(names, inputs)})[0]
         assert exported.shape == (size, recommender.n_items + 1)
-        assert abs(exported - eager).max() <= 1e-4
+        for row in range(size):  # each history alone: its last L events, as the serving window keeps them
+            n = int(inputs[1][row])
+            kept = slice(max(n - length, 0), n)
+            one = (inputs[0][row, kept][None], torch.tensor([min(n, length)]), inputs[2][row, kept][None])
+            with torch.no_grad():
+                eager = model.item_scores(model.readout(*one)).numpy()
+            assert abs(exported[row] - eager[0]).max() <= 1e-4, (size, events, row)
     ids = json.loads((tmp_path / "model.items.json").read_text())
     assert ids["item_tokens"] == recommender.item_tokens and ids["model"] == name
 
