@@ -134,8 +134,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tim4rec.evaluation import evaluate_saved_model
 
+    order = {key: value for key, value in (("time_order", args.time_order), ("time_values", args.time_values)) if value}
     results = evaluate_saved_model(
-        args.checkpoint, split=args.split, mask_history=args.mask_history, streaming=args.streaming
+        args.checkpoint, split=args.split, mask_history=args.mask_history, streaming=args.streaming, data_order=order
     )
     config = results["config"]
     print(_format_metrics_table({args.split: results["metrics"]}, config.topk, config.metric_names))
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"])
     evaluate.add_argument("--mask-history", action="store_true", default=None)
+    for option, what in (("--time-order", "which events are held out"), ("--time-values", "the times the model reads")):
+        evaluate.add_argument(option, choices=["exact", "recbole"], default=None,
+                              help=f"{what}: exact or RecBole's float32 (default: as trained)")  # fmt: skip
     evaluate.add_argument(
         "--streaming",
         action="store_true",

@@ -76,3 +76,42 @@ def test_streaming_evaluation_equals_windowed_when_the_window_holds_every_event(
     assert windowed.keys() == streamed.keys()
     for key in windowed:
         assert abs(windowed[key] - streamed[key]) < 1e-6, key
+
+
+def test_a_saved_model_evaluated_with_another_event_order(tmp_path):
+    """``evaluate --time-order recbole``: the same saved model on the dataset read in RecBole's float32 order,
+    whose held-out events differ where events fall in the same 64 s; only the order settings may change."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pytest
+
+    import tim4rec
+    from tests.conftest import write_inter
+    from tim4rec.errors import Tim4RecError
+    from tim4rec.evaluation.evaluator import evaluate_saved_model, load_for_evaluation
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(30):  # bursts of events seconds apart: float32 time (64 s steps near 1e9) reorders them
+        times = 1_000_000_000 + np.cumsum(rng.integers(1, 20, size=12))
+        rows += [(f"u{user}", f"i{item}", 3, int(t)) for item, t in zip(rng.choice(40, 12, replace=False), times)]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    dataset = write_inter(tmp_path / "bursts.inter", rows)
+    tim4rec.train(model="tim4rec", dataset=dataset, output_dir=tmp_path / "run", epochs=1, threads=1,
+                  show_progress=False, MAX_ITEM_LIST_LENGTH=10, hidden_size=16, head_dim=8, d_state=8,
+                  chunk_size=4)  # fmt: skip
+    model = tmp_path / "run" / "best.pt"
+    held_out = {}
+    for order in ("exact", "recbole"):
+        data = load_for_evaluation(model, {"time_order": order})[2]
+        held_out[order] = data.items[data.evaluation_samples("test").targets]  # (users,) test items
+    assert (held_out["exact"] != held_out["recbole"]).any()
+    default, reordered = evaluate_saved_model(model), evaluate_saved_model(model, data_order={"time_order": "recbole"})
+    assert default["metrics"] != reordered["metrics"] and reordered["config"].time_order == "recbole"
+    with pytest.raises(Tim4RecError, match="only time_order, time_values may change"):
+        load_for_evaluation(model, {"MAX_ITEM_LIST_LENGTH": "5"})
+    done = subprocess.run([sys.executable, "-m", "tim4rec", "evaluate", str(model), "--time-order", "recbole",
+                           "--time-values", "recbole"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "ndcg@10" in done.stdout.lower(), done.stderr[-2000:]

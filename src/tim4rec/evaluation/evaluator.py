@@ -148,28 +148,44 @@ def _streaming_steps(offsets: np.ndarray, samples: SampleSet, model: torch.nn.Mo
     return int(lengths.sum())
 
 
-def load_for_evaluation(path: str | Path) -> tuple[torch.nn.Module, Config, SequenceData, int]:
+DATA_ORDER_SETTINGS = ("time_order", "time_values")  # may differ from training's at evaluation: same events, same ids
+
+
+def load_for_evaluation(
+    path: str | Path, data_order: dict[str, str] | None = None
+) -> tuple[torch.nn.Module, Config, SequenceData, int]:
     """A saved model (``best.pt``), its config, its dataset (checked to have the item ids the model
-    was trained on) and the epoch it was saved at: what evaluating it needs, read once."""
+    was trained on) and the epoch it was saved at: what evaluating it needs, read once. ``data_order``:
+    ``time_order`` / ``time_values`` to read the dataset with instead of the training run's (which events
+    are held out, and the times the model reads)."""
     saved = load_saved_model(path)
-    config = Config.from_dict(saved.config)
-    data = DataDescription.from_settings(saved.config).load()
+    unknown = set(data_order or {}) - set(DATA_ORDER_SETTINGS)
+    if unknown:
+        raise Tim4RecError(f"only {', '.join(DATA_ORDER_SETTINGS)} may change at evaluation, not {sorted(unknown)}")
+    config = Config.from_dict({**saved.config, **(data_order or {})})
+    data = DataDescription.from_settings({**saved.config, **(data_order or {})}).load()
     if data.interactions.item_tokens.tolist() != saved.item_tokens:
         raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
     return saved.build(), config, data, saved.epoch
 
 
 def evaluate_saved_model(
-    path: str | Path, *, split: str = "test", mask_history: bool | None = None, streaming: bool = False
+    path: str | Path,
+    *,
+    split: str = "test",
+    mask_history: bool | None = None,
+    streaming: bool = False,
+    data_order: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model (``best.pt``) on its dataset's ``split`` (``valid`` or ``test``).
 
     ``streaming``: every user's history through the streaming state (:func:`evaluate_streaming`: the whole
     history for a recurrent model, the last ``max_seq_length`` events for a fixed-length one). Returns
     ``{"metrics", "config", "epoch"}``; the dataset must have the item ids the model was trained on. The
-    forward runs in the precision the model was trained in (its ``mixed_precision``).
+    forward runs in the precision the model was trained in (its ``mixed_precision``). ``data_order``: the
+    dataset read with another ``time_order`` / ``time_values`` than training's (:func:`load_for_evaluation`).
     """
-    model, config, data, epoch = load_for_evaluation(path)
+    model, config, data, epoch = load_for_evaluation(path, data_order)
     samples = data.evaluation_samples(split)
     if streaming:
         metrics = evaluate_streaming(model, data, samples, ks=config.topk, metric_names=config.metric_names)
