@@ -39,6 +39,7 @@ def runs_code_when_unpickled(path: Path, marker: Path) -> bool:
     return marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the crafted file's own protocol
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_evaluate_refuses_a_crafted_model_file(how, tmp_path: Path, capsys):
     marker = tmp_path / "marker"
@@ -48,6 +49,7 @@ def test_evaluate_refuses_a_crafted_model_file(how, tmp_path: Path, capsys):
     assert runs_code_when_unpickled(path, marker)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the crafted file's own protocol
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_resume_refuses_a_crafted_checkpoint(how, synthetic_inter: Path, tmp_path: Path, capsys):
     marker = tmp_path / "marker"
