@@ -162,8 +162,9 @@ def load_for_evaluation(
     unknown = set(data_order or {}) - set(DATA_ORDER_SETTINGS)
     if unknown:
         raise Tim4RecError(f"only {', '.join(DATA_ORDER_SETTINGS)} may change at evaluation, not {sorted(unknown)}")
-    config = Config.from_dict({**saved.config, **(data_order or {})})
-    data = DataDescription.from_settings({**saved.config, **(data_order or {})}).load()
+    settings = {**saved.config, **(data_order or {})}
+    config = Config.from_dict(settings)
+    data = DataDescription.from_settings(settings).load()
     if data.interactions.item_tokens.tolist() != saved.item_tokens:
         raise Tim4RecError(f"{path}: the dataset's item ids differ from the ones the model was trained on")
     return saved.build(), config, data, saved.epoch
