@@ -65,6 +65,20 @@ def test_stable_topk_is_the_head_of_a_stable_descending_sort(seed: int, k: int, 
     assert torch.equal(columns, order.indices[:, :k]) and torch.equal(values, order.values[:, :k])
 
 
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12), levels=st.sampled_from([3, 40, 10_000]), nan=st.booleans())
+def test_stable_topk_with_and_without_ties_at_the_kth_value(seed: int, k: int, levels: int, nan: bool):
+    """Few levels: ties straddle the k-th place (the cumulative path); many: ties inside the k or none (the
+    topk path); NaN anywhere counts as lowest. Either way the head of a stable descending sort."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (6, 30), generator=gen).float()
+    if nan:
+        scores[torch.rand(scores.shape, generator=gen) < 0.2] = float("nan")
+    values, columns = stable_topk(scores, k)
+    order = torch.sort(scores.nan_to_num(float("-inf")), dim=1, descending=True, stable=True)
+    assert torch.equal(columns, order.indices[:, :k]) and torch.equal(values, order.values[:, :k])
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), block=st.sampled_from([1, 3, 8, 24, 50]), k=st.integers(1, 26))
 def test_blocked_topk_equals_sorting_the_whole_matrix(seed: int, block: int, k: int):

@@ -32,6 +32,26 @@ def test_the_compiled_step_equals_the_eager_step(recommender: Recommender):
         torch.testing.assert_close(second[name], first[name], rtol=1e-5, atol=1e-6)
 
 
+def test_calls_unlike_the_warm_up_go_through_the_guards(recommender: Recommender):
+    """Guard evaluation is skipped only for inputs like the warm-up's (one user, no grad, eval mode): a batch
+    of three users, or grad mode on, must still get their own graph and the eager step's numbers."""
+    eager, compiled = StreamingStep(recommender.model, compile=False), StreamingStep(recommender.model, compile=True)
+    compiled.warm_up()
+    items, times = torch.tensor([3, 17, 29]), torch.tensor([10**9, 10**9 + 60, 10**9 + 7200])
+    for grad in (False, True):
+        first = second = recommender.model.init_state(3)
+        with torch.set_grad_enabled(grad):
+            for n in range(3):
+                expected, first = eager(first, items + n, times + 3600 * n)
+                got, second = compiled(second, items + n, times + 3600 * n)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    one = recommender.model.init_state(1)
+    with torch.no_grad():
+        expected, _ = eager(one, items[:1], times[:1])
+        got, _ = compiled(one, items[:1], times[:1])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_step_that_cannot_compile_runs_eagerly_with_a_notice(recommender: Recommender, monkeypatch, capsys):
     step = StreamingStep(recommender.model, compile=True)
 

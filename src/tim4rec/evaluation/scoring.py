@@ -41,6 +41,9 @@ def _mask(scores: Tensor, start: int, masked: tuple[Tensor, Tensor] | None) -> T
     """-inf at the (row, id) pairs of ``masked`` that fall in the block of ids from ``start``."""
     if masked is not None:
         rows, ids = masked
+        if start == 0 and len(ids) and int(ids.max()) < scores.shape[1]:  # every id falls in this block
+            scores[rows, ids] = float("-inf")
+            return scores
         here = (ids >= start) & (ids < start + scores.shape[1])
         scores[rows[here], ids[here] - start] = float("-inf")
     return scores
@@ -93,7 +96,17 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     k = min(k, scores.shape[1])
     if k == 0:
         return scores[:, :0], torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
-    scores = scores.masked_fill(torch.isnan(scores), float("-inf"))
+    nan = torch.isnan(scores)
+    if not bool(nan.any()):
+        values, columns = scores.topk(k, dim=1)
+        kth = values[:, -1:]
+        # every column tied at the k-th value is among the k: the set is the sort's; order it by value, then column
+        if bool(((scores == kth).sum(1) == (values == kth).sum(1)).all()):
+            columns, by_column = columns.sort(dim=1)
+            values = values.gather(1, by_column)
+            order = torch.sort(values, dim=1, descending=True, stable=True).indices
+            return values.gather(1, order), columns.gather(1, order)
+    scores = scores.masked_fill(nan, float("-inf"))
     kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1) the k-th best value
     above = scores > kth
     at = scores == kth

@@ -381,6 +381,8 @@ def resolve_request_time(query: Query, last_time: float | None) -> float:
 
 def _unique_ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:
     """Distinct model ids as a long tensor (a history's items, or any collection of ids)."""
+    if isinstance(ids, (set, frozenset)):  # distinct already
+        return torch.tensor(list(ids), dtype=torch.long)
     if not isinstance(ids, torch.Tensor):
         ids = torch.tensor(list(ids), dtype=torch.long)
     return torch.unique(ids.long())

@@ -6,6 +6,11 @@ compiled function takes and returns the state as a flat tuple of tensors (in the
 ``names``), so the :class:`~tim4rec.models.base.StreamState` is rebuilt outside it. Compiling
 happens in :meth:`StreamingStep.warm_up` (on a fresh state, for one user at a time), its seconds
 are kept in ``compile_seconds``; where it fails, ``notice`` says why and the eager step runs.
+
+Each call of a compiled function first checks its guards (shapes, dtypes, grad mode, the module's
+flags) in Python: for a (1, d) step that is a good share of the time. A call whose inputs match the
+warm-up's in everything the graph was specialised on (our own check of shapes, dtypes, devices, grad
+mode and train/eval) runs with guard evaluation skipped; any other call goes through the guards.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class StreamingStep:
         self.compiled: Callable | None = None
         self.compile_seconds: float | None = None
         self.notice: str | None = None
+        self._warm_signature: tuple | None = None  # the inputs the warm-up compiled for (see _signature)
         if compile and model.streaming:
             self.compiled = torch.compile(self._flat_step, dynamic=False)
 
@@ -55,6 +61,7 @@ class StreamingStep:
                 one, when = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
                 for _ in range(2):
                     _, state = self(state, one, when)
+                self._warm_signature = self._signature(self._inputs(state, one, when))
         except Exception as error:  # noqa: BLE001 -- a missing compiler or an unsupported operation
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self.compiled, self.notice = None, f"{type(error).__name__}: {first[:200]}"
@@ -69,5 +76,19 @@ class StreamingStep:
         if self.compiled is None:
             return self.model.step_hidden(state, item_ids, timestamps)
         self.model.check_events(item_ids, timestamps)
-        hidden, *tensors = self.compiled(item_ids, timestamps, *(state[name] for name in self.names))
+        inputs = self._inputs(state, item_ids, timestamps)
+        if self._warm_signature is not None and self._signature(inputs) == self._warm_signature:
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                hidden, *tensors = self.compiled(*inputs)
+        else:
+            hidden, *tensors = self.compiled(*inputs)
         return hidden, StreamState(dict(zip(self.names, tensors)))
+
+    def _inputs(self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (item_ids, timestamps, *(state[name] for name in self.names))
+
+    def _signature(self, inputs: tuple[torch.Tensor, ...]) -> tuple:
+        """What the compiled graph is specialised on besides the weights: grad mode, train/eval, and each
+        input's shape, strides, dtype and device."""
+        tensors = tuple((t.shape, t.stride(), t.dtype, t.device) for t in inputs)
+        return torch.is_grad_enabled(), self.model.training, tensors

@@ -135,10 +135,9 @@ class UserStore:
         device = self.recommender.device
         if state is None:
             state = self.model.init_state(1)
-        for item, when in zip(items.tolist(), times.tolist()):
-            step_hidden, state = self.step(
-                state, torch.tensor([item], device=device), torch.tensor([when], device=device)
-            )
+        items, times = items.to(device), times.to(device)
+        for position in range(len(items)):
+            step_hidden, state = self.step(state, items[position : position + 1], times[position : position + 1])
             hidden = step_hidden[0]
         seen, unknown = current.seen | set(items.tolist()), current.unknown + encoded.unknown
         return UserState(current.events + len(items), max(current.last_time, last_time), state, hidden, seen, unknown)
