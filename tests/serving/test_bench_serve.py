@@ -15,9 +15,29 @@ def test_bench_serve_command(trained, tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "serve.md").read_text()
     assert "| on | 4 |" in text and "| off | 1 |" in text and "after 5 new users" in text
-    assert "| step ms | read-out + ranking ms | step + ranking ms | store write ms |" in text
+    assert "| step ms | read-out + ranking ms | step + ranking ms | p90 ms | store write ms |" in text
     assert "the model's step compiled in" in text
     assert (tmp_path / "serve.png").stat().st_size > 0
+
+
+def test_bench_serve_streaming_only(trained, tmp_path: Path):
+    """One process, no server: the streaming table alone, its columns separate, a row per length."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tim4rec", "bench", "serve", str(trained["tim4rec"]), "--streaming-only",
+         "--lengths", "5", "30", "--repeats", "25", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "serve.md").read_text()
+    assert "POST /recommend" not in text and "Resident memory" not in text and not (tmp_path / "serve.csv").exists()
+    assert "| step ms | read-out + ranking ms | step + ranking ms | p90 ms | store write ms |" in text
+    assert "Over 25 consecutive events of one user" in text and "median over 20 of those histories" in text
+    rows = (tmp_path / "serve_updates.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert len(rows) == 3 and [row.split(",")[header.index("length")] for row in rows[1:]] == ["5", "30"]
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(",")))
+        assert 0 < float(values["step_rank_ms"]) <= float(values["step_rank_p90_ms"])
 
 
 def test_bench_serve_with_replicas_on_postgresql(trained, postgres, tmp_path: Path):
