@@ -117,6 +117,23 @@ def test_store_scores_equal_recomputing_from_the_history(name, recommenders, tmp
     store.close()
 
 
+def test_streamed_lists_leave_out_every_seen_item_event_after_event(recommenders, tmp_path: Path):
+    """Alternating events and lists, items repeated and new: each list from the state leaves out exactly the
+    items the history holds (the seen ids grow with the state, never re-read from the history)."""
+    recommender = recommenders["tim4rec"]
+    store = UserStore(recommender, tmp_path / "s.sqlite", cache_size=4)
+    items = ["1", "2", "2", "3", "1", "4", "4", "5", "6", "2"]
+    for n, item in enumerate(items):
+        store.observe("u", [(item, 1000.0 + 60 * n)])
+        streamed = store.recommend("u", k=recommender.n_items)
+        assert streamed.metadata["source"] == "streaming state"
+        listed = {i.item for i in streamed.items}
+        assert not listed & set(items[: n + 1]) and len(listed) == recommender.n_items - len(set(items[: n + 1]))
+        recomputed = recommender.recommend(store.history("u"), k=10)
+        assert [i.item for i in streamed.items[:10]] == [i.item for i in recomputed.items]
+    store.close()
+
+
 def test_late_events_restarts_and_another_model(recommenders, trained, tmp_path: Path):
     recommender = recommenders["tim4rec"]
     store = UserStore(recommender, tmp_path / "s.sqlite", cache_size=1)

@@ -287,7 +287,7 @@ class Recommender:
         if len(ks) == 0:
             return []
         weight, bias = self.model.output_layer()
-        columns = [_unique_ids(ids) for ids in seen]
+        columns = [_ids(ids) for ids in seen]  # repeated ids are harmless: each is scored -inf once or twice
         rows = [torch.full((len(ids),), row, dtype=torch.long) for row, ids in enumerate(columns)]
         masked = None
         if any(len(c) for c in columns):
@@ -379,10 +379,13 @@ def resolve_request_time(query: Query, last_time: float | None) -> float:
     return when
 
 
+def _ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:
+    """Model ids as a long tensor (no copy for a long tensor)."""
+    return ids.long() if isinstance(ids, torch.Tensor) else torch.tensor(list(ids), dtype=torch.long)
+
+
 def _unique_ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:
     """Distinct model ids as a long tensor (a history's items, or any collection of ids)."""
-    if isinstance(ids, (set, frozenset)):  # distinct already
-        return torch.tensor(list(ids), dtype=torch.long)
     if not isinstance(ids, torch.Tensor):
         ids = torch.tensor(list(ids), dtype=torch.long)
     return torch.unique(ids.long())

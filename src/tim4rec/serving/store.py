@@ -73,6 +73,14 @@ class UserState:
     unknown: list[str]
     #: how many of the user's stored events it holds (the database's sequence numbers below this one)
     stored: int = 0
+    #: ``seen`` as a long tensor, kept beside the set so that a recommendation does not convert the set
+    seen_ids: torch.Tensor | None = None
+
+    def seen_tensor(self) -> torch.Tensor:
+        """``seen`` as a long tensor (built once per state)."""
+        if self.seen_ids is None:
+            self.seen_ids = torch.tensor(list(self.seen), dtype=torch.long)
+        return self.seen_ids
 
 
 class UserStore:
@@ -139,8 +147,13 @@ class UserStore:
         for position in range(len(items)):
             step_hidden, state = self.step(state, items[position : position + 1], times[position : position + 1])
             hidden = step_hidden[0]
-        seen, unknown = current.seen | set(items.tolist()), current.unknown + encoded.unknown
-        return UserState(current.events + len(items), max(current.last_time, last_time), state, hidden, seen, unknown)
+        new = list(dict.fromkeys(item for item in items.tolist() if item not in current.seen))  # in order, once
+        seen, seen_ids = current.seen, current.seen_ids
+        if new:  # a new set (the cached state keeps its own until this one replaces it)
+            seen = seen | set(new)
+            seen_ids = None if seen_ids is None else torch.cat([seen_ids, torch.tensor(new, dtype=torch.long)])
+        return UserState(current.events + len(items), max(current.last_time, last_time), state, hidden, seen,
+                         current.unknown + encoded.unknown, seen_ids=seen_ids)  # fmt: skip
 
     def _rebuild(self, user: str, rows: list[Row] | None = None) -> UserState:
         """The state from the user's whole history (``rows``: the stored events, when just read)."""
@@ -294,7 +307,7 @@ class UserStore:
                 history = self.history(user)
             else:
                 history, hidden = None, state.hidden
-                seen, unknown = (state.seen if exclude_seen else ()), list(state.unknown)
+                seen, unknown = (state.seen_tensor() if exclude_seen else ()), list(state.unknown)
                 if self.model.reads_request_time:  # the model's state keeps its last event's time
                     gap = torch.tensor([whole_seconds(when)]) - state.state["last_time"].cpu()
                     hidden = self.model.at_request(hidden[None], gap.to(hidden.device))[0]
