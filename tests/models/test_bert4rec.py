@@ -41,6 +41,23 @@ def test_mask_token_is_an_input_row_but_never_a_score_column():
     torch.testing.assert_close(scores, expected)
 
 
+def test_without_the_output_head_scores_are_the_plain_tied_product():
+    torch.manual_seed(0)
+    model = create("bert4rec", N_ITEMS, L, **SMALL, output_head=False).eval()
+    assert not hasattr(model, "output_bias") and not hasattr(model, "output_ffn")
+    items, lengths, times = history()
+    with torch.no_grad():
+        scores = model.full_sort_predict(items, lengths, times)
+        masked, new_len = model.append_mask(items, lengths)
+        blocks = model.dropout(model.layer_norm(model.item_embedding(masked) + model.position_embedding.weight[:L]))
+        real = torch.arange(L)[None] < new_len[:, None]
+        for block in model.blocks:
+            blocks = block(blocks, real=real)
+        hidden = blocks[torch.arange(4), new_len - 1]
+    torch.testing.assert_close(scores, hidden @ model.item_embedding.weight[: N_ITEMS + 1].t())
+    assert model.output_layer()[1] is None
+
+
 def test_append_mask_after_history_dropping_the_oldest_only_when_full():
     model = small()
     items = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5], [7, 0, 0, 0, 0]])

@@ -5,7 +5,8 @@ Network. ``h0 = Dropout(LayerNorm(ItemEmb(s) + PosEmb(0..L-1)))``, ``n_layers`` 
 bidirectional multi-head self-attention and a feed-forward, each with a post-norm residual
 (RecBole's transformer layout; pad keys are masked, so padding never influences a real
 position), then RecBole 1.2's output head ``LayerNorm(GELU(Linear(h)))``. Scores are
-``h @ ItemEmb[0..n_items]^T + output_bias``. Timestamps are not used.
+``h @ ItemEmb[0..n_items]^T + output_bias``. With ``output_head: false`` the head and the bias
+are left out: scores are ``h @ ItemEmb[0..n_items]^T``. Timestamps are not used.
 
 Mask token. The item table has ``n_items + 2`` rows: padding 0, items 1..n_items and the mask
 token ``n_items + 1``. The mask row is an input only: scores and the loss cover the ids
@@ -63,6 +64,9 @@ class BERT4RecHyperparameters(AttentionHyperparameters):
     #: item is a cloze target too (the paper trains on whole sequences); false: the window's inputs only
     cloze_last_target: bool = hyperparameter(True, boolean)
     ft_ratio: float = hyperparameter(0.5, unit_interval)  # RecBole 1.2's default: the share of mask-the-last batches
+    #: RecBole 1.2's head, LayerNorm(GELU(Linear(h))) and a bias per item before the tied product; false: the plain
+    #: tied product ``h @ ItemEmb^T`` (the RecSys 2022/2023 HuggingFace-based BERT4Rec studies' form)
+    output_head: bool = hyperparameter(True, boolean)
 
 
 class BERT4Rec(SequentialRecommender):
@@ -84,10 +88,12 @@ class BERT4Rec(SequentialRecommender):
         self.layer_norm = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
         self.dropout = Dropout(hp.hidden_dropout_prob)
         self.blocks = nn.ModuleList(AttentionBlock(hp, causal=False) for _ in range(hp.n_layers))
-        self.output_ffn = nn.Linear(hp.hidden_size, hp.hidden_size)
-        self.output_gelu = nn.GELU()
-        self.output_ln = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
-        self.output_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.output_head = hp.output_head
+        if hp.output_head:
+            self.output_ffn = nn.Linear(hp.hidden_size, hp.hidden_size)
+            self.output_gelu = nn.GELU()
+            self.output_ln = nn.LayerNorm(hp.hidden_size, eps=hp.layer_norm_eps)
+            self.output_bias = nn.Parameter(torch.zeros(n_items + 1))
         self.apply(lambda module: init_normal_(module, hp.initializer_range))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
@@ -102,11 +108,13 @@ class BERT4Rec(SequentialRecommender):
         hidden = self.dropout(self.layer_norm(self.item_embedding(item_seq) + self.position_embedding(positions)))
         for block in self.blocks:
             hidden = block(hidden, real=real)
+        if not self.output_head:
+            return hidden
         return self.output_ln(self.output_gelu(self.output_ffn(hidden)))
 
-    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of ids 0..n_items (the mask token's row is left out) plus RecBole's output bias."""
-        return self.item_embedding.weight[: self.n_items + 1], self.output_bias
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores of ids 0..n_items (the mask token's row is left out) plus RecBole's output bias, if any."""
+        return self.item_embedding.weight[: self.n_items + 1], self.output_bias if self.output_head else None
 
     @staticmethod
     def append(
