@@ -72,10 +72,9 @@ async def _load(urls: list[str], requests: list[dict], concurrency: int, warmup:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    latencies.sort()
 
     def percentile(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+        return _quantile(latencies, q) * 1000
 
     measured = len(latencies)
     return {"p50_ms": percentile(0.5), "p95_ms": percentile(0.95), "p99_ms": percentile(0.99),
@@ -243,6 +242,7 @@ def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple
 
 
 def _quantile(values: list[float], q: float) -> float:
+    """The value at rank ``int(q * n)`` of the sorted ``values`` (the last for q = 1)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
