@@ -4,6 +4,7 @@ model per kind (streaming TiM4Rec, fixed-length SASRec, non-streaming BERT4Rec) 
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,12 @@ import tim4rec
 from tim4rec.data.datasets import fetch_item_metadata
 
 torch.set_num_threads(1)
+
+# A test run started in the background by a non-interactive shell (``cmd &``) inherits SIGINT ignored, and so
+# would every command it starts, which then cannot be stopped by the Ctrl-C that tests/hardening sends: give
+# this process, and through it its children, the default Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
