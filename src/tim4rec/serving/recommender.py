@@ -386,6 +386,4 @@ def _ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:
 
 def _unique_ids(ids: Iterable[int] | torch.Tensor) -> torch.Tensor:
     """Distinct model ids as a long tensor (a history's items, or any collection of ids)."""
-    if not isinstance(ids, torch.Tensor):
-        ids = torch.tensor(list(ids), dtype=torch.long)
-    return torch.unique(ids.long())
+    return torch.unique(_ids(ids))
