@@ -1,5 +1,6 @@
 """Caser: RecBole 1.2's network (without the user embedding), padding behaviour, regulariser."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,13 +36,13 @@ def recbole_forward(model, items):
 
 def test_defaults_and_shapes():
     model = create("caser", N_ITEMS, L)
-    assert (model.regime, model.causal) == ("prefix", False)
+    assert (model.regime, model.causal, model.history_span) == ("prefix", True, L)
     assert model.hyperparameters == {"embedding_size": 64, "nv": 4, "nh": 8, "dropout_prob": 0.2, "reg_weight": 1e-4}
     assert len(model.conv_h) == L and model.conv_h[-1].weight.shape == (8, 1, L, 64)
     assert model.fc1.in_features == 4 * 64 + 8 * L and model.fc2.in_features == 64  # no user embedding
     items, lengths, times = history()
     hidden = model(items, lengths, times)
-    assert hidden.shape == (3, L, 64) and torch.equal(hidden[:, 0], hidden[:, -1])
+    assert hidden.shape == (3, L, 64)
     assert model.full_sort_predict(items, lengths, times).shape == (3, N_ITEMS + 1)
 
 
@@ -92,13 +93,93 @@ def test_regulariser_is_added_to_the_loss():
     assert regularised.conv_h[-1].weight.grad.abs().sum() > 0
 
 
-def test_rejects_causal_windows_and_pads_short_inputs():
+def test_pads_short_inputs():
     model = small().eval()
     items, lengths, times = history()
-    with pytest.raises(ValueError, match="prefix"):
-        model.calculate_loss(Batch("causal", items, lengths, times, items))
     short = lengths.clamp(max=5)
     with torch.no_grad():  # fewer than L columns: padded to L, the same scores as the padded input
         torch.testing.assert_close(
             model.full_sort_predict(items[:, :5], short, times[:, :5]), model.full_sort_predict(items, short, times)
         )
+
+
+def prefix_vectors(model, items, lengths, rows_positions):
+    """The prefix form on each (row, t): the last min(t + 1, L) events up to t as their own history."""
+    histories = torch.zeros(len(rows_positions), model.max_seq_length, dtype=torch.long)
+    sizes = torch.zeros(len(rows_positions), dtype=torch.long)
+    for i, (row, t) in enumerate(rows_positions):
+        begin = max(0, t + 1 - model.max_seq_length)
+        histories[i, : t + 1 - begin] = items[row, begin : t + 1]
+        sizes[i] = t + 1 - begin
+    return model.encode(histories, sizes)
+
+
+@pytest.mark.parametrize("span, width", [(16, 40), (16, 16), (16, 9), (1, 5)])
+def test_every_position_of_a_window_is_its_prefix_history(span, width):
+    """The causal form (forward over windows, here up to 2.5 L) equals the prefix form at sampled positions."""
+    torch.manual_seed(0)
+    model = create("caser", N_ITEMS, span, **SMALL).eval()
+    with torch.no_grad():
+        model.item_embedding.weight[0].normal_()  # a padding row far from zero: a wrong padding term shows
+    items, lengths, times = random_history(N_ITEMS, width, (width, width - 3, min(width, span + 2), 7, 1)[:5])
+    lengths = lengths.clamp(max=width)
+    generator = torch.Generator().manual_seed(1)
+    picks = [
+        (row, int(t)) for row in range(len(items)) for t in torch.randperm(int(lengths[row]), generator=generator)[:6]
+    ]
+    with torch.no_grad():
+        hidden = model(items, lengths, times)
+        causal = torch.stack([hidden[row, t] for row, t in picks])
+        torch.testing.assert_close(causal, prefix_vectors(model, items, lengths, picks), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block", [10, 2])
+def test_causal_windows_give_the_prefix_regimes_loss_and_gradient(block):
+    """On the data pipeline's windows of s + L - 1 events (with L - 1 of context), the summed loss and its
+    gradient equal the prefix regime's; rows whose targets all sit at t >= L - 1 skip the short-history sums;
+    heights in one block of short-history sums or in three."""
+    from tests.data.test_batches import make
+    from tim4rec.models.base import cross_entropy_terms
+
+    span = 6
+    seq, data = make([5, 9, 17, 4, 3, 30], max_len=span)
+    torch.manual_seed(0)
+    model = create("caser", data.n_items, span, embedding_size=6, nv=2, nh=3, dropout_prob=0.0)
+    model.SHORT_BLOCK = block
+    with torch.no_grad():
+        model.item_embedding.weight[0].normal_()
+    sums, grads = {}, {}
+    for regime, stride in (("prefix", None), ("causal", 4)):
+        length = None if regime == "prefix" else stride + span - 1
+        samples = seq.train_samples(regime, window_stride=stride, window_length=length)
+        batch = seq.batch(samples, np.arange(len(samples)))
+        if regime == "causal":
+            assert batch.item_seq.shape[1] == 9 and int((batch.target > 0).sum()) == samples.n_targets
+        model.zero_grad()
+        total, count = cross_entropy_terms(model, batch)
+        total.backward()
+        sums[regime] = (total.detach(), count)
+        grads[regime] = [p.grad.clone() for p in model.parameters()]
+    assert sums["prefix"][1] == sums["causal"][1]
+    torch.testing.assert_close(sums["causal"][0], sums["prefix"][0], rtol=1e-5, atol=1e-5)
+    for causal, prefix in zip(grads["causal"], grads["prefix"]):
+        torch.testing.assert_close(causal, prefix, rtol=1e-4, atol=1e-5)
+
+
+def test_trains_on_windows_with_context(synthetic_inter, tmp_path):
+    """train_regime causal: the trainer's windows are stride + L - 1 events long, every target once."""
+    from tim4rec.config import load_config
+    from tim4rec.runtime import runtime_settings
+    from tim4rec.training.experiment import build_experiment
+    from tim4rec.training.trainer import Trainer
+
+    settings = {"model": "caser", "dataset": str(synthetic_inter), "epochs": 1, "threads": 1, "show_progress": False,
+                "train_regime": "causal", "window_stride": 4, "embedding_size": 8, "nv": 2, "nh": 2,
+                "MAX_ITEM_LIST_LENGTH": 6}  # fmt: skip
+    config, notices = load_config(overrides=settings)
+    with runtime_settings(threads=1, flush_denormal=config.flush_denormal) as runtime:
+        trainer = Trainer(build_experiment(config, notices), tmp_path / "run", runtime=runtime)
+        samples = trainer.train_samples
+        assert samples.width == 4 + 6 - 1 and samples.n_targets == trainer.data.train_samples("prefix").n_targets
+        results = trainer.fit()
+    assert results["regime"] == "causal" and results["epochs"][0]["loss"] > 0

@@ -15,7 +15,10 @@ Two training regimes feed the same training targets:
   windows overlap: each window's last ``s`` positions are its targets and the ``L - s`` before
   them are context without loss, so every target sees up to ``L - 1`` earlier events as in the
   prefix regime (``s = 1`` gives exactly the prefix regime's targets and histories); an epoch
-  then costs about ``L / s`` times as much.
+  then costs about ``L / s`` times as much. A model whose output at a position reads only the
+  last ``L`` events (Caser's image of the history) takes windows of ``s + L - 1`` positions
+  instead (``window_length``): ``L - 1`` of context before the ``s`` new targets, so every target
+  sees the prefix regime's history and each window gives ``s`` of them.
 
 Validation and test batches are prefix batches (one target per row) in both regimes. Every
 :class:`Batch` says which regime it belongs to; nothing guesses it from a tensor's shape.
@@ -135,6 +138,7 @@ class SampleSet:
     target events for one-target samples, or ``None`` for causal windows (the targets are the
     events right after each input position); ``context`` (S,) for causal windows: how many leading
     positions carry no loss (their targets belong to an earlier window), None when all do.
+    ``width``: the padded length of a batch row (None: L).
     """
 
     starts: np.ndarray
@@ -142,6 +146,7 @@ class SampleSet:
     targets: np.ndarray | None
     users: np.ndarray  # (S,) user ids 1..n_users
     context: np.ndarray | None = None
+    width: int | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -154,7 +159,7 @@ class SampleSet:
         """The samples at ``rows``."""
         targets = None if self.targets is None else self.targets[rows]
         context = None if self.context is None else self.context[rows]
-        return SampleSet(self.starts[rows], self.lengths[rows], targets, self.users[rows], context)
+        return SampleSet(self.starts[rows], self.lengths[rows], targets, self.users[rows], context, self.width)
 
     @property
     def n_targets(self) -> int:
@@ -207,9 +212,12 @@ class SequenceData:
                 "leave-one-out trains on users with at least 4 events, a temporal split on users with 2 before the cut)"
             )
 
-    def train_samples(self, regime: Regime | str, window_stride: int | None = None) -> SampleSet:
+    def train_samples(
+        self, regime: Regime | str, window_stride: int | None = None, window_length: int | None = None
+    ) -> SampleSet:
         """The training samples of ``regime`` (a :class:`Regime` or its name); a DataError when there are none.
-        ``window_stride``: causal windows start every ``window_stride`` targets (None: L, no overlap)."""
+        ``window_stride``: causal windows start every ``window_stride`` targets (None: L, no overlap);
+        ``window_length``: their length (None: L), at least the stride."""
         try:
             regime = Regime(regime)
         except ValueError:
@@ -223,13 +231,14 @@ class SequenceData:
         if regime is PREFIX:
             target = np.repeat(last - counts + 1, counts) + _ranges(counts)
             return self._one_target(target, np.repeat(users, counts))
-        window = self.max_seq_length
-        stride = window if window_stride is None else window_stride
+        window = window_length or self.max_seq_length
+        stride = self.max_seq_length if window_stride is None else window_stride
         if not 1 <= stride <= window:
-            raise DataError(f"window_stride: expected from 1 to MAX_ITEM_LIST_LENGTH = {window}, got {stride}")
+            bound = "the window length" if window_length else "MAX_ITEM_LIST_LENGTH"
+            raise DataError(f"window_stride: expected from 1 to {bound} = {window}, got {stride}")
         n_windows = -(-counts // stride)
         # window k (0 = most recent) of a user ends at target last - k*s: new targets (last - (k+1)*s, last - k*s],
-        # and positions reach back L targets for context (never before the user's first target)
+        # and positions reach back to fill the window for context (never before the user's first target)
         k = _ranges(n_windows)
         user_rep, user_first = np.repeat(users, n_windows), np.repeat(first, n_windows)
         window_last = np.repeat(last, n_windows) - k * stride
@@ -237,11 +246,15 @@ class SequenceData:
         new_first = np.maximum(user_first, window_last - stride + 1)
         lengths = window_last - window_first + 1
         context = None if stride == window else new_first - window_first
-        return SampleSet(window_first - 1, lengths, None, user_rep, context)
+        width = None if window == self.max_seq_length else window
+        return SampleSet(window_first - 1, lengths, None, user_rep, context, width)
 
     # ----------------------------------------------------------------------------- batches
-    def _gather(self, starts: torch.Tensor, lengths: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(self.max_seq_length)
+    def _gather(
+        self, starts: torch.Tensor, lengths: torch.Tensor, source: torch.Tensor, width: int | None = None
+    ) -> torch.Tensor:
+        """(B, width or L): ``source`` at ``starts + position`` where position < ``lengths``, its pad value after."""
+        positions = torch.arange(width or self.max_seq_length)
         index = starts[:, None] + positions[None, :]
         index = torch.where(positions[None, :] < lengths[:, None], index, torch.full_like(index, self.pad_index))
         return source[index]
@@ -251,20 +264,21 @@ class SequenceData:
         rows = torch.as_tensor(rows, dtype=torch.long)
         starts = torch.from_numpy(samples.starts)[rows]
         lengths = torch.from_numpy(samples.lengths)[rows]
+        width = samples.width
         if samples.targets is not None:
             target_events = torch.from_numpy(samples.targets)[rows]
             target, target_time = self.items[target_events], self.timestamps[target_events]
         else:
-            target = self._gather(starts + 1, lengths, self.items)
-            target_time = self._gather(starts + 1, lengths, self.timestamps)
+            target = self._gather(starts + 1, lengths, self.items, width)
+            target_time = self._gather(starts + 1, lengths, self.timestamps, width)
             if samples.context is not None:  # context positions: history for the window's targets, no loss
                 context = torch.from_numpy(samples.context)[rows]
-                target = target.masked_fill(torch.arange(self.max_seq_length)[None, :] < context[:, None], 0)
+                target = target.masked_fill(torch.arange(target.shape[1])[None, :] < context[:, None], 0)
         return Batch(
             regime=samples.regime,
-            item_seq=self._gather(starts, lengths, self.items),
+            item_seq=self._gather(starts, lengths, self.items, width),
             item_seq_len=lengths.clone(),
-            timestamps=self._gather(starts, lengths, self.timestamps),
+            timestamps=self._gather(starts, lengths, self.timestamps, width),
             target=target,
             user=torch.from_numpy(samples.users)[rows],
             target_time=target_time,

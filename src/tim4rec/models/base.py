@@ -150,6 +150,10 @@ class SequentialRecommender(nn.Module):
     #: True when the training objective draws its own targets inside a window (BERT4Rec's cloze), so
     #: the model trains on windows of L events (the ``causal`` regime's batches) without being causal
     window_objective: ClassVar[bool] = False
+    #: how many events the output at a position reads (Caser: the last L); None: every earlier event of its
+    #: window. A causal model with a span takes causal windows of ``stride + span - 1`` positions, so that
+    #: each target sees the whole history the prefix regime gives it
+    history_span: int | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -49,6 +49,15 @@ def rows_per_batch(config: Config, regime: Regime) -> int:
     return regime.rows_per_batch(config.train_batch_size, config.window_stride or config.max_seq_length)
 
 
+def causal_window_length(config: Config, model: SequentialRecommender, regime: Regime) -> int | None:
+    """The length of a causal training window: ``stride + span - 1`` for a model whose positions read a span
+    of events (:attr:`SequentialRecommender.history_span`), None (L) otherwise."""
+    span = model.history_span
+    if regime is PREFIX or span is None:
+        return None
+    return (config.window_stride or config.max_seq_length) + span - 1
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -45,7 +45,7 @@ from tim4rec.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from tim4rec.training.experiment import Experiment
+from tim4rec.training.experiment import Experiment, causal_window_length
 from tim4rec.training.results import RunResults, TrainingState
 from tim4rec.training.tracking import Trackers
 
@@ -77,7 +77,8 @@ class Trainer:
         self.model, self.data, self.optimizer = experiment.model, experiment.data, experiment.optimizer
         self.output_dir = Path(output_dir or config.output_dir or default_output_dir(config))
         self.runtime = runtime
-        self.train_samples = self.data.train_samples(experiment.regime, config.window_stride)
+        window_length = causal_window_length(config, self.model, experiment.regime)
+        self.train_samples = self.data.train_samples(experiment.regime, config.window_stride, window_length)
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
         self.state = TrainingState()
