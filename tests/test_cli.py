@@ -81,3 +81,12 @@ def test_stats_and_train_and_evaluate(synthetic_inter: Path, tmp_path: Path):
     done = run("evaluate", str(output / "best.pt"))
     assert done.returncode == 0, done.stderr
     assert "| test |" in done.stdout
+
+
+def test_train_without_the_test_split_prints_validation_only(synthetic_inter: Path, tmp_path: Path):
+    settings = ["epochs=1", "hidden_size=8", "n_heads=2", "MAX_ITEM_LIST_LENGTH=8", "threads=1", "evaluate_test=false"]
+    args = [item for setting in settings for item in ("--set", setting)]
+    done = run("train", "--model", "sasrec", "--dataset", str(synthetic_inter), "--output", str(tmp_path / "o"), *args)
+    assert done.returncode == 0, done.stderr
+    assert "| valid (best) |" in done.stdout and "| test |" not in done.stdout
+    assert "test: not evaluated" in done.stdout

@@ -50,7 +50,10 @@ def _print_results(results: dict[str, Any]) -> None:
         f"stopped by {run.stopped_by}, "
         + (f"{run.seconds_per_epoch:.1f} s per epoch" if run.seconds_per_epoch else "no full epoch")
     )
-    print(_format_metrics_table({"valid (best)": run.best_valid, "test": run.test}, ks, names))
+    splits = {"valid (best)": run.best_valid, "test": run.test}  # test is None with evaluate_test false
+    print(_format_metrics_table({split: metrics for split, metrics in splits.items() if metrics}, ks, names))
+    if not run.test:
+        print("test: not evaluated (evaluate_test false)")
     print(f"results: {run.output_dir}/results.json")
 
 

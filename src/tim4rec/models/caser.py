@@ -111,7 +111,12 @@ class Caser(SequentialRecommender):
         left-aligned in an (L x d) image, padding rows after them (the convolutions of an image of L rows
         are those of a window of width L at its one position, :meth:`_full_features`)."""
         image = self._image(*self._last_events(item_seq, item_seq_len))  # (B, L, d)
-        return self._head(self._full_features(image)[:, 0])
+        # in pieces of ENCODE_ROWS: the window values (L, rows, nh*L) of 1,024 rows take 1.3 GB at L = 200
+        features = [self._full_features(part)[:, 0] for part in image.split(self.ENCODE_ROWS)]
+        return self._head(torch.cat(features))
+
+    #: rows per piece of :meth:`encode`
+    ENCODE_ROWS = 256
 
     def _last_events(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last min(len, L) events of each row, right-padded to L columns: (B, L) ids, (B,) lengths."""
