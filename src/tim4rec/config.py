@@ -186,6 +186,9 @@ class Config:
     micro_batch: int = _setting(256, positive_int, resumable=True)  # rows per forward/backward: bounds the memory
     learning_rate: float = _setting(1e-3, nonnegative_number)
     weight_decay: float = _setting(0.0, nonnegative_number)
+    # the learning rate times lr_decay_factor after lr_decay_patience epochs without a better validation; None: fixed
+    lr_decay_patience: int | None = _setting(None, optional(positive_int))
+    lr_decay_factor: float = _setting(0.5, fraction)
     stopping_step: int = _setting(10, positive_int)
     max_steps: int | None = _setting(None, optional(positive_int), resumable=True)
     time_budget: float | None = _setting(None, optional(positive_number), resumable=True)  # s, across resumes

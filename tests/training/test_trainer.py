@@ -89,6 +89,41 @@ def test_resume_after_a_kill_gives_the_same_results(synthetic_inter: Path, tmp_p
     assert resumed["best_epoch"] == uninterrupted["best_epoch"]
 
 
+def _scripted_validation(monkeypatch, scores: list[float]) -> None:
+    """Validation NDCG@10 follows ``scores`` (epoch by epoch, across resumes; the test split is left alone)."""
+    real = Trainer._evaluate
+
+    def scripted(self, samples, *args, **kwargs):
+        metrics = real(self, samples, *args, **kwargs)
+        if samples is self.valid_samples:
+            metrics = {**metrics, "ndcg@10": scores[self.state.epoch]}  # state.epoch: the epochs before this one
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_evaluate", scripted)
+
+
+def test_the_learning_rate_decays_after_epochs_without_a_better_validation(synthetic_inter, tmp_path, monkeypatch):
+    """lr_decay_patience 2: halved after the second epoch in a row with no better validation, counted anew after
+    a decay; a killed and resumed run decays at the same epochs (the schedule is in the checkpoint)."""
+    _scripted_validation(monkeypatch, [0.1, 0.2, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3])
+    settings = {"epochs": 9, "lr_decay_patience": 2, "learning_rate": 1e-3}
+    uninterrupted = _fit(synthetic_inter, tmp_path / "a", **settings)
+    rates = [entry["learning_rate"] for entry in uninterrupted["epochs"]]
+    assert rates == pytest.approx([1e-3] * 4 + [5e-4] * 4 + [2.5e-4])
+
+    def kill_after(epoch: int) -> None:
+        if epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _fit(synthetic_inter, tmp_path / "b", hook=kill_after, **settings)
+    resumed = _fit(synthetic_inter, tmp_path / "b", resume=True, **settings)
+    assert [e["learning_rate"] for e in resumed["epochs"]] == rates
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in uninterrupted["epochs"]]
+    fixed = _fit(synthetic_inter, tmp_path / "c", epochs=9)  # without it, the rate never moves
+    assert {entry["learning_rate"] for entry in fixed["epochs"]} == {1e-3}
+
+
 def test_an_existing_run_is_never_overwritten(synthetic_inter: Path, tmp_path: Path):
     _fit(synthetic_inter, tmp_path / "a", epochs=1)
     before = (tmp_path / "a" / "results.json").read_bytes()

@@ -86,8 +86,22 @@ class Trainer:
         # fp16 gradients underflow without loss scaling (bf16 has float32's range and needs none)
         fp16 = config.mixed_precision == "fp16" and self.optimizer is not None
         self.scaler = torch.amp.GradScaler(experiment.device.type) if fp16 else None
+        self.lr_schedule = self._lr_schedule()
         self.epoch_end_hook: Callable[[int], None] | None = None  # tests use it to simulate a kill
         self.machine = machine()
+
+    def _lr_schedule(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+        """The learning rate times ``lr_decay_factor`` once ``lr_decay_patience`` epochs in a row bring no better
+        validation score (counted again from each decay); None without ``lr_decay_patience``."""
+        patience = self.config.lr_decay_patience
+        if patience is None or self.optimizer is None:
+            return None
+        # torch's patience counts the epochs it tolerates: it decays on the (patience + 1)-th bad epoch; threshold
+        # 0 makes "better" the early stopping's strictly greater score
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=self.config.lr_decay_factor, patience=patience - 1,
+            threshold=0.0, threshold_mode="abs",
+        )  # fmt: skip
 
     def _log(self, message: str) -> None:
         if self.distributed.main:
@@ -134,6 +148,7 @@ class Trainer:
             state=self.state.to_dict(),
             rng_by_rank=rng_by_rank,
             scaler_state=self.scaler.state_dict() if self.scaler else None,
+            lr_schedule_state=self.lr_schedule.state_dict() if self.lr_schedule else None,
         )
 
     def _save_best(self) -> None:
@@ -202,6 +217,8 @@ class Trainer:
                 self.optimizer.load_state_dict(checkpoint["optimizer_state"])
             if self.scaler is not None and checkpoint.get("scaler_state"):
                 self.scaler.load_state_dict(checkpoint["scaler_state"])
+            if self.lr_schedule is not None and checkpoint.get("lr_schedule_state"):
+                self.lr_schedule.load_state_dict(checkpoint["lr_schedule_state"])
         except (RuntimeError, ValueError, KeyError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Tim4RecError(f"{self.checkpoint_path}: the saved weights do not fit this model ({first})") from None
@@ -468,13 +485,17 @@ class Trainer:
             state.best_score, state.best_epoch, state.best_valid, state.epochs_since_best = score, epoch, valid, 0
         else:
             state.epochs_since_best += 1
+        if self.optimizer is not None:
+            entry["learning_rate"] = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
+        if self.lr_schedule is not None:
+            self.lr_schedule.step(score)
         state.epoch = epoch
         state.history.append(entry)
         if improved:
             self._save_best()
         self._save_checkpoint()
         self._write_results("running")
-        self.trackers.epoch(epoch, entry, self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else 0.0)
+        self.trackers.epoch(epoch, entry, entry.get("learning_rate", 0.0))
         best = " (best)" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})"
         stopped = f"; stopped by {state.stopped_by}" if state.stopped_by else ""
         self._log(
