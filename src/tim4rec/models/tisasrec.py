@@ -53,9 +53,9 @@ from torch import nn
 from tim4rec.data.batches import CAUSAL
 from tim4rec.errors import ConfigError
 from tim4rec.models.base import SequentialRecommender, StreamState, require
-from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Dropout, init_normal_
+from tim4rec.models.blocks import AttentionBlock, AttentionHyperparameters, Dropout, RequestGap, init_normal_
 from tim4rec.models.hyperparameters import hyperparameter
-from tim4rec.values import choice, int_in, positive_int
+from tim4rec.values import boolean, choice, int_in, positive_int
 
 _NO_GAP = torch.iinfo(torch.int64).max
 
@@ -100,6 +100,10 @@ class TiSASRecHyperparameters(AttentionHyperparameters):
     # in 512 MiB at hidden_size 64, while an unbounded value asks the allocator for terabytes
     time_span: int = hyperparameter(256, int_in(1, 2**20), size=True)
     time_interval_mode: str = hyperparameter("scaled", choice(*TIME_INTERVAL_MODES))
+    #: the read-out also takes the gap from the last event to the time the prediction is for (the target's
+    #: time in training and evaluation, the request's when serving), as TiM4Rec's: the intervals between
+    #: events reach the attention, this one only the read-out
+    request_time: bool = hyperparameter(False, boolean)
 
 
 class TimeAwareSelfAttention(nn.Module):
@@ -218,6 +222,8 @@ class TiSASRec(SequentialRecommender):
             for _ in range(hp.n_layers)
         )  # fmt: skip
         self.apply(lambda module: init_normal_(module, hp.initializer_range))
+        if hp.request_time:  # after the initialisation: its output layer starts at zero
+            self.request_gap = RequestGap(hp.hidden_size)
 
     def time_intervals(self, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, L) seconds -> (B, L, L) interval buckets in [0, time_span] (see the module docstring)."""
