@@ -183,3 +183,17 @@ def test_trains_on_windows_with_context(synthetic_inter, tmp_path):
         assert samples.width == 4 + 6 - 1 and samples.n_targets == trainer.data.train_samples("prefix").n_targets
         results = trainer.fit()
     assert results["regime"] == "causal" and results["epochs"][0]["loss"] > 0
+
+
+def test_the_convolutions_stay_float32_under_bfloat16_autocast():
+    """mixed_precision bf16: the head runs in bfloat16, the convolutions' sums and transforms in float32."""
+    torch.manual_seed(0)
+    model = create("caser", N_ITEMS, 16, **SMALL).eval()
+    items, lengths, times = random_history(N_ITEMS, 40, (40, 20, 5))
+    with torch.no_grad():
+        plain = model(items, lengths, times)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(items, lengths, times)
+            features = model._position_features(model._image(items, lengths))
+    assert features.dtype == torch.float32 and mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), plain, atol=0.05, rtol=0.05)

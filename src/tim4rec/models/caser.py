@@ -67,6 +67,7 @@ from tim4rec.data.batches import CAUSAL, PREFIX, Batch
 from tim4rec.models.base import SequentialRecommender
 from tim4rec.models.blocks import Dropout
 from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
+from tim4rec.ops.precision import as_float32
 from tim4rec.values import fraction, nonnegative_number, positive_int
 
 
@@ -163,6 +164,7 @@ class Caser(SequentialRecommender):
             self._bank_indices[key] = torch.cat(parts).to(device)
         return self._bank_indices[key]
 
+    @as_float32  # partial sums over up to L rows and Fourier transforms (no bfloat16 FFT on a CPU)
     def _short_features(self, image: torch.Tensor) -> torch.Tensor:
         """(R, L, d) images of R windows' first L events -> (R, L, nv*d + nh*L): position t's features are
         those of the history of its first k = t + 1 events followed by L - k padding rows."""
@@ -195,6 +197,7 @@ class Caser(SequentialRecommender):
         height = torch.arange(heights.start, heights.stop, device=image.device).repeat_interleave(self.nh)
         return _ShortHistoryMax.apply(products, after, bias, height, r, length)
 
+    @as_float32
     def _full_features(self, image: torch.Tensor) -> torch.Tensor:
         """(B, W, d) images, W >= L -> (B, W - L + 1, nv*d + nh*L): the features of the L events ending at each
         position t = L - 1..W - 1. Every filter is correlated with the whole window at once, by FFT."""
