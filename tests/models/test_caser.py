@@ -131,6 +131,9 @@ def test_every_position_of_a_window_is_its_prefix_history(span, width):
         hidden = model(items, lengths, times)
         causal = torch.stack([hidden[row, t] for row, t in picks])
         torch.testing.assert_close(causal, prefix_vectors(model, items, lengths, picks), atol=1e-5, rtol=1e-5)
+        # a read-out of a history longer than L takes its last L events
+        last = model.gather_last(hidden, lengths)
+        torch.testing.assert_close(model.readout(items, lengths, times), last, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("block", [10, 2])
