@@ -45,7 +45,9 @@ class PostgresServer:
             shutil.chown(self.root, "postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
         os.chmod(self.root, 0o755)
-        self._run("initdb", "-D", str(self.data), "-U", "tim4rec", "-A", "trust", "--no-sync")
+        # the encoding explicit: initdb otherwise takes it from the locale it inherits (SQL_ASCII without one)
+        self._run("initdb", "-D", str(self.data), "-U", "tim4rec", "-A", "trust", "--no-sync", "-E", "UTF8",
+                  "--no-locale")  # fmt: skip
         self.start()
 
     def _run(self, program: str, *arguments: str) -> None:
@@ -67,11 +69,12 @@ class PostgresServer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def fresh_database(self, name: str) -> str:
-        """A new empty database on this server; its URL."""
+    def fresh_database(self, name: str, encoding: str | None = None) -> str:
+        """A new empty database on this server (in ``encoding``, default the cluster's); its URL."""
         import psycopg
 
+        options = f" ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" if encoding else ""
         with psycopg.connect(self.url, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            connection.execute(f'CREATE DATABASE "{name}"')
+            connection.execute(f'CREATE DATABASE "{name}"{options}')
         return self.url.rsplit("/", 1)[0] + f"/{name}"

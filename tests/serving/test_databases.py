@@ -116,6 +116,18 @@ def test_an_unreachable_server_is_a_clear_error_and_the_store_reconnects(recomme
         PostgresEvents("postgresql://nobody:secret@127.0.0.1:1/x", connect_timeout=2)
 
 
+def test_a_sql_ascii_database_gives_the_same_text(recommender: Recommender, postgres):
+    """A database created as SQL_ASCII (initdb's default without a locale) hands text back as bytes unless the
+    connection asks for UTF8: item ids and states must come back as they went in."""
+    url = postgres.fresh_database("ascii", encoding="SQL_ASCII")
+    store = UserStore(recommender, url)
+    events = [(item, T0 + n) for n, item in enumerate(items(recommender, 3))]
+    store.observe("a", events)
+    assert store.stored_events("a") == events
+    assert [entry.item for entry in store.recommend("a", k=3).items]
+    store.close()
+
+
 def test_a_missing_driver_is_a_clear_error(monkeypatch):
     import builtins
 

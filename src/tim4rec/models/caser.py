@@ -203,6 +203,8 @@ class Caser(SequentialRecommender):
         position t = L - 1..W - 1. Every filter is correlated with the whole window at once, by FFT."""
         b, width, d = image.shape
         length = self.max_seq_length
+        if b == 0:  # no rows: MKL's FFT refuses an empty batch
+            return image.new_zeros(0, width - length + 1, self.nv * d + self.nh * length)
         n = _fft_size(width)  # no wrap-around: a filter never reaches past position W - 1
         spectrum = torch.fft.rfft(image, n=n, dim=1)  # (B, n/2 + 1, d)
         kernel_v = torch.fft.rfft(self.conv_v.weight.reshape(self.nv, length), n=n, dim=1).conj()  # (nv, n/2 + 1)

@@ -163,7 +163,11 @@ class PostgresEvents:
 
     def _connect(self):
         if self.connection is None or self.connection.closed:
-            self.connection = self.psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+            # UTF8 on the wire whatever the database's encoding: a SQL_ASCII database would otherwise hand back
+            # bytes for text columns (item ids then fail as b'242')
+            self.connection = self.psycopg.connect(
+                self.url, autocommit=True, connect_timeout=self.connect_timeout, client_encoding="UTF8"
+            )
         return self.connection
 
     def _call(self, work):
