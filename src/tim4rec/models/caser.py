@@ -392,18 +392,18 @@ class _SlidingMax(torch.autograd.Function):
     def forward(ctx, values, length: int, nh: int, count: int):  # noqa: ANN001, ANN205
         width, batch, channels = values.shape
         device = values.device
-        runs, where = values, torch.arange(width, device=device, dtype=torch.int32)[:, None, None]
-        where = where.expand(width, batch, channels)
-        out = values.new_empty(count, batch, channels)
-        at = torch.empty(count, batch, channels, dtype=torch.long, device=device)
-        t = torch.arange(count, device=device)[:, None, None]
+        ctx.width = width
         if count == 1:  # one image (a read-out): the maximum over each channel's windows directly
             span = (length + 1 - torch.arange(1, length + 1, device=device)).repeat_interleave(nh)
             outside = torch.arange(width, device=device)[:, None] >= span  # (W, C)
             out, at = values.masked_fill(outside[:, None], -torch.inf).max(dim=0, keepdim=True)
             ctx.save_for_backward(at)
-            ctx.width = width
             return out
+        runs, where = values, torch.arange(width, device=device, dtype=torch.int32)[:, None, None]
+        where = where.expand(width, batch, channels)
+        out = values.new_empty(count, batch, channels)
+        at = torch.empty(count, batch, channels, dtype=torch.long, device=device)
+        t = torch.arange(count, device=device)[:, None, None]
         for a in range(length.bit_length()):
             run = 2**a
             # the heights whose span L - h + 1 lies in [2^a, 2^(a+1))
@@ -424,7 +424,6 @@ class _SlidingMax(torch.autograd.Function):
                 later = b_runs > a_runs
                 runs, where = torch.where(later, b_runs, a_runs), torch.where(later, b_at, a_at)
         ctx.save_for_backward(at)
-        ctx.width = width
         return out
 
     @staticmethod
