@@ -96,9 +96,14 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     k = min(k, scores.shape[1])
     if k == 0:
         return scores[:, :0], torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
+    values, columns = scores.topk(k, dim=1)
+    # the usual case, one check: the k values strictly decrease (no tie and no NaN among them) and nothing
+    # else equals the k-th: topk's set and order are the stable sort's
+    strict = (values[:, 1:] < values[:, :-1]).all(1)
+    if bool((strict & ((scores == values[:, -1:]).sum(1) == 1)).all()):
+        return values, columns
     nan = torch.isnan(scores)
     if not bool(nan.any()):
-        values, columns = scores.topk(k, dim=1)
         kth = values[:, -1:]
         # every column tied at the k-th value is among the k: the set is the sort's; order it by value, then column
         if bool(((scores == kth).sum(1) == (values == kth).sum(1)).all()):

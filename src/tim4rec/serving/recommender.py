@@ -17,6 +17,7 @@ to the given item ids. Scores come from one batched forward for many histories
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -297,11 +298,8 @@ class Recommender:
 
     def _items(self, values: torch.Tensor, indices: torch.Tensor) -> list[RecommendedItem]:
         """Ranked (score, model id) pairs as raw ids with titles; non-finite scores (left-out ids) dropped."""
-        keep = torch.isfinite(values)
-        return [
-            RecommendedItem(self.item_tokens[i], float(v), self.title(self.item_tokens[i]))
-            for v, i in zip(values[keep].tolist(), indices[keep].tolist())
-        ]
+        tokens = [(v, self.item_tokens[i]) for v, i in zip(values.tolist(), indices.tolist()) if math.isfinite(v)]
+        return [RecommendedItem(token, v, self.title(token)) for v, token in tokens]
 
     def recommend(
         self,
