@@ -23,7 +23,6 @@ import torch
 
 from tim4rec.models.base import SequentialRecommender, StreamState
 
-
 # Inductor's generated wrapper checks every input's and intermediate's size and stride on each call (73 checks
 # a TiM4Rec step); the inputs here are checked once per call by ``_signature`` against the warm-up's, so those
 # checks are dropped: -54 us of a 321 us step (in-process A/B of 2,800 steps, 1 thread).
