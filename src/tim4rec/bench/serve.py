@@ -196,7 +196,7 @@ RECOMPUTE_REPEATS = 20  # whole-history recomputations timed per length (each co
 
 
 def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple[list[dict[str, Any]], str]:
-    """Rows of per-event medians (ms) by history length, and how the step ran (compiled in n s, or eager).
+    """Rows of per-event medians (ms) by history length, and how the step ran (:meth:`StreamingStep.describe`).
 
     The streaming side is measured over ``repeats`` consecutive events of one user, as a server takes
     them; recomputing from the whole history, over at most ``RECOMPUTE_REPEATS`` of those histories in a
@@ -204,11 +204,13 @@ def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple
     """
     import torch
 
+    from tim4rec.data.datasets import cache_dir
     from tim4rec.serving.store import UserStore
 
     rows = []
     generator = torch.Generator().manual_seed(0)
-    step = UserStore(recommender, None, cache_size=10, compile_step=True).step  # compiled once, as a server does
+    # compiled once, as a server does (its library cached as the server caches it)
+    step = UserStore(recommender, None, cache_size=10, compile_step=True, step_cache=cache_dir() / "steps").step
     for length in lengths:
         items = torch.randint(1, recommender.n_items + 1, (length + repeats,), generator=generator).tolist()
         events = [(recommender.item_tokens[i], 1_000_000_000 + 3600 * n) for n, i in enumerate(items)]
@@ -237,8 +239,7 @@ def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple
         row["speedup"] = row["recompute_ms"] / row["update_ms"]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    mode = f"compiled in {step.compile_seconds:.1f} s" if step.compile_seconds is not None else f"eager ({step.notice})"
-    return rows, mode
+    return rows, step.describe()
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -80,6 +80,7 @@ def serve(options: ServeOptions) -> int:
         from tim4rec.serving.app import ServiceSettings, create_app
     except ImportError as error:
         raise Tim4RecError(f"tim4rec serve needs the serve extra: pip install 'tim4rec[serve]' ({error})") from None
+    from tim4rec.data.datasets import cache_dir
     from tim4rec.serving.recommender import Recommender
     from tim4rec.serving.store import UserStore
 
@@ -89,12 +90,13 @@ def serve(options: ServeOptions) -> int:
         database = options.store or str(Path(options.checkpoint).with_name("serving.sqlite"))
         listener = listen(options.host, options.port)
         try:
-            store = UserStore(recommender, database, cache_size=options.cache_size, compile_step=not options.eager_step)
+            store = UserStore(recommender, database, cache_size=options.cache_size, compile_step=not options.eager_step,
+                              step_cache=cache_dir() / "steps")  # fmt: skip
         except BaseException:
             listener.close()
             raise
         if store.step.compile_seconds is not None:
-            print(f"tim4rec: compiled the streaming step in {store.step.compile_seconds:.1f} s", file=sys.stderr)
+            print(f"tim4rec: the streaming step {store.step.describe()}", file=sys.stderr)
         settings = ServiceSettings(
             api_key=options.api_key, keyed_reads=options.keyed_reads,
             batching=options.batching, batch_wait_ms=options.batch_wait_ms, max_batch=options.max_batch,

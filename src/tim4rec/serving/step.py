@@ -1,88 +1,219 @@
-"""The one-event streaming step of a served model, compiled once at start where ``torch.compile`` works.
+"""The one-event streaming step of a served model, compiled once at start where the compilers work.
 
 An eager step of TiM4Rec is about 190 small PyTorch operations on (1, d)-sized tensors, so its time
-is the operations' fixed costs, not arithmetic; ``torch.compile`` fuses them into a few loops. The
-compiled function takes and returns the state as a flat tuple of tensors (in the order of
-``names``), so the :class:`~tim4rec.models.base.StreamState` is rebuilt outside it. Compiling
-happens in :meth:`StreamingStep.warm_up` (on a fresh state, for one user at a time), its seconds
-are kept in ``compile_seconds``; where it fails, ``notice`` says why and the eager step runs.
+is the operations' fixed costs, not arithmetic; compiling fuses them into a few loops. The compiled
+function takes and returns the state as a flat tuple of tensors (in the order of ``names``), so the
+:class:`~tim4rec.models.base.StreamState` is rebuilt outside it. Compiling happens in
+:meth:`StreamingStep.warm_up` (for one user at a time); its seconds are kept in ``compile_seconds``.
 
-Each call of a compiled function first checks its guards (shapes, dtypes, grad mode, the module's
-flags) in Python: for a (1, d) step that is a good share of the time. A call whose inputs match the
-warm-up's in everything the graph was specialised on (our own check of shapes, dtypes, devices, grad
-mode and train/eval) runs with guard evaluation skipped; any other call goes through the guards.
+Two compilers, tried in this order:
+
+1. AOTInductor (``ahead_of_time``): ``torch.export`` of the step for one user without gradients, compiled
+   to a shared library whose C++ wrapper calls the kernels, so a call runs no Python besides its entry:
+   about half the time of the ``torch.compile`` step (in-process A/B below). The model's weights are
+   copied into the library: the step serves the weights the model had at warm-up. Its output buffers
+   belong to the library and are reused by the next call, so every output is cloned before it becomes a
+   user's state. Calls unlike the warm-up's (several users, gradients on, training mode) run eagerly.
+2. ``torch.compile`` (where AOTInductor is off or failed): each call first checks dynamo's guards in
+   Python, a good share of a (1, d) step; a call whose inputs match the warm-up's in everything the graph
+   was specialised on (our own check of shapes, dtypes, devices, grad mode and train/eval) runs with guard
+   evaluation skipped; any other call goes through the guards.
+
+Where compiling fails, ``notice`` says why (also on stderr) and the next option runs, down to the eager
+step. Each compiled step is checked against the eager one on its warm-up events before it is used.
+
+AOTInductor takes about 25 s for a TiM4Rec step here. Given a ``library_cache`` folder and a ``key`` (the
+saved model's fingerprint), the library is kept there under the key, torch's and tim4rec's versions, and
+a later start loads it in well under a second; a cached library that fails the check against the eager
+step is compiled again.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from tim4rec.models.base import SequentialRecommender, StreamState
+from tim4rec.version import __version__
 
 # Inductor's generated wrapper checks every input's and intermediate's size and stride on each call (73 checks
 # a TiM4Rec step); the inputs here are checked once per call by ``_signature`` against the warm-up's, so those
 # checks are dropped: -54 us of a 321 us step (in-process A/B of 2,800 steps, 1 thread).
 UNCHECKED = {"size_asserts": False, "scalar_asserts": False, "alignment_asserts": False}
+WARM_UP_EVENTS = 3  # a fresh state, then events an hour apart: both branches of the first-event gap
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # compiled against eager on the warm-up events (float32 reordering)
+
+
+class _FlatStep(torch.nn.Module):
+    """``step_hidden`` with the state as a flat tuple (``names`` order), as ``torch.export`` takes it."""
+
+    def __init__(self, model: SequentialRecommender, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, item_ids: torch.Tensor, timestamps: torch.Tensor, *tensors: torch.Tensor) -> tuple:
+        hidden, state = self.model.step_hidden(StreamState(dict(zip(self.names, tensors))), item_ids, timestamps)
+        return (hidden, *(state[name] for name in self.names))
 
 
 class StreamingStep:
     """``step(state, item_ids, timestamps) -> (hidden (B, d), state)``: the model's ``step_hidden``, compiled
-    when ``compile`` and compiling works here, eager otherwise (same numbers up to float32 rounding). A
-    model that does not stream has no step: nothing is compiled for it."""
+    when ``compile`` and compiling works here (AOTInductor first when ``ahead_of_time``, else or after its
+    failure ``torch.compile``), eager otherwise; the same numbers up to float32 rounding. A model that does
+    not stream has no step: nothing is compiled for it."""
 
-    def __init__(self, model: SequentialRecommender, *, compile: bool):
+    def __init__(
+        self,
+        model: SequentialRecommender,
+        *,
+        compile: bool,
+        ahead_of_time: bool = True,
+        library_cache: Path | None = None,
+        key: str | None = None,
+    ):
         self.model = model
+        self.library_path = None if library_cache is None or key is None else (
+            Path(library_cache) / f"{key[:32]}-torch{torch.__version__}-tim4rec{__version__}.pt2"
+        )  # fmt: skip
+        self.library_source: str | None = None  # "compiled" or "cached" once AOTInductor's step is in use
         self.names = sorted(model.init_state(1).tensors) if model.streaming else []
-        self.compiled: Callable | None = None
+        self.flat = _FlatStep(model, self.names)
+        self.compiled: Callable | None = None  # torch.compile's step
+        self.library: Callable | None = None  # AOTInductor's step
         self.compile_seconds: float | None = None
         self.notice: str | None = None
+        self._ahead_of_time = compile and ahead_of_time and model.streaming
         self._warm_signature: tuple | None = None  # the inputs the warm-up compiled for (see _signature)
         if compile and model.streaming:
-            self.compiled = torch.compile(self._flat_step, dynamic=False, options=UNCHECKED)
+            self.compiled = torch.compile(self.flat, dynamic=False, options=UNCHECKED)
 
     @property
     def mode(self) -> str:
-        return "compiled" if self.compiled is not None else "eager"
+        return "compiled" if self.library is not None or self.compiled is not None else "eager"
 
-    def _flat_step(
-        self, item_ids: torch.Tensor, timestamps: torch.Tensor, *tensors: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        hidden, state = self.model.step_hidden(StreamState(dict(zip(self.names, tensors))), item_ids, timestamps)
-        return (hidden, *(state[name] for name in self.names))
+    @property
+    def compiler(self) -> str | None:
+        """Which compiler made the step: "AOTInductor", "torch.compile", or None (eager)."""
+        return "AOTInductor" if self.library is not None else "torch.compile" if self.compiled is not None else None
+
+    def describe(self) -> str:
+        """How the step runs, to follow "the step": "compiled by AOTInductor in 24.1 s", "loaded from the
+        cache of AOTInductor libraries in 0.3 s", "compiled by torch.compile in 5.0 s" or "run eagerly"."""
+        if self.mode == "eager":
+            return f"run eagerly ({self.notice})" if self.notice else "run eagerly"
+        if self.library_source == "cached":
+            return f"loaded from the cache of AOTInductor libraries in {self.compile_seconds:.1f} s"
+        return f"compiled by {self.compiler} in {self.compile_seconds:.1f} s"
 
     def warm_up(self) -> None:
-        """Compile now (one user, a fresh state then a second event), timing it; fall back to the eager
-        step with a notice on stderr when compiling fails."""
-        if self.compiled is None:
-            return
+        """Compile now and check the compiled step against the eager one on a few events of a fresh user,
+        timing it; fall back (AOTInductor -> torch.compile -> eager) with a notice on stderr where it fails."""
         started = time.perf_counter()
-        try:
+        if self._ahead_of_time:
+            try:
+                self._load_or_compile_library()
+            except Exception as error:  # noqa: BLE001 -- no C++ compiler, an unsupported operation, a mismatch
+                self.library = self.library_source = None
+                self._fall_back(error, "with AOTInductor", "torch.compile" if self.compiled is not None else "eagerly")
+        if self.library is None and self.compiled is not None:
+            try:
+                self._check_against_eager()
+            except Exception as error:  # noqa: BLE001 -- as above
+                self.compiled = None
+                self._fall_back(error, "", "eagerly")
+        if self.mode == "compiled":
+            self.compile_seconds = time.perf_counter() - started
+
+    def _fall_back(self, error: Exception, how: str, instead: str) -> None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        self.notice = f"{type(error).__name__}: {first[:200]}"
+        print(f"tim4rec: the streaming step could not be compiled{' ' + how if how else ''} ({self.notice}); "
+              f"it runs {instead}", file=sys.stderr, flush=True)  # fmt: skip
+
+    def _warm_up_events(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        device = next(self.model.parameters()).device
+        return [
+            (torch.tensor([n % self.model.n_items + 1], device=device), torch.tensor([3600 * n], device=device))
+            for n in range(WARM_UP_EVENTS)
+        ]
+
+    def _load_or_compile_library(self) -> None:
+        """The cached library when there is one and it agrees with the eager step, else a new one (kept in
+        the cache when there is one). Raises when compiling fails or the new library disagrees."""
+        if self.library_path is not None and self.library_path.is_file():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # torch's own pickled tree specs
+                    self.library = torch._inductor.aoti_load_package(str(self.library_path))
+                self.library_source = "cached"
+                self._check_against_eager()
+                return
+            except Exception:  # noqa: BLE001 -- unreadable or stale: compile it again
+                self.library = self.library_source = None
+        self.library, self.library_source = self._compile_ahead_of_time(), "compiled"
+        self._check_against_eager()
+
+    def _compile_ahead_of_time(self) -> Callable:
+        """``torch.export`` of the flat step for one user, compiled by AOTInductor and loaded; written to
+        ``library_path`` (whole or not at all) when there is one."""
+        item, when = self._warm_up_events()[0]
+        folder = None if self.library_path is None else self.library_path.parent
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pickled tree specs
             with torch.no_grad():
-                state = self.model.init_state(1)
-                one, when = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-                for _ in range(2):
-                    _, state = self(state, one, when)
-                self._warm_signature = self._signature(self._inputs(state, one, when))
-        except Exception as error:  # noqa: BLE001 -- a missing compiler or an unsupported operation
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            self.compiled, self.notice = None, f"{type(error).__name__}: {first[:200]}"
-            print(f"tim4rec: the streaming step could not be compiled ({self.notice}); it runs eagerly",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            return
-        self.compile_seconds = time.perf_counter() - started
+                program = torch.export.export(
+                    self.flat, self._inputs(self.model.init_state(1), item, when), strict=False
+                )
+            with tempfile.TemporaryDirectory(prefix="tim4rec-step-", dir=folder) as scratch:
+                package = torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(Path(scratch) / "step.pt2"), inductor_configs=UNCHECKED
+                )
+                library = torch._inductor.aoti_load_package(package)
+                if self.library_path is not None:
+                    os.replace(package, self.library_path)
+        return library
+
+    def _check_against_eager(self) -> None:
+        """Step a fresh user through the warm-up events both ways and raise unless the hidden states agree;
+        then keep the inputs' signature (the one every later call of one user without gradients has)."""
+        eager = mine = self.model.init_state(1)
+        signatures = []
+        with torch.no_grad():
+            for item, when in self._warm_up_events():
+                expected, eager = self.model.step_hidden(eager, item, when)
+                signatures.append(self._signature(self._inputs(mine, item, when)))
+                if self.library is not None:  # the library runs only for its own signature
+                    self._warm_signature = signatures[0]
+                got, mine = self(mine, item, when)
+                if not torch.allclose(got, expected, **TOLERANCE):
+                    error = (got - expected).abs().max().item()
+                    raise ValueError(f"the compiled step's hidden state differs from the eager one by {error:.3g}")
+        if self.library is not None and len(set(signatures)) > 1:  # later calls would all run eagerly
+            raise ValueError("the library's states are laid out unlike a fresh state")
+        self._warm_signature = signatures[-1]
 
     def __call__(
         self, state: StreamState, item_ids: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, StreamState]:
-        if self.compiled is None:
+        if self.mode == "eager":
             return self.model.step_hidden(state, item_ids, timestamps)
         self.model.check_events(item_ids, timestamps)
         inputs = self._inputs(state, item_ids, timestamps)
-        if self._warm_signature is not None and self._signature(inputs) == self._warm_signature:
+        like_warm_up = self._warm_signature is not None and self._signature(inputs) == self._warm_signature
+        if self.library is not None:
+            if not like_warm_up:  # the library is for one user without gradients
+                return self.model.step_hidden(state, item_ids, timestamps)
+            hidden, *tensors = (output.clone() for output in self.library(*inputs))
+        elif like_warm_up:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 hidden, *tensors = self.compiled(*inputs)
         else:

@@ -88,7 +88,8 @@ class UserStore:
     an LRU cache of ``cache_size`` users.
 
     ``compile_step``: compile the model's one-event step (:class:`~tim4rec.serving.step.StreamingStep`)
-    now, which takes seconds once and makes each event several times cheaper. ``timings`` holds the
+    now, which takes seconds once and makes each event several times cheaper; ``step_cache``: a folder that
+    keeps its compiled library between starts (keyed by the model's fingerprint). ``timings`` holds the
     milliseconds of the last operations' parts: ``store`` (the SQLite write of ``observe``), ``step``
     (the model's steps) and ``rank`` (read-out and ranking of ``recommend`` from a state).
     """
@@ -100,15 +101,16 @@ class UserStore:
         cache_size: int = 10_000,
         *,
         compile_step: bool = False,
+        step_cache: Path | None = None,
     ):
         nonnegative_int("cache_size", cache_size)
         self.db = open_database(path)
         self.recommender = recommender
         self.model = recommender.model
-        self.step = StreamingStep(self.model, compile=compile_step)
+        self.fingerprint = recommender.saved.fingerprint()
+        self.step = StreamingStep(self.model, compile=compile_step, library_cache=step_cache, key=self.fingerprint)
         self.step.warm_up()
         self.timings: dict[str, float] = {}
-        self.fingerprint = recommender.saved.fingerprint()
         self.cache_size = cache_size
         self.cache: OrderedDict[str, UserState] = OrderedDict()
         self.lock = threading.RLock()
