@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eager-step",
         action="store_true",
         help="do not compile the streaming step at start (AOTInductor takes ~25 s the first time a model is served, "
-        "then its library loads from the cache folder's steps/; each event is then about 3x cheaper)",
+        "then its library loads from the cache folder's steps/; each step is then about 5x cheaper)",
     )
     serve.add_argument("--no-batching", action="store_true", help="score each /recommend request on its own")
     serve.add_argument(
