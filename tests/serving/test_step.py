@@ -163,6 +163,31 @@ def test_a_cached_library_that_fails_is_compiled_again(
     assert step.notice is None and len(checks) == (2 if case == "disagrees" else 1)
 
 
+def test_a_library_that_disagrees_falls_back_to_torch_compile(
+    recommender: Recommender, ahead_of_time: StreamingStep, monkeypatch, capsys
+):
+    """A library whose hidden states are wrong (here: doubled) is not used; torch.compile's step is, checked
+    through its guards from scratch."""
+    library = ahead_of_time.library
+
+    def doubled(*inputs):
+        hidden, *state = library(*inputs)
+        return (2 * hidden, *state)
+
+    step = StreamingStep(recommender.model, compile=True)
+    monkeypatch.setattr(step, "_compile_ahead_of_time", lambda: doubled)
+    step.warm_up()
+    assert step.compiler == "torch.compile" and "differs from the eager one" in step.notice
+    assert "could not be compiled with AOTInductor" in capsys.readouterr().err
+    eager, mine, expected = StreamingStep(recommender.model, compile=False), None, None
+    mine = expected = recommender.model.init_state(1)
+    with torch.no_grad():
+        for n in range(4):
+            want, expected = eager(expected, torch.tensor([n + 5]), torch.tensor([7200 * n]))
+            got, mine = step(mine, torch.tensor([n + 5]), torch.tensor([7200 * n]))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_a_step_that_cannot_compile_falls_back_with_a_notice(recommender: Recommender, monkeypatch, capsys):
     def broken(*args):
         raise RuntimeError("no C++ compiler")
@@ -194,3 +219,22 @@ def test_a_server_compiles_the_step_at_start(trained, tmp_path: Path, monkeypatc
         server.stop()
     assert "the streaming step compiled by AOTInductor in" in server.stderr
     assert len(list((tmp_path / "cache" / "steps").glob("*.pt2"))) == 1
+
+
+def test_a_state_that_comes_out_transposed_still_runs_in_the_library():
+    """GRU4Rec's step returns its hidden state as a transposed view: the library's outputs are copied in a
+    fresh state's layout, so later calls still match the warm-up's signature and run in the library."""
+    from tests.models.test_contract import build
+
+    model = build("gru4rec", {}).eval()
+    step = StreamingStep(model, compile=True)
+    step.warm_up()
+    assert step.compiler == "AOTInductor", step.notice
+    eager, mine = StreamingStep(model, compile=False), model.init_state(1)
+    expected = mine
+    with torch.no_grad():
+        for n in range(4):
+            want, expected = eager(expected, torch.tensor([n + 1]), torch.tensor([60 * n]))
+            got, mine = step(mine, torch.tensor([n + 1]), torch.tensor([60 * n]))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert step._signature(step._inputs(mine, torch.tensor([1]), torch.tensor([1]))) == step._warm_signature

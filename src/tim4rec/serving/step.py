@@ -186,7 +186,7 @@ class StreamingStep:
         """Step a fresh user through the warm-up events both ways and raise unless the hidden states agree;
         then keep the inputs' signature (the one every later call of one user without gradients has)."""
         eager = mine = self.model.init_state(1)
-        signatures = []
+        signatures, self._warm_signature = [], None  # (torch.compile checks its guards until the end)
         with torch.no_grad():
             for item, when in self._warm_up_events():
                 expected, eager = self.model.step_hidden(eager, item, when)
@@ -212,7 +212,8 @@ class StreamingStep:
         if self.library is not None:
             if not like_warm_up:  # the library is for one user without gradients
                 return self.model.step_hidden(state, item_ids, timestamps)
-            hidden, *tensors = (output.clone() for output in self.library(*inputs))
+            # contiguous copies: a state laid out as a fresh one (GRU4Rec's comes out transposed) matches the signature
+            hidden, *tensors = (output.clone(memory_format=torch.contiguous_format) for output in self.library(*inputs))
         elif like_warm_up:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 hidden, *tensors = self.compiled(*inputs)
