@@ -277,7 +277,11 @@ class Recommender:
             scores = F.linear(hidden[None], weight[index], None if bias is None else bias[index]).float()
             values, columns = stable_topk(scores, k)
             return self._items(values[0], index[columns[0]])
-        return self.rank_batch(hidden[None], [k], [seen])[0]
+        weight, bias = self.model.output_layer()
+        ids = _ids(seen).to(weight.device)  # one row: every left-out id is in row 0
+        masked = (torch.zeros_like(ids), ids) if len(ids) else None
+        values, indices = blocked_topk(hidden[None], weight, bias, k, masked=masked)
+        return self._items(values[0], indices[0])
 
     @torch.no_grad()
     def rank_batch(
