@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -58,6 +59,13 @@ class Server:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def step_cache_environment(tmp_path_factory) -> dict[str, str]:
+    """The environment with TIM4REC_CACHE in a folder of the session: compiled streaming steps go there (the
+    session's first compile is a real one), not into the user's cache."""
+    return {**os.environ, "TIM4REC_CACHE": str(tmp_path_factory.mktemp("cache"))}
 
 
 @pytest.fixture(scope="module")

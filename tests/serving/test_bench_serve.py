@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 
-def test_bench_serve_command(trained, tmp_path: Path):
+def test_bench_serve_command(trained, tmp_path: Path, step_cache_environment):
     done = subprocess.run(
         [sys.executable, "-m", "tim4rec", "bench", "serve", str(trained["tim4rec"]), "--history", "5",
          "--concurrency", "1", "4", "--requests", "12", "--warmup", "2", "--lengths", "5", "--repeats", "2",
          "--users", "5", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=step_cache_environment,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "serve.md").read_text()
@@ -22,12 +22,12 @@ def test_bench_serve_command(trained, tmp_path: Path):
     assert (tmp_path / "serve.png").stat().st_size > 0
 
 
-def test_bench_serve_streaming_only(trained, tmp_path: Path):
+def test_bench_serve_streaming_only(trained, tmp_path: Path, step_cache_environment):
     """One process, no server: the streaming table alone, its columns separate, a row per length."""
     done = subprocess.run(
         [sys.executable, "-m", "tim4rec", "bench", "serve", str(trained["tim4rec"]), "--streaming-only",
          "--lengths", "5", "30", "--repeats", "25", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=step_cache_environment,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "serve.md").read_text()
@@ -42,13 +42,13 @@ def test_bench_serve_streaming_only(trained, tmp_path: Path):
         assert 0 < float(values["step_rank_ms"]) <= float(values["step_rank_p90_ms"])
 
 
-def test_bench_serve_with_replicas_on_postgresql(trained, postgres, tmp_path: Path):
+def test_bench_serve_with_replicas_on_postgresql(trained, postgres, tmp_path: Path, step_cache_environment):
     url = postgres.fresh_database("bench")
     done = subprocess.run(
         [sys.executable, "-m", "tim4rec", "bench", "serve", str(trained["tim4rec"]), "--history", "5",
          "--concurrency", "4", "--requests", "20", "--warmup", "2", "--lengths", "5", "--repeats", "2",
          "--users", "5", "--output", str(tmp_path), "--store", url, "--replicas", "2"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=step_cache_environment,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "serve.md").read_text()

@@ -128,8 +128,8 @@ def test_a_later_start_loads_the_library_from_the_cache(
     again.warm_up()
     assert again.library_source == "cached" and again.compile_seconds < ahead_of_time.compile_seconds / 3
     assert again.describe().startswith("loaded from the cache of AOTInductor libraries in ")
-    eager, state, mine = StreamingStep(recommender.model, compile=False), recommender.model.init_state(1), None
-    mine = state
+    eager = StreamingStep(recommender.model, compile=False)
+    state = mine = recommender.model.init_state(1)
     with torch.no_grad():
         for n in range(4):
             expected, state = eager(state, torch.tensor([n + 2]), torch.tensor([86_400 * n]))
@@ -147,8 +147,13 @@ def test_a_cached_library_that_fails_is_compiled_again(
     step = StreamingStep(recommender.model, compile=True, library_cache=tmp_path, key="test-model")
     step.library_path.write_bytes(b"not a library" if case == "unreadable" else good.read_bytes())
     compiles, checks = [], []
-    monkeypatch.setattr(step, "_compile_ahead_of_time",
-                        lambda: compiles.append(1) or torch._inductor.aoti_load_package(str(good)))  # fmt: skip
+
+    def compile_stand_in(package: Path):
+        compiles.append(1)
+        package.write_bytes(good.read_bytes())
+        return torch._inductor.aoti_load_package(str(package))
+
+    monkeypatch.setattr(step, "_compile_ahead_of_time", compile_stand_in)
     real_check = step._check_against_eager
 
     def check_fails_once_when_it_disagrees():
@@ -161,10 +166,11 @@ def test_a_cached_library_that_fails_is_compiled_again(
     step.warm_up()
     assert compiles == [1] and step.library_source == "compiled" and step.compiler == "AOTInductor"
     assert step.notice is None and len(checks) == (2 if case == "disagrees" else 1)
+    assert step.library_path.read_bytes() == good.read_bytes()  # the new library replaced the cached file
 
 
 def test_a_library_that_disagrees_falls_back_to_torch_compile(
-    recommender: Recommender, ahead_of_time: StreamingStep, monkeypatch, capsys
+    recommender: Recommender, ahead_of_time: StreamingStep, tmp_path: Path, monkeypatch, capsys
 ):
     """A library whose hidden states are wrong (here: doubled) is not used; torch.compile's step is, checked
     through its guards from scratch."""
@@ -174,12 +180,18 @@ def test_a_library_that_disagrees_falls_back_to_torch_compile(
         hidden, *state = library(*inputs)
         return (2 * hidden, *state)
 
-    step = StreamingStep(recommender.model, compile=True)
-    monkeypatch.setattr(step, "_compile_ahead_of_time", lambda: doubled)
+    step = StreamingStep(recommender.model, compile=True, library_cache=tmp_path, key="test-model")
+
+    def compile_stand_in(package: Path):
+        package.write_bytes(ahead_of_time.library_path.read_bytes())
+        return doubled
+
+    monkeypatch.setattr(step, "_compile_ahead_of_time", compile_stand_in)
     step.warm_up()
     assert step.compiler == "torch.compile" and "differs from the eager one" in step.notice
+    assert not step.library_path.exists()  # a library that failed its check is not kept
     assert "could not be compiled with AOTInductor" in capsys.readouterr().err
-    eager, mine, expected = StreamingStep(recommender.model, compile=False), None, None
+    eager = StreamingStep(recommender.model, compile=False)
     mine = expected = recommender.model.init_state(1)
     with torch.no_grad():
         for n in range(4):
@@ -189,7 +201,7 @@ def test_a_library_that_disagrees_falls_back_to_torch_compile(
 
 
 def test_a_step_that_cannot_compile_falls_back_with_a_notice(recommender: Recommender, monkeypatch, capsys):
-    def broken(*args):
+    def broken(*args):  # stands in for _compile_ahead_of_time(package) and for torch.compile's step
         raise RuntimeError("no C++ compiler")
 
     step = StreamingStep(recommender.model, compile=True)  # AOTInductor fails: torch.compile runs
@@ -221,20 +233,30 @@ def test_a_server_compiles_the_step_at_start(trained, tmp_path: Path, monkeypatc
     assert len(list((tmp_path / "cache" / "steps").glob("*.pt2"))) == 1
 
 
-def test_a_state_that_comes_out_transposed_still_runs_in_the_library():
-    """GRU4Rec's step returns its hidden state as a transposed view: the library's outputs are copied in a
-    fresh state's layout, so later calls still match the warm-up's signature and run in the library."""
+def test_a_state_that_comes_out_transposed_still_runs_in_the_library(tmp_path: Path):
+    """GRU4Rec's step returns its hidden state as a transposed view. The library's outputs are copied dense,
+    and a state the eager step made (a replica that stepped eagerly, a saved state) is made dense on the way
+    in: both run in the library. The cache folder here cannot be made (a file is in the way): the library is
+    still compiled and used, just not kept."""
     from tests.models.test_contract import build
 
+    (tmp_path / "file").write_text("")
     model = build("gru4rec", {}).eval()
-    step = StreamingStep(model, compile=True)
+    step = StreamingStep(model, compile=True, library_cache=tmp_path / "file" / "steps", key="gru")
     step.warm_up()
-    assert step.compiler == "AOTInductor", step.notice
-    eager, mine = StreamingStep(model, compile=False), model.init_state(1)
-    expected = mine
+    assert step.compiler == "AOTInductor" and step.library_source == "compiled", step.notice
+    library, calls = step.library, []
+    step.library = lambda *inputs: calls.append(1) or library(*inputs)
+    eager = StreamingStep(model, compile=False)
     with torch.no_grad():
+        mine = expected = model.init_state(1)
         for n in range(4):
             want, expected = eager(expected, torch.tensor([n + 1]), torch.tensor([60 * n]))
             got, mine = step(mine, torch.tensor([n + 1]), torch.tensor([60 * n]))
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        assert step._signature(step._inputs(mine, torch.tensor([1]), torch.tensor([1]))) == step._warm_signature
+        assert len(calls) == 4
+        assert not expected["hidden"].is_contiguous() or expected["hidden"].stride() != mine["hidden"].stride()
+        want, _ = eager(expected, torch.tensor([9]), torch.tensor([600]))
+        got, _ = step(expected, torch.tensor([9]), torch.tensor([600]))  # the eager step's state, in the library
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert len(calls) == 5

@@ -30,12 +30,14 @@ step is compiled again.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -79,11 +81,13 @@ class StreamingStep:
         key: str | None = None,
     ):
         self.model = model
+        fresh = model.init_state(1).tensors if model.streaming else {}
+        self.names = sorted(fresh)
+        self.device = next(iter(fresh.values())).device if fresh else torch.device("cpu")
         self.library_path = None if library_cache is None or key is None else (
-            Path(library_cache) / f"{key[:32]}-torch{torch.__version__}-tim4rec{__version__}.pt2"
+            Path(library_cache) / f"{key[:32]}-{_target(self.device)}-torch{torch.__version__}-tim4rec{__version__}.pt2"
         )  # fmt: skip
         self.library_source: str | None = None  # "compiled" or "cached" once AOTInductor's step is in use
-        self.names = sorted(model.init_state(1).tensors) if model.streaming else []
         self.flat = _FlatStep(model, self.names)
         self.compiled: Callable | None = None  # torch.compile's step
         self.library: Callable | None = None  # AOTInductor's step
@@ -108,6 +112,8 @@ class StreamingStep:
         cache of AOTInductor libraries in 0.3 s", "compiled by torch.compile in 5.0 s" or "run eagerly"."""
         if self.mode == "eager":
             return f"run eagerly ({self.notice})" if self.notice else "run eagerly"
+        if self.compile_seconds is None:
+            return f"to be compiled by {self.compiler} (not warmed up)"
         if self.library_source == "cached":
             return f"loaded from the cache of AOTInductor libraries in {self.compile_seconds:.1f} s"
         return f"compiled by {self.compiler} in {self.compile_seconds:.1f} s"
@@ -138,53 +144,69 @@ class StreamingStep:
               f"it runs {instead}", file=sys.stderr, flush=True)  # fmt: skip
 
     def _warm_up_events(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        device = next(self.model.parameters()).device
         return [
-            (torch.tensor([n % self.model.n_items + 1], device=device), torch.tensor([3600 * n], device=device))
+            (
+                torch.tensor([n % self.model.n_items + 1], device=self.device),
+                torch.tensor([3600 * n], device=self.device),
+            )
             for n in range(WARM_UP_EVENTS)
         ]
 
     def _load_or_compile_library(self) -> None:
-        """The cached library when there is one and it agrees with the eager step, else a new one (kept in
-        the cache when there is one). Raises when compiling fails or the new library disagrees."""
+        """The cached library when there is one and it agrees with the eager step, else a new one, kept in
+        the cache (when there is one and it can be written) only once it has agreed too. Raises when
+        compiling fails or the new library disagrees."""
         if self.library_path is not None and self.library_path.is_file():
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # torch's own pickled tree specs
-                    self.library = torch._inductor.aoti_load_package(str(self.library_path))
-                self.library_source = "cached"
+                self.library, self.library_source = self._load(self.library_path), "cached"
                 self._check_against_eager()
                 return
-            except Exception:  # noqa: BLE001 -- unreadable or stale: compile it again
+            except Exception as error:  # noqa: BLE001 -- unreadable or stale: compile it again
                 self.library = self.library_source = None
-        self.library, self.library_source = self._compile_ahead_of_time(), "compiled"
-        self._check_against_eager()
-
-    def _compile_ahead_of_time(self) -> Callable:
-        """``torch.export`` of the flat step for one user, compiled by AOTInductor and loaded; written to
-        ``library_path`` (whole or not at all) when there is one."""
-        item, when = self._warm_up_events()[0]
-        folder = None if self.library_path is None else self.library_path.parent
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch's own pickled tree specs
-            with torch.no_grad():
-                program = torch.export.export(
-                    self.flat, self._inputs(self.model.init_state(1), item, when), strict=False
-                )
-            with tempfile.TemporaryDirectory(prefix="tim4rec-step-", dir=folder) as scratch:
-                package = torch._inductor.aoti_compile_and_package(
-                    program, package_path=str(Path(scratch) / "step.pt2"), inductor_configs=UNCHECKED
-                )
-                library = torch._inductor.aoti_load_package(package)
-                if self.library_path is not None:
+                print(f"tim4rec: the cached streaming step {self.library_path} is not usable ({type(error).__name__}: "
+                      f"{str(error)[:200]}); compiling it again", file=sys.stderr, flush=True)  # fmt: skip
+        with self._scratch_folder() as scratch:
+            package = scratch / "step.pt2"
+            self.library, self.library_source = self._compile_ahead_of_time(package), "compiled"
+            self._check_against_eager()
+            if self.library_path is not None and package.is_file():
+                try:
                     os.replace(package, self.library_path)
-        return library
+                except OSError:  # a cache that cannot be written: the library still serves this process
+                    pass
+
+    @contextlib.contextmanager
+    def _scratch_folder(self) -> Iterator[Path]:
+        """A temporary folder beside the cache (so the finished library moves into it atomically), or the
+        system's when there is no cache or it cannot be written."""
+        beside = None if self.library_path is None else self.library_path.parent
+        try:
+            if beside is not None:
+                beside.mkdir(parents=True, exist_ok=True)
+            folder = tempfile.TemporaryDirectory(prefix="tim4rec-step-", dir=beside)
+        except OSError:
+            folder = tempfile.TemporaryDirectory(prefix="tim4rec-step-")
+        with folder as path:
+            yield Path(path)
+
+    def _load(self, package: Path) -> Callable:
+        with _quiet():
+            index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
+            return torch._inductor.aoti_load_package(str(package), device_index=index)
+
+    def _compile_ahead_of_time(self, package: Path) -> Callable:
+        """``torch.export`` of the flat step for one user, compiled by AOTInductor into ``package``, loaded."""
+        item, when = self._warm_up_events()[0]
+        with _quiet(), torch.no_grad():
+            program = torch.export.export(self.flat, self._inputs(self.model.init_state(1), item, when), strict=False)
+        with _quiet():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=UNCHECKED)
+        return self._load(package)
 
     def _check_against_eager(self) -> None:
-        """Step a fresh user through the warm-up events both ways and raise unless the hidden states agree;
-        then keep the inputs' signature (the one every later call of one user without gradients has)."""
+        """Step a fresh user through the warm-up events both ways and raise unless the hidden states and the
+        final states agree; then keep the inputs' signature (that of every later call of one user without
+        gradients)."""
         eager = mine = self.model.init_state(1)
         signatures, self._warm_signature = [], None  # (torch.compile checks its guards until the end)
         with torch.no_grad():
@@ -194,9 +216,9 @@ class StreamingStep:
                 if self.library is not None:  # the library runs only for its own signature
                     self._warm_signature = signatures[0]
                 got, mine = self(mine, item, when)
-                if not torch.allclose(got, expected, **TOLERANCE):
-                    error = (got - expected).abs().max().item()
-                    raise ValueError(f"the compiled step's hidden state differs from the eager one by {error:.3g}")
+                _agree("hidden state", got, expected)
+        for name in self.names:
+            _agree(f"state {name!r}", mine[name], eager[name])
         if self.library is not None and len(set(signatures)) > 1:  # later calls would all run eagerly
             raise ValueError("the library's states are laid out unlike a fresh state")
         self._warm_signature = signatures[-1]
@@ -208,11 +230,14 @@ class StreamingStep:
             return self.model.step_hidden(state, item_ids, timestamps)
         self.model.check_events(item_ids, timestamps)
         inputs = self._inputs(state, item_ids, timestamps)
+        if self.library is not None:
+            # dense inputs: a state saved by the eager step (GRU4Rec's comes out transposed) runs in the library too
+            inputs = tuple(t if t.is_contiguous() else t.contiguous() for t in inputs)
         like_warm_up = self._warm_signature is not None and self._signature(inputs) == self._warm_signature
         if self.library is not None:
             if not like_warm_up:  # the library is for one user without gradients
                 return self.model.step_hidden(state, item_ids, timestamps)
-            # contiguous copies: a state laid out as a fresh one (GRU4Rec's comes out transposed) matches the signature
+            # copies (the library reuses its output buffers), dense like a fresh state's
             hidden, *tensors = (output.clone(memory_format=torch.contiguous_format) for output in self.library(*inputs))
         elif like_warm_up:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
@@ -226,6 +251,39 @@ class StreamingStep:
 
     def _signature(self, inputs: tuple[torch.Tensor, ...]) -> tuple:
         """What the compiled graph is specialised on besides the weights: grad mode, train/eval, and each
-        input's shape, strides, dtype and device."""
-        tensors = tuple((t.shape, t.stride(), t.dtype, t.device) for t in inputs)
+        input's shape, dtype and device, and its strides (torch.compile) or whether it is dense (the library,
+        whose inputs are made dense first: strides of size-1 dimensions do not matter to it)."""
+        if self.library is not None:
+            tensors = tuple((t.shape, t.is_contiguous(), t.dtype, t.device) for t in inputs)
+        else:
+            tensors = tuple((t.shape, t.stride(), t.dtype, t.device) for t in inputs)
         return torch.is_grad_enabled(), self.model.training, tensors
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Torch's own FutureWarning about its pickled tree specs (export, package load) silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _agree(what: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), **TOLERANCE):
+        error = (got.float() - expected.float()).abs().max().item() if got.shape == expected.shape else "shape"
+        raise ValueError(f"the compiled step's {what} differs from the eager one ({error})")
+
+
+def _target(device: torch.device) -> str:
+    """What a compiled library is built for: the machine, its vector instructions (inductor builds for the
+    host's), the device type and a GPU's compute capability."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda-sm{major}{minor}"
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        isa = str(pick_vec_isa()) or "scalar"
+    except Exception:  # noqa: BLE001 -- an older or newer inductor: the machine alone
+        isa = "unknown"
+    return f"{platform.machine()}-{isa}-{device.type}"
