@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.serving.conftest import Server
+from tim4rec.models.base import StreamState
 from tim4rec.serving import Recommender
 from tim4rec.serving.step import StreamingStep
 
@@ -43,6 +44,19 @@ def compiled(request) -> StreamingStep:
     step = request.getfixturevalue("ahead_of_time" if request.param == "AOTInductor" else "just_in_time")
     assert step.compiler == request.param, step.notice  # not a fallback
     return step
+
+
+def step_beside_eager(step: StreamingStep, model, events: list[tuple[int, int]]) -> tuple[StreamState, StreamState]:
+    """Step a fresh user through ``events`` (item id, time) with ``step`` and with the eager step, the hidden
+    states agreeing after each; returns both final states (``step``'s, the eager one's)."""
+    eager = StreamingStep(model, compile=False)
+    mine = expected = model.init_state(1)
+    with torch.no_grad():
+        for item, when in events:
+            want, expected = eager(expected, torch.tensor([item]), torch.tensor([when]))
+            got, mine = step(mine, torch.tensor([item]), torch.tensor([when]))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    return mine, expected
 
 
 def test_each_compiler_makes_the_step_it_says(ahead_of_time: StreamingStep, just_in_time: StreamingStep):
@@ -128,13 +142,7 @@ def test_a_later_start_loads_the_library_from_the_cache(
     again.warm_up()
     assert again.library_source == "cached" and again.compile_seconds < ahead_of_time.compile_seconds / 3
     assert again.describe().startswith("loaded from the cache of AOTInductor libraries in ")
-    eager = StreamingStep(recommender.model, compile=False)
-    state = mine = recommender.model.init_state(1)
-    with torch.no_grad():
-        for n in range(4):
-            expected, state = eager(state, torch.tensor([n + 2]), torch.tensor([86_400 * n]))
-            got, mine = again(mine, torch.tensor([n + 2]), torch.tensor([86_400 * n]))
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    step_beside_eager(again, recommender.model, [(n + 2, 86_400 * n) for n in range(4)])
 
 
 @pytest.mark.parametrize("case", ["unreadable", "disagrees"])
@@ -191,13 +199,7 @@ def test_a_library_that_disagrees_falls_back_to_torch_compile(
     assert step.compiler == "torch.compile" and "differs from the eager one" in step.notice
     assert not step.library_path.exists()  # a library that failed its check is not kept
     assert "could not be compiled with AOTInductor" in capsys.readouterr().err
-    eager = StreamingStep(recommender.model, compile=False)
-    mine = expected = recommender.model.init_state(1)
-    with torch.no_grad():
-        for n in range(4):
-            want, expected = eager(expected, torch.tensor([n + 5]), torch.tensor([7200 * n]))
-            got, mine = step(mine, torch.tensor([n + 5]), torch.tensor([7200 * n]))
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    step_beside_eager(step, recommender.model, [(n + 5, 7200 * n) for n in range(4)])
 
 
 def test_a_step_that_cannot_compile_falls_back_with_a_notice(recommender: Recommender, monkeypatch, capsys):
@@ -247,15 +249,11 @@ def test_a_state_that_comes_out_transposed_still_runs_in_the_library(tmp_path: P
     assert step.compiler == "AOTInductor" and step.library_source == "compiled", step.notice
     library, calls = step.library, []
     step.library = lambda *inputs: calls.append(1) or library(*inputs)
+    mine, expected = step_beside_eager(step, model, [(n + 1, 60 * n) for n in range(4)])
+    assert len(calls) == 4
+    assert not expected["hidden"].is_contiguous() or expected["hidden"].stride() != mine["hidden"].stride()
     eager = StreamingStep(model, compile=False)
     with torch.no_grad():
-        mine = expected = model.init_state(1)
-        for n in range(4):
-            want, expected = eager(expected, torch.tensor([n + 1]), torch.tensor([60 * n]))
-            got, mine = step(mine, torch.tensor([n + 1]), torch.tensor([60 * n]))
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        assert len(calls) == 4
-        assert not expected["hidden"].is_contiguous() or expected["hidden"].stride() != mine["hidden"].stride()
         want, _ = eager(expected, torch.tensor([9]), torch.tensor([600]))
         got, _ = step(expected, torch.tensor([9]), torch.tensor([600]))  # the eager step's state, in the library
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -204,13 +204,13 @@ def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple
     """
     import torch
 
-    from tim4rec.data.datasets import cache_dir
+    from tim4rec.serving.step import library_cache
     from tim4rec.serving.store import UserStore
 
     rows = []
     generator = torch.Generator().manual_seed(0)
     # compiled once, as a server does (its library cached as the server caches it)
-    step = UserStore(recommender, None, cache_size=10, compile_step=True, step_cache=cache_dir() / "steps").step
+    step = UserStore(recommender, None, cache_size=10, compile_step=True, step_cache=library_cache()).step
     for length in lengths:
         items = torch.randint(1, recommender.n_items + 1, (length + repeats,), generator=generator).tolist()
         events = [(recommender.item_tokens[i], 1_000_000_000 + 3600 * n) for n, i in enumerate(items)]

@@ -269,15 +269,14 @@ class Recommender:
         """The top ``k`` items for one hidden state (d,), padding and ``seen`` ids left out; ties: the
         lower id first. Without ``candidates`` the catalogue is scored in blocks
         (:func:`~tim4rec.evaluation.scoring.blocked_topk`), so a million items need no million-score row."""
+        weight, bias = self.model.output_layer()
         if candidates is not None:
-            weight, bias = self.model.output_layer()
             seen = set(_unique_ids(seen).tolist())
             ids = sorted({self.item_ids[c] for c in candidates if c in self.item_ids} - seen - {0})
             index = torch.tensor(ids, dtype=torch.long, device=weight.device)
             scores = F.linear(hidden[None], weight[index], None if bias is None else bias[index]).float()
             values, columns = stable_topk(scores, k)
             return self._items(values[0], index[columns[0]])
-        weight, bias = self.model.output_layer()
         ids = _ids(seen).to(weight.device)  # one row: every left-out id is in row 0
         masked = (torch.zeros_like(ids), ids) if len(ids) else None
         values, indices = blocked_topk(hidden[None], weight, bias, k, masked=masked)
@@ -302,8 +301,8 @@ class Recommender:
 
     def _items(self, values: torch.Tensor, indices: torch.Tensor) -> list[RecommendedItem]:
         """Ranked (score, model id) pairs as raw ids with titles; non-finite scores (left-out ids) dropped."""
-        tokens = [(v, self.item_tokens[i]) for v, i in zip(values.tolist(), indices.tolist()) if math.isfinite(v)]
-        return [RecommendedItem(token, v, self.title(token)) for v, token in tokens]
+        scored = [(v, self.item_tokens[i]) for v, i in zip(values.tolist(), indices.tolist()) if math.isfinite(v)]
+        return [RecommendedItem(token, v, self.title(token)) for v, token in scored]
 
     def recommend(
         self,

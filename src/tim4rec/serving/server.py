@@ -80,8 +80,8 @@ def serve(options: ServeOptions) -> int:
         from tim4rec.serving.app import ServiceSettings, create_app
     except ImportError as error:
         raise Tim4RecError(f"tim4rec serve needs the serve extra: pip install 'tim4rec[serve]' ({error})") from None
-    from tim4rec.data.datasets import cache_dir
     from tim4rec.serving.recommender import Recommender
+    from tim4rec.serving.step import library_cache
     from tim4rec.serving.store import UserStore
 
     check_options(options)
@@ -91,7 +91,7 @@ def serve(options: ServeOptions) -> int:
         listener = listen(options.host, options.port)
         try:
             store = UserStore(recommender, database, cache_size=options.cache_size, compile_step=not options.eager_step,
-                              step_cache=cache_dir() / "steps")  # fmt: skip
+                              step_cache=library_cache())  # fmt: skip
         except BaseException:
             listener.close()
             raise

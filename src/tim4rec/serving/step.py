@@ -22,10 +22,10 @@ Two compilers, tried in this order:
 Where compiling fails, ``notice`` says why (also on stderr) and the next option runs, down to the eager
 step. Each compiled step is checked against the eager one on its warm-up events before it is used.
 
-AOTInductor takes about 25 s for a TiM4Rec step here. Given a ``library_cache`` folder and a ``key`` (the
-saved model's fingerprint), the library is kept there under the key, torch's and tim4rec's versions, and
-a later start loads it in well under a second; a cached library that fails the check against the eager
-step is compiled again.
+AOTInductor takes about 25 s for a TiM4Rec step here. Given a ``library_cache`` folder (a server's is
+:func:`library_cache`) and a ``key`` (the saved model's fingerprint), a library that passed its check is
+kept there, named by the key, the machine and device it was built for and torch's and tim4rec's versions;
+a later start loads it and checks it again, and one that fails is compiled again.
 """
 
 from __future__ import annotations
@@ -233,13 +233,11 @@ class StreamingStep:
         if self.library is not None:
             # dense inputs: a state saved by the eager step (GRU4Rec's comes out transposed) runs in the library too
             inputs = tuple(t if t.is_contiguous() else t.contiguous() for t in inputs)
-        like_warm_up = self._warm_signature is not None and self._signature(inputs) == self._warm_signature
-        if self.library is not None:
-            if not like_warm_up:  # the library is for one user without gradients
+            if self._signature(inputs) != self._warm_signature:  # the library is for one user without gradients
                 return self.model.step_hidden(state, item_ids, timestamps)
             # copies (the library reuses its output buffers), dense like a fresh state's
             hidden, *tensors = (output.clone(memory_format=torch.contiguous_format) for output in self.library(*inputs))
-        elif like_warm_up:
+        elif self._warm_signature is not None and self._signature(inputs) == self._warm_signature:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 hidden, *tensors = self.compiled(*inputs)
         else:
@@ -258,6 +256,13 @@ class StreamingStep:
         else:
             tensors = tuple((t.shape, t.stride(), t.dtype, t.device) for t in inputs)
         return torch.is_grad_enabled(), self.model.training, tensors
+
+
+def library_cache() -> Path:
+    """Where servers and ``bench serve`` keep compiled step libraries: ``steps/`` in tim4rec's cache folder."""
+    from tim4rec.data.datasets import cache_dir
+
+    return cache_dir() / "steps"
 
 
 @contextlib.contextmanager
