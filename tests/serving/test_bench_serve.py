@@ -1,9 +1,12 @@
 """``tim4rec bench serve`` at tiny sizes (the README's command, smoke form)."""
 
+import csv
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+how_aot = r"(compiled by AOTInductor|loaded from the cache of AOTInductor libraries)"
 
 
 def test_bench_serve_command(trained, tmp_path: Path, step_cache_environment):
@@ -17,8 +20,7 @@ def test_bench_serve_command(trained, tmp_path: Path, step_cache_environment):
     text = (tmp_path / "serve.md").read_text()
     assert "| on | 4 |" in text and "| off | 1 |" in text and "after 5 new users" in text
     assert "| step ms | read-out + ranking ms | step + ranking ms | p90 ms | store write ms |" in text
-    how = r"(compiled by AOTInductor|loaded from the cache of AOTInductor libraries)"
-    assert re.search(rf"the model's step {how} in ", text)
+    assert re.search(rf"the model's step {how_aot} in ", text)
     assert (tmp_path / "serve.png").stat().st_size > 0
 
 
@@ -40,6 +42,16 @@ def test_bench_serve_streaming_only(trained, tmp_path: Path, step_cache_environm
     for row in rows[1:]:
         values = dict(zip(header, row.split(",")))
         assert 0 < float(values["step_rank_ms"]) <= float(values["step_rank_p90_ms"])
+    # the step by each compiler, side by side, each as it really ran
+    assert "## The step alone, by each compiler" in text and "25 events in turns" in text
+    with open(tmp_path / "serve_steps.csv") as handle:
+        steps = {row["compiler"]: row for row in csv.DictReader(handle)}
+    assert list(steps) == ["eager", "torch.compile", "AOTInductor"]
+    assert steps["eager"]["how"] == "run eagerly" and float(steps["eager"]["speedup"]) == 1.0
+    assert steps["torch.compile"]["how"].startswith("compiled by torch.compile in ")
+    assert re.match(how_aot, steps["AOTInductor"]["how"])
+    for row in steps.values():
+        assert 0 < float(row["step_us"]) <= float(row["step_p90_us"])
 
 
 def test_bench_serve_with_replicas_on_postgresql(trained, postgres, tmp_path: Path, step_cache_environment):

@@ -9,14 +9,15 @@
    ``UserStore.observe`` of one more event followed by ``recommend`` from the state, in its parts
    (the model's step, the read-out and ranking, the store's SQLite write), against
    ``Recommender.recommend`` on the whole (untruncated) history; in this process, one thread, the
-   events in an in-memory SQLite database, the step compiled as ``tim4rec serve`` compiles it.
+   events in an in-memory SQLite database, the step compiled as ``tim4rec serve`` compiles it; then the
+   step alone, run eagerly, by ``torch.compile`` and by AOTInductor side by side.
 3. Resident memory of the server before and after 10,000 new users post one event each.
 4. With ``--store postgresql://...``: users' events under load (each request posts one event of a user,
    or asks for a user's recommendations, alternately), against one replica on SQLite and against
    ``--replicas`` replicas sharing the PostgreSQL store, the load generator spreading the requests
    over them.
 
-Writes ``serve.md``, ``serve.csv`` and ``serve.png``.
+Writes ``serve.md``, ``serve.csv``, ``serve_updates.csv``, ``serve_steps.csv`` and ``serve.png``.
 """
 
 from __future__ import annotations
@@ -193,10 +194,12 @@ def _stores_under_load(
 
 
 RECOMPUTE_REPEATS = 20  # whole-history recomputations timed per length (each costs milliseconds)
+STEP_HISTORY = 200  # events behind the state of the compilers' side-by-side table (a step's cost does not grow with it)
 
 
-def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple[list[dict[str, Any]], str]:
-    """Rows of per-event medians (ms) by history length, and how the step ran (:meth:`StreamingStep.describe`).
+def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple[list[dict[str, Any]], Any]:
+    """Rows of per-event medians (ms) by history length, and the compiled step they ran (a
+    :class:`~tim4rec.serving.step.StreamingStep`).
 
     The streaming side is measured over ``repeats`` consecutive events of one user, as a server takes
     them; recomputing from the whole history, over at most ``RECOMPUTE_REPEATS`` of those histories in a
@@ -239,7 +242,54 @@ def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple
         row["speedup"] = row["recompute_ms"] / row["update_ms"]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    return rows, step.describe()
+    return rows, step
+
+
+STEP_COMPILERS = {  # StreamingStep's options for each way the one-event step can run
+    "eager": {"compile": False},
+    "torch.compile": {"compile": True, "ahead_of_time": False},
+    "AOTInductor": {"compile": True, "ahead_of_time": True},
+}
+
+
+def _steps_side_by_side(recommender, served_step, history: int, repeats: int) -> list[dict[str, Any]]:
+    """The model's one-event step run eagerly, by ``torch.compile`` and by AOTInductor, side by side in this
+    process: one user's state each, built by ``history`` eager steps, then ``repeats`` more events in turns
+    (each event by each step in a row, so a slow spell of the host falls on all three alike). Rows: how the
+    step ran (a compiler that failed says so and runs what it fell back to), its warm-up seconds, the median
+    and 90th percentile of a step in microseconds and the eager median over its own. ``served_step``: the
+    AOTInductor step already warmed up (loaded from the cache it was kept in)."""
+    import torch
+
+    from tim4rec.serving.step import StreamingStep
+
+    model = recommender.model
+    generator = torch.Generator().manual_seed(1)
+    items = torch.randint(1, recommender.n_items + 1, (history + repeats, 1), generator=generator)
+    times = torch.arange(history + repeats).mul(3600).add(1_000_000_000).unsqueeze(1)
+    steps = {}
+    for name, options in STEP_COMPILERS.items():
+        if name == "AOTInductor":
+            steps[name] = served_step
+        else:
+            steps[name] = StreamingStep(model, **options)
+            steps[name].warm_up()
+    with torch.no_grad():
+        state = model.init_state(1)
+        for n in range(history):
+            _, state = model.step_hidden(state, items[n], times[n])
+        states = dict.fromkeys(steps, state)
+        micros: dict[str, list[float]] = {name: [] for name in steps}
+        for n in range(history, history + repeats):
+            for name, step in steps.items():
+                started = time.perf_counter()
+                _, states[name] = step(states[name], items[n], times[n])
+                micros[name].append((time.perf_counter() - started) * 1e6)
+    eager = statistics.median(micros["eager"])
+    return [{"compiler": name, "how": step.describe(), "warm_up_s": step.compile_seconds,
+             "step_us": statistics.median(micros[name]), "step_p90_us": _quantile(micros[name], 0.9),
+             "speedup": eager / statistics.median(micros[name])}
+            for name, step in steps.items()]  # fmt: skip
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -285,7 +335,11 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
             load_rows, memory, store_rows = _under_load(
                 checkpoint, recommender, history, concurrency, requests, warmup, users, store, replicas
             )
-        update_rows, step_mode = _update_vs_recompute(recommender, lengths, repeats)
+        update_rows, served_step = _update_vs_recompute(recommender, lengths, repeats)
+        # the side-by-side state is built by STEP_HISTORY events: models that stream past L only
+        streams_on = recommender.model.streaming and not recommender.model.fixed_length
+        step_rows = _steps_side_by_side(recommender, served_step, STEP_HISTORY, repeats) if streams_on else []
+    step_mode = served_step.describe()
     output.mkdir(parents=True, exist_ok=True)
     write_csv(update_rows, output / "serve_updates.csv")
     text = f"# Serving {Path(checkpoint).name} ({recommender.saved.model}, {recommender.n_items} items)\n\n"
@@ -333,6 +387,26 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
             ],
         )  # fmt: skip
     )
+    if step_rows:
+        write_csv(step_rows, output / "serve_steps.csv")
+        text += (
+            "\n## The step alone, by each compiler\n\n"
+            f"The same user's step (a state built by {STEP_HISTORY} events) run eagerly, by `torch.compile` and by "
+            f"AOTInductor in this process, {repeats} events in turns (each event by the three in a row): the "
+            "median and 90th percentile of one step, and the eager median over the row's. Warm-up: compiling (or "
+            "loading a cached library) and the check against the eager step, once per start.\n\n"
+            + markdown_table(
+                step_rows,
+                [
+                    ("compiler", "step"),
+                    ("how", "how it ran"),
+                    ("warm_up_s", "warm-up s"),
+                    ("step_us", "step us"),
+                    ("step_p90_us", "p90 us"),
+                    ("speedup", "x eager"),
+                ],
+            )  # fmt: skip
+        )
     if memory is not None:
         text += (
             f"\n## Resident memory of the server\n\n{memory['rss_before_mib']:.0f} MiB before, "

@@ -288,7 +288,7 @@ def _target(device: torch.device) -> str:
     try:
         from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-        isa = str(pick_vec_isa()) or "scalar"
+        isa = str(pick_vec_isa()).replace(" ", "+") or "scalar"  # "avx512 avx512_vnni amx_tile": no spaces
     except Exception:  # noqa: BLE001 -- an older or newer inductor: the machine alone
         isa = "unknown"
     return f"{platform.machine()}-{isa}-{device.type}"
