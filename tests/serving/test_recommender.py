@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,22 @@ def test_late_events_restarts_and_another_model(recommenders, trained, tmp_path:
     reopened.close()
     other = Recommender.load(trained["sasrec"])  # another model: the stored states do not apply
     assert UserStore(other, tmp_path / "s.sqlite").recommend("a", k=3).metadata["events"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_states_stored_by_a_gpu_model_come_back_on_its_device(trained, tmp_path: Path):
+    """A state is stored as CPU tensors and read back onto the model's device: a CUDA model's stored state
+    steps on and gives the list it gave before it was stored."""
+    recommender = Recommender.load(trained["tim4rec"], device="cuda")
+    store = UserStore(recommender, tmp_path / "s.sqlite", cache_size=1)
+    store.observe("a", [("1", 100.0), ("2", 300.0)])
+    before = [i.item for i in store.recommend("a", k=5).items]
+    store.observe("b", [("4", 1.0)])  # evicts a's state into the database
+    stored = torch.load(io.BytesIO(store.db.load_state("a")[2]), weights_only=True)
+    assert all(t.device.type == "cpu" for t in [stored["hidden"], *stored["tensors"].values()])
+    store.close()
+    reopened = UserStore(recommender, tmp_path / "s.sqlite")
+    assert [i.item for i in reopened.recommend("a", k=5).items] == before and reopened.sources["loaded"] == 1
+    reopened.observe("a", [("3", 400.0)])  # the loaded state steps on the model's device
+    assert reopened.recommend("a", k=5).metadata["source"] == "streaming state"
+    reopened.close()

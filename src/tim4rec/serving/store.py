@@ -221,9 +221,12 @@ class UserStore:
         """A stored state blob (tensors and plain data only: it never runs code), or None with a logged
         notice when it cannot be read or does not fit the model."""
         try:
-            saved = torch.load(io.BytesIO(blob), weights_only=True)
-            stream = StreamState(saved["tensors"]) if saved["tensors"] else None
-            state = UserState(int(saved["events"]), float(saved["last_time"]), stream, saved["hidden"], seen, unknown)
+            # stored on the CPU (whatever device wrote them), used on this model's device
+            saved = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+            device = self.recommender.device
+            stream = StreamState(saved["tensors"]).to(device) if saved["tensors"] else None
+            hidden = saved["hidden"].to(device) if isinstance(saved["hidden"], torch.Tensor) else saved["hidden"]
+            state = UserState(int(saved["events"]), float(saved["last_time"]), stream, hidden, seen, unknown)
             problem = self._state_problem(state)
         except Exception as error:  # noqa: BLE001 -- any unreadable blob is rebuilt, whatever the reason
             problem = f"{type(error).__name__}: {str(error)[:200]}"
@@ -266,7 +269,7 @@ class UserStore:
         if state.state is None:
             return None
         buffer = io.BytesIO()
-        torch.save({"tensors": state.state.to("cpu").tensors, "hidden": state.hidden, "events": state.events,
+        torch.save({"tensors": state.state.to("cpu").tensors, "hidden": state.hidden.cpu(), "events": state.events,
                     "last_time": state.last_time}, buffer)  # fmt: skip
         return user, self.fingerprint, state.events, buffer.getvalue()
 
