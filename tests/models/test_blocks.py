@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -58,3 +59,18 @@ def test_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():
     torch.manual_seed(0)
     assert torch.equal(Dropout(0.2).train()(torch.ones(400, 500)), y.detach())  # the seeded generator decides
     assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_scales_kept_elements_exactly_as_x_times_scale_in_their_dtype(dtype):
+    """p 0.1: 1 / 0.9 has no exact bfloat16 form; a kept element is x * (1 / 0.9) rounded once in x's dtype
+    (not x times a rounded scale), a dropped one 0, forward and backward."""
+    torch.manual_seed(1)
+    x = torch.randn(64, 300).to(dtype).requires_grad_()
+    y = Dropout(0.1).train()(x)
+    kept = y != 0
+    assert 0.85 < float(kept.float().mean()) < 0.95 and y.dtype == dtype
+    assert torch.equal(y, torch.where(kept, x.detach() * (1 / 0.9), torch.zeros((), dtype=dtype)))
+    grad = torch.randn(64, 300).to(dtype)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.where(kept, grad * (1 / 0.9), torch.zeros((), dtype=dtype)))

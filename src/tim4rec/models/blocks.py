@@ -19,19 +19,23 @@ attention = as_float32(F.scaled_dot_product_attention)
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x * keep / (1 - p) with the keep mask (bool) saved for the backward."""
+    """x * keep / (1 - p) with the keep mask (bool) saved for the backward.
+
+    Two vectorised passes, ``x * keep`` then ``* scale`` in place (the same numbers as ``x * scale`` where
+    kept, in x's dtype): ``torch.where`` with a bool mask took about twice as long on a CPU (1.67 against
+    0.75 ms for 10 x 200 x 256 float32 elements, 1 thread)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.where(keep, x * scale, 0.0)
+        return (x * keep).mul_(scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0), None, None
+        return (grad * keep).mul_(ctx.scale), None, None
 
 
 class Dropout(nn.Dropout):
