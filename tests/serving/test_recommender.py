@@ -152,6 +152,19 @@ def test_late_events_restarts_and_another_model(recommenders, trained, tmp_path:
     assert UserStore(other, tmp_path / "s.sqlite").recommend("a", k=3).metadata["events"] == 3
 
 
+def test_a_state_without_known_events_is_evicted_and_closed_without_error(recommenders, tmp_path: Path):
+    """A streaming user with no known event yet (asked before any event, or only unknown items) has a state
+    and no read-out: evicting and closing store it, and it comes back as that user's state."""
+    recommender = recommenders["tim4rec"]
+    store = UserStore(recommender, tmp_path / "s.sqlite", cache_size=1)
+    assert store.recommend("new", k=3).items  # the fresh user's state, no read-out yet
+    store.observe("unknown", [("no-such-item", 5.0)])  # evicts "new"; "unknown" knows no item either
+    store.close()  # stores "unknown"
+    reopened = UserStore(recommender, tmp_path / "s.sqlite")
+    assert reopened.recommend("unknown", k=3).metadata["events"] == 0
+    reopened.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_states_stored_by_a_gpu_model_come_back_on_its_device(trained, tmp_path: Path):
     """A state is stored as CPU tensors and read back onto the model's device: a CUDA model's stored state

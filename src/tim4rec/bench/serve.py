@@ -255,10 +255,12 @@ STEP_COMPILERS = {  # StreamingStep's options for each way the one-event step ca
 def _steps_side_by_side(recommender, served_step, history: int, repeats: int) -> list[dict[str, Any]]:
     """The model's one-event step run eagerly, by ``torch.compile`` and by AOTInductor, side by side in this
     process: one user's state each, built by ``history`` eager steps, then ``repeats`` more events in turns
-    (each event by each step in a row, so a slow spell of the host falls on all three alike). Rows: how the
-    step ran (a compiler that failed says so and runs what it fell back to), its warm-up seconds, the median
-    and 90th percentile of a step in microseconds and the eager median over its own. ``served_step``: the
-    AOTInductor step already warmed up (loaded from the cache it was kept in)."""
+    (each event by the three in a row, which one goes first rotating, so a slow spell of the host falls on all
+    three alike). Rows: how the step ran (a compiler that failed says so and runs what it fell back to), its
+    warm-up seconds, the median and 90th percentile of a step in microseconds, the eager median over its own,
+    the calls it ran eagerly (inputs unlike its warm-up's) and the largest difference of its final state from
+    the eager step's (float32 reordering over ``repeats`` events). ``served_step``: the AOTInductor step
+    already warmed up (loaded from the cache it was kept in)."""
     import torch
 
     from tim4rec.serving.step import StreamingStep
@@ -280,16 +282,27 @@ def _steps_side_by_side(recommender, served_step, history: int, repeats: int) ->
             _, state = model.step_hidden(state, items[n], times[n])
         states = dict.fromkeys(steps, state)
         micros: dict[str, list[float]] = {name: [] for name in steps}
+        eager_before = {name: step.eager_calls for name, step in steps.items()}
+        names = list(steps)
         for n in range(history, history + repeats):
-            for name, step in steps.items():
+            for name in names[n % len(names) :] + names[: n % len(names)]:  # each goes first, second and third in turn
+                step = steps[name]
                 started = time.perf_counter()
                 _, states[name] = step(states[name], items[n], times[n])
                 micros[name].append((time.perf_counter() - started) * 1e6)
     eager = statistics.median(micros["eager"])
+    reference = states["eager"]
     return [{"compiler": name, "how": step.describe(), "warm_up_s": step.compile_seconds,
              "step_us": statistics.median(micros[name]), "step_p90_us": _quantile(micros[name], 0.9),
-             "speedup": eager / statistics.median(micros[name])}
+             "speedup": eager / statistics.median(micros[name]), "eager_calls": step.eager_calls - eager_before[name],
+             "state_difference": _largest_difference(states[name], reference, step.names)}
             for name, step in steps.items()]  # fmt: skip
+
+
+def _largest_difference(state, reference, names: list[str]) -> float:
+    """The largest absolute difference between two states' tensors (flags and counters as numbers)."""
+    return max([float((state[key].double() - reference[key].double()).abs().max()) for key in names
+                if reference[key].numel()], default=0.0)  # fmt: skip
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -392,9 +405,12 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
         text += (
             "\n## The step alone, by each compiler\n\n"
             f"The same user's step (a state built by {STEP_HISTORY} events) run eagerly, by `torch.compile` and by "
-            f"AOTInductor in this process, {repeats} events in turns (each event by the three in a row): the "
-            "median and 90th percentile of one step, and the eager median over the row's. Warm-up: compiling (or "
-            "loading a cached library) and the check against the eager step, once per start.\n\n"
+            f"AOTInductor in this process, {repeats} events in turns (each event by the three in a row, the first "
+            "rotating): the "
+            "median and 90th percentile of one step, the eager median over the row's, the calls that ran eagerly "
+            "instead (inputs unlike the warm-up's) and the largest difference of the final state from the eager "
+            "step's. Warm-up: compiling (or loading a cached library) and the check against the eager step, once "
+            "per start.\n\n"
             + markdown_table(
                 step_rows,
                 [
@@ -404,6 +420,8 @@ def run(checkpoint: str, *, history: int, concurrency: list[int], requests: int,
                     ("step_us", "step us"),
                     ("step_p90_us", "p90 us"),
                     ("speedup", "x eager"),
+                    ("eager_calls", "calls run eagerly"),
+                    ("state_difference", "max abs state difference"),
                 ],
             )  # fmt: skip
         )

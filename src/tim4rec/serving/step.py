@@ -93,6 +93,7 @@ class StreamingStep:
         self.library: Callable | None = None  # AOTInductor's step
         self.compile_seconds: float | None = None
         self.notice: str | None = None
+        self.eager_calls = 0  # calls a compiled step ran eagerly (inputs unlike the warm-up's)
         self._ahead_of_time = compile and ahead_of_time and model.streaming
         self._warm_signature: tuple | None = None  # the inputs the warm-up compiled for (see _signature)
         if compile and model.streaming:
@@ -234,6 +235,7 @@ class StreamingStep:
             # dense inputs: a state saved by the eager step (GRU4Rec's comes out transposed) runs in the library too
             inputs = tuple(t if t.is_contiguous() else t.contiguous() for t in inputs)
             if self._signature(inputs) != self._warm_signature:  # the library is for one user without gradients
+                self.eager_calls += 1
                 return self.model.step_hidden(state, item_ids, timestamps)
             # copies (the library reuses its output buffers), dense like a fresh state's
             hidden, *tensors = (output.clone(memory_format=torch.contiguous_format) for output in self.library(*inputs))

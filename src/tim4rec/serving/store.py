@@ -269,7 +269,8 @@ class UserStore:
         if state.state is None:
             return None
         buffer = io.BytesIO()
-        torch.save({"tensors": state.state.to("cpu").tensors, "hidden": state.hidden.cpu(), "events": state.events,
+        hidden = None if state.hidden is None else state.hidden.cpu()  # None: no known event yet
+        torch.save({"tensors": state.state.to("cpu").tensors, "hidden": hidden, "events": state.events,
                     "last_time": state.last_time}, buffer)  # fmt: skip
         return user, self.fingerprint, state.events, buffer.getvalue()
 
