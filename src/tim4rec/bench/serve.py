@@ -245,10 +245,9 @@ def _update_vs_recompute(recommender, lengths: list[int], repeats: int) -> tuple
     return rows, step
 
 
-STEP_COMPILERS = {  # StreamingStep's options for each way the one-event step can run
+STEP_COMPILERS = {  # StreamingStep's options for the ways the step runs beside the served (AOTInductor) one
     "eager": {"compile": False},
     "torch.compile": {"compile": True, "ahead_of_time": False},
-    "AOTInductor": {"compile": True, "ahead_of_time": True},
 }
 
 
@@ -269,13 +268,10 @@ def _steps_side_by_side(recommender, served_step, history: int, repeats: int) ->
     generator = torch.Generator().manual_seed(1)
     items = torch.randint(1, recommender.n_items + 1, (history + repeats, 1), generator=generator)
     times = torch.arange(history + repeats).mul(3600).add(1_000_000_000).unsqueeze(1)
-    steps = {}
-    for name, options in STEP_COMPILERS.items():
-        if name == "AOTInductor":
-            steps[name] = served_step
-        else:
-            steps[name] = StreamingStep(model, **options)
-            steps[name].warm_up()
+    steps = {name: StreamingStep(model, **options) for name, options in STEP_COMPILERS.items()}
+    for step in steps.values():
+        step.warm_up()
+    steps["AOTInductor"] = served_step
     with torch.no_grad():
         state = model.init_state(1)
         for n in range(history):
