@@ -19,6 +19,12 @@ products whose (T, d) or (V, d) operands carry the 1 / z scaling, so no pass ove
 takes half the memory; the maxima, sums, logarithms and the loss are float32 either way, and the
 gradients come back in the inputs' dtype (float64 inputs: float64 throughout). Numerics: the row
 maximum is subtracted before ``exp``, as ``F.cross_entropy`` does, so every E lies in [0, 1] and z >= 1.
+
+Layout on a CPU: the item axis is padded with zero items to a multiple of ``_COLUMN_ALIGN`` (E is
+(T, V') with zero columns past V, which add nothing to z or to any gradient), and the forward product
+takes W^T contiguous. With V = 3417 (ML-1M) a bfloat16 ``h @ W.T`` took 10.4 ms against 1.6 ms either
+way, and the backward products over an E whose rows have an odd length 2.9 and 4.8 ms against 1.1 and
+2.2 ms (T 2048, d 64, 1 thread); float32 gains less (13.3 -> 9.6 ms for the forward product).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = ["linear_cross_entropy"]
 
 _BLOCK_ELEMS = 1 << 18  # float32 logits of one row block (1 MiB): stays in cache
 _ROW_BUCKET = 256  # low-precision products on a CPU run at a multiple of this many rows (see _padded_rows)
+_COLUMN_ALIGN = 16  # on a CPU the item axis of E is padded to a multiple of this (see the module docstring)
 
 
 def _padded_rows(rows: int, low_precision_cpu: bool) -> int:
@@ -50,9 +57,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, compute_dtype: torch.dtype
     ) -> Tensor:
         T, V = hidden.shape[0], weight.shape[0]
-        padded = _padded_rows(T, compute_dtype != hidden.dtype and hidden.device.type == "cpu")
-        h, w = _pad_rows(hidden.to(compute_dtype), padded), weight.to(compute_dtype)  # (T', d), (V, d)
-        exps = h @ w.t() if bias is None else torch.addmm(bias.to(compute_dtype), h, w.t())  # (T', V) logits
+        cpu = hidden.device.type == "cpu"
+        padded = _padded_rows(T, compute_dtype != hidden.dtype and cpu)
+        items = -(-V // _COLUMN_ALIGN) * _COLUMN_ALIGN if cpu else V  # V': E's row length
+        h = _pad_rows(hidden.to(compute_dtype), padded)  # (T', d)
+        w = _pad_rows(weight.to(compute_dtype), items)  # (V', d), zero rows past V
+        w_t = w.t().contiguous()  # (d, V')
+        if bias is None:
+            exps = h @ w_t  # (T', V') logits
+        else:
+            exps = torch.addmm(_pad_rows(bias.to(compute_dtype), items), h, w_t)
         exps[T:] = 0  # padding rows: no loss, no gradient
         stats = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
         picked = exps[:T].gather(1, targets[:, None]).squeeze(1).to(stats)  # (T,) logit of each target
@@ -61,12 +75,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows = max(1, _BLOCK_ELEMS // max(1, V))
         for start in range(0, T, rows):
             part = slice(start, min(start + rows, T))
-            block = exps[part].to(stats)  # the block itself, or a float32 copy of it in cache
+            block = exps[part, :V].to(stats)  # the block itself, or a float32 copy of it in cache
             top = block.amax(dim=1, keepdim=True)
             block.sub_(top).exp_()
             sums[part], tops[part] = block.sum(dim=1), top.squeeze(1)
             if block.data_ptr() != exps[part].data_ptr():  # a low-precision E: write the block back
-                exps[part] = block
+                exps[part, :V] = block
+        exps[:, V:] = 0  # padding items: no probability
         total = (tops + sums.log() - picked).sum()
         ctx.save_for_backward(hidden, weight, w, targets, exps, sums)
         ctx.has_bias = bias is not None
@@ -76,20 +91,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         hidden, weight, w, targets, exps, sums = ctx.saved_tensors
-        T, padded = hidden.shape[0], exps.shape[0]
+        (T, V), padded = (hidden.shape[0], weight.shape[0]), exps.shape[0]
         inverse = sums.reciprocal()[:, None]  # (T, 1) 1 / z
         grad_hidden = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_hidden = ((exps @ w)[:T].to(hidden.dtype) * inverse - weight[targets]) * grad  # (T, d)
         if ctx.needs_input_grad[1]:
             scaled = _pad_rows((hidden * inverse).to(exps.dtype), padded)  # (T', d)
-            grad_weight = (exps.t() @ scaled).to(weight.dtype)  # (V, d)
+            grad_weight = (exps.t() @ scaled)[:V].to(weight.dtype)  # (V, d)
             grad_weight.index_add_(0, targets, hidden, alpha=-1)
             grad_weight *= grad
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            counts = torch.bincount(targets, minlength=weight.shape[0]).to(weight.dtype)
+            counts = torch.bincount(targets, minlength=V).to(weight.dtype)
             column = _pad_rows(inverse.to(exps.dtype), padded)  # (T', 1)
-            grad_bias = ((exps.t() @ column).squeeze(1).to(weight.dtype) - counts) * grad
+            grad_bias = ((exps.t() @ column).squeeze(1)[:V].to(weight.dtype) - counts) * grad
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
