@@ -177,6 +177,29 @@ def test_a_cached_library_that_fails_is_compiled_again(
     assert step.library_path.read_bytes() == good.read_bytes()  # the new library replaced the cached file
 
 
+def test_a_new_library_replaces_the_models_libraries_for_other_versions(
+    recommender: Recommender, ahead_of_time: StreamingStep, tmp_path: Path, monkeypatch
+):
+    """Compiling a model's library deletes that model's libraries of other torch / tim4rec versions or
+    machines, and leaves other models' libraries and other files alone."""
+    good = ahead_of_time.library_path
+    step = StreamingStep(recommender.model, compile=True, library_cache=tmp_path, key="test-model")
+    stale = [tmp_path / "test-model-x86_64-avx2-cpu-torch2.12.0-tim4rec0.9.pt2", tmp_path / "test-model-old.pt2"]
+    kept = [tmp_path / "other-model-x86_64-cpu-torch2.12.0-tim4rec0.9.pt2", tmp_path / "test-model-notes.txt"]
+    for path in stale + kept:
+        path.write_bytes(b"old")
+
+    def compile_stand_in(package: Path):
+        package.write_bytes(good.read_bytes())
+        return torch._inductor.aoti_load_package(str(package))
+
+    monkeypatch.setattr(step, "_compile_ahead_of_time", compile_stand_in)
+    step.warm_up()
+    assert step.library_source == "compiled" and step.library_path.is_file()
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)
+
+
 def test_a_library_that_disagrees_falls_back_to_torch_compile(
     recommender: Recommender, ahead_of_time: StreamingStep, tmp_path: Path, monkeypatch, capsys
 ):

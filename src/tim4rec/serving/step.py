@@ -25,7 +25,9 @@ step. Each compiled step is checked against the eager one on its warm-up events 
 AOTInductor takes about 25 s for a TiM4Rec step here. Given a ``library_cache`` folder (a server's is
 :func:`library_cache`) and a ``key`` (the saved model's fingerprint), a library that passed its check is
 kept there, named by the key, the machine and device it was built for and torch's and tim4rec's versions;
-a later start loads it and checks it again, and one that fails is compiled again.
+a later start loads it and checks it again, and one that fails is compiled again. Writing a model's new
+library removes that model's libraries built for another machine or other versions (the same key, another
+name), so upgrading torch or tim4rec does not leave a copy of the weights behind per version.
 """
 
 from __future__ import annotations
@@ -84,8 +86,9 @@ class StreamingStep:
         fresh = model.init_state(1).tensors if model.streaming else {}
         self.names = sorted(fresh)
         self.device = next(iter(fresh.values())).device if fresh else torch.device("cpu")
-        self.library_path = None if library_cache is None or key is None else (
-            Path(library_cache) / f"{key[:32]}-{_target(self.device)}-torch{torch.__version__}-tim4rec{__version__}.pt2"
+        self.key = None if key is None else key[:32]  # the model's part of a library's name
+        self.library_path = None if library_cache is None or self.key is None else (
+            Path(library_cache) / f"{self.key}-{_target(self.device)}-torch{torch.__version__}-tim4rec{__version__}.pt2"
         )  # fmt: skip
         self.library_source: str | None = None  # "compiled" or "cached" once AOTInductor's step is in use
         self.flat = _FlatStep(model, self.names)
@@ -174,7 +177,17 @@ class StreamingStep:
                 try:
                     os.replace(package, self.library_path)
                 except OSError:  # a cache that cannot be written: the library still serves this process
-                    pass
+                    return
+                self._remove_stale_libraries()
+
+    def _remove_stale_libraries(self) -> None:
+        """Delete the cache's other libraries of this model (its key, another target or version; keys are
+        fixed-length fingerprints, so no other model's name starts with this one's)."""
+        assert self.library_path is not None
+        for stale in self.library_path.parent.glob(f"{self.key}-*.pt2"):
+            if stale != self.library_path:
+                with contextlib.suppress(OSError):  # in use elsewhere or not ours to delete: leave it
+                    stale.unlink()
 
     @contextlib.contextmanager
     def _scratch_folder(self) -> Iterator[Path]:
