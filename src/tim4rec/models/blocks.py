@@ -11,7 +11,7 @@ from torch import nn
 
 from tim4rec.errors import ConfigError
 from tim4rec.models.hyperparameters import Hyperparameters, hyperparameter
-from tim4rec.ops.precision import as_float32
+from tim4rec.ops.precision import as_float32, as_float32_for_gradients
 from tim4rec.values import choice, fraction, optional, positive_int, positive_number
 
 #: PyTorch's fused attention, in float32 also under autocast (:mod:`tim4rec.ops.precision`)
@@ -262,7 +262,7 @@ def visible_keys(query_positions: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=query_positions.device)[None, :] <= query_positions[:, None]
 
 
-@as_float32
+@as_float32_for_gradients  # under autocast: float32 in training, autocast's dtype without gradients
 def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """Depthwise causal convolution over time: x (B, L, C) -> (B, L, C), output t sees inputs <= t.
 
@@ -276,7 +276,8 @@ def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"causal_conv needs a depthwise Conv1d with stride 1 and dilation 1, got {conv}")
     k = conv.kernel_size[0]
     padded = F.pad(x, (0, 0, k - 1, 0)).transpose(1, 2).unsqueeze(2)  # (B, C, 1, L+K-1), channels-last strides
-    out = F.conv2d(padded, conv.weight.unsqueeze(2), conv.bias, groups=conv.groups)  # (B, C, 1, L)
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    out = F.conv2d(padded, conv.weight.to(x.dtype).unsqueeze(2), bias, groups=conv.groups)  # (B, C, 1, L)
     return out.squeeze(2).transpose(1, 2)  # (B, L, C)
 
 
