@@ -43,3 +43,5 @@ def test_convolution_without_gradients_runs_in_the_autocast_dtype():
     assert convolved.dtype == torch.bfloat16 and exact.dtype == torch.float32
     torch.testing.assert_close(convolved, in_bfloat16, rtol=0, atol=0)
     torch.testing.assert_close(convolved.float(), exact, rtol=0.02, atol=0.02)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone: so does it
+        assert causal_conv(conv.double(), x.double()).dtype == torch.float64

@@ -12,6 +12,7 @@ from tests.serving.conftest import Server
 from tim4rec.models.base import StreamState
 from tim4rec.serving import Recommender
 from tim4rec.serving.step import StreamingStep
+from tim4rec.version import __version__
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +181,18 @@ def test_a_cached_library_that_fails_is_compiled_again(
 def test_a_new_library_replaces_the_models_libraries_for_other_versions(
     recommender: Recommender, ahead_of_time: StreamingStep, tmp_path: Path, monkeypatch
 ):
-    """Compiling a model's library deletes that model's libraries of other torch / tim4rec versions or
-    machines, and leaves other models' libraries and other files alone."""
+    """Compiling a model's library deletes that model's libraries for the same target built by other torch or
+    tim4rec versions, and leaves its libraries for other targets, other models' and other files alone."""
     good = ahead_of_time.library_path
     step = StreamingStep(recommender.model, compile=True, library_cache=tmp_path, key="test-model")
-    stale = [tmp_path / "test-model-x86_64-avx2-cpu-torch2.12.0-tim4rec0.9.pt2", tmp_path / "test-model-old.pt2"]
-    kept = [tmp_path / "other-model-x86_64-cpu-torch2.12.0-tim4rec0.9.pt2", tmp_path / "test-model-notes.txt"]
+    name = step.library_path.name  # test-model-<machine>-<isa>-cpu-torch<version>-tim4rec<version>.pt2
+    older_torch = name.replace(f"-torch{torch.__version__}-", "-torch2.12.0-")
+    stale = [tmp_path / older_torch, tmp_path / older_torch.replace(f"-tim4rec{__version__}", "-tim4rec0.9")]
+    kept = [
+        tmp_path / "test-model-cuda-sm90-torch2.12.0-tim4rec0.9.pt2",  # another target: a GPU server's
+        tmp_path / "other-model-x86_64-cpu-torch2.12.0-tim4rec0.9.pt2",
+        tmp_path / "test-model-notes.txt",
+    ]
     for path in stale + kept:
         path.write_bytes(b"old")
 

@@ -62,7 +62,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         items = -(-V // _COLUMN_ALIGN) * _COLUMN_ALIGN if cpu else V  # V': E's row length
         h = _pad_rows(hidden.to(compute_dtype), padded)  # (T', d)
         w = _pad_rows(weight.to(compute_dtype), items)  # (V', d), zero rows past V
-        w_t = w.t().contiguous()  # (d, V')
+        w_t = w.t().contiguous() if cpu else w.t()  # (d, V')
         if bias is None:
             exps = h @ w_t  # (T', V') logits
         else:

@@ -82,8 +82,9 @@ def as_float32(function: Callable) -> Callable:
 def as_float32_for_gradients(function: Callable) -> Callable:
     """:func:`as_float32` while gradients are recorded; without them (``torch.no_grad``, inference) under
     autocast its floating tensor arguments are cast to autocast's dtype instead and it runs with autocast
-    off, so its result is in that dtype. For an operation whose low-precision backward is slow but whose
-    forward is fast. It must cast its own parameters to its input's dtype."""
+    off, so its result is in that dtype (and so are the results of what reads it in that dtype: the scans
+    return their input's dtype). For an operation whose low-precision backward is slow but whose forward is
+    fast. It must cast its own parameters to its input's dtype."""
     widened = as_float32(function)
 
     @functools.wraps(function)
@@ -93,8 +94,8 @@ def as_float32_for_gradients(function: Callable) -> Callable:
             return widened(*args, **kwargs)
         dtype = torch.get_autocast_dtype(device)
 
-        def narrow(value: Any) -> Any:
-            return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        def narrow(value: Any) -> Any:  # float32 only, as autocast casts (float64 stays float64)
+            return value.to(dtype) if isinstance(value, torch.Tensor) and value.dtype == torch.float32 else value
 
         with torch.autocast(device, enabled=False):
             return function(*[narrow(a) for a in args], **{k: narrow(v) for k, v in kwargs.items()})

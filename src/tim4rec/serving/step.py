@@ -26,13 +26,14 @@ AOTInductor takes about 25 s for a TiM4Rec step here. Given a ``library_cache`` 
 :func:`library_cache`) and a ``key`` (the saved model's fingerprint), a library that passed its check is
 kept there, named by the key, the machine and device it was built for and torch's and tim4rec's versions;
 a later start loads it and checks it again, and one that fails is compiled again. Writing a model's new
-library removes that model's libraries built for another machine or other versions (the same key, another
-name), so upgrading torch or tim4rec does not leave a copy of the weights behind per version.
+library removes that model's libraries for the same target built by other torch or tim4rec versions, so
+upgrading does not leave a copy of the weights behind per version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import platform
 import sys
@@ -181,10 +182,13 @@ class StreamingStep:
                 self._remove_stale_libraries()
 
     def _remove_stale_libraries(self) -> None:
-        """Delete the cache's other libraries of this model (its key, another target or version; keys are
-        fixed-length fingerprints, so no other model's name starts with this one's)."""
+        """Delete the cache's libraries of this model for this target built by other torch or tim4rec versions
+        (keys are fixed-length fingerprints, so no other model's name starts with this one's). Libraries for
+        other targets stay: servers on a CPU and a GPU, or on hosts of different vector instructions, may
+        share a cache folder."""
         assert self.library_path is not None
-        for stale in self.library_path.parent.glob(f"{self.key}-*.pt2"):
+        model_and_target = glob.escape(f"{self.key}-{_target(self.device)}")
+        for stale in self.library_path.parent.glob(f"{model_and_target}-torch*-tim4rec*.pt2"):
             if stale != self.library_path:
                 with contextlib.suppress(OSError):  # in use elsewhere or not ours to delete: leave it
                     stale.unlink()
