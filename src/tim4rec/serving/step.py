@@ -291,7 +291,7 @@ def _quiet() -> Iterator[None]:
     (GRU4Rec; the exported step is checked against the eager one either way)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during export")
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during")
         yield
 
 
