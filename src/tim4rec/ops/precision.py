@@ -60,6 +60,16 @@ def float32_compute(function: Callable) -> Callable:
     return run
 
 
+def _cast_and_run(function: Callable, device: str, cast: Callable[[Any], Any], args: tuple, kwargs: dict) -> Any:
+    """``function`` on ``cast`` of each argument, with autocast off on ``device``."""
+    with torch.autocast(device, enabled=False):
+        return function(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+
+
+def _widen(value: Any) -> Any:
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
 def as_float32(function: Callable) -> Callable:
     """:func:`float32_compute` for a function of floating tensors that does not cast them itself: under
     autocast its floating tensor arguments are cast to float32 first (its result is then float32)."""
@@ -69,12 +79,7 @@ def as_float32(function: Callable) -> Callable:
         device = _autocast_device(args, kwargs)
         if device is None:
             return function(*args, **kwargs)
-
-        def widen(value: Any) -> Any:
-            return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
-
-        with torch.autocast(device, enabled=False):
-            return function(*[widen(a) for a in args], **{k: widen(v) for k, v in kwargs.items()})
+        return _cast_and_run(function, device, _widen, args, kwargs)
 
     return run
 
@@ -85,19 +90,19 @@ def as_float32_for_gradients(function: Callable) -> Callable:
     off, so its result is in that dtype (and so are the results of what reads it in that dtype: the scans
     return their input's dtype). For an operation whose low-precision backward is slow but whose forward is
     fast. It must cast its own parameters to its input's dtype."""
-    widened = as_float32(function)
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
         device = _autocast_device(args, kwargs)
-        if device is None or torch.is_grad_enabled():
-            return widened(*args, **kwargs)
+        if device is None:
+            return function(*args, **kwargs)
+        if torch.is_grad_enabled():
+            return _cast_and_run(function, device, _widen, args, kwargs)
         dtype = torch.get_autocast_dtype(device)
 
         def narrow(value: Any) -> Any:  # float32 only, as autocast casts (float64 stays float64)
             return value.to(dtype) if isinstance(value, torch.Tensor) and value.dtype == torch.float32 else value
 
-        with torch.autocast(device, enabled=False):
-            return function(*[narrow(a) for a in args], **{k: narrow(v) for k, v in kwargs.items()})
+        return _cast_and_run(function, device, narrow, args, kwargs)
 
     return run
