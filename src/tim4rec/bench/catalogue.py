@@ -47,6 +47,7 @@ def measure_point(
     from tim4rec.runtime import runtime_settings
     from tim4rec.training.loss import NextItemLoss
     from tim4rec.training.negatives import NegativeSampler
+    from tim4rec.training.optimizer import adam
 
     with runtime_settings(threads=threads, flush_denormal=True, reuse_memory=True):
         baseline = common.max_rss_bytes()
@@ -54,7 +55,7 @@ def measure_point(
         model = create("tim4rec", items, length, dropout_prob=0.0, time_drop_out=0.0).to(device)
         sampler = NegativeSampler(negatives, items, "uniform") if loss == "sampled" else None
         objective = NextItemLoss(model, fused=True, sampler=sampler)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = adam(model.parameters(), lr=1e-3)
         batch = model.prepare_training_batch(random_batch("causal", windows, length, items)).to(device)
         evaluation = random_batch("prefix", users, length, items).to(device)
 

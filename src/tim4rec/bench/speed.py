@@ -99,6 +99,7 @@ def _measure_point(
     from tim4rec.models import create
     from tim4rec.ops.precision import mixed_precision
     from tim4rec.training.loss import NextItemLoss
+    from tim4rec.training.optimizer import adam
 
     torch.manual_seed(0)
     extra = dict(hyperparameters)
@@ -109,7 +110,7 @@ def _measure_point(
     baseline = torch.cuda.memory_allocated() if device.startswith("cuda") else common.max_rss_bytes()
     model = create(model_name, items, length, **extra).to(device)
     loss = NextItemLoss(model, fused=True, mixed_precision=precision)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = adam(model.parameters(), lr=1e-3)
     batches = {
         "causal": random_batch("causal", batch, length, items) if model.causal else None,
         "readout": random_batch("prefix", batch, length, items),

@@ -23,6 +23,7 @@ from tim4rec.runtime import resolve_device
 from tim4rec.training.distributed import SINGLE, Distributed
 from tim4rec.training.loss import NextItemLoss
 from tim4rec.training.negatives import NegativeSampler
+from tim4rec.training.optimizer import adam
 
 
 @dataclass
@@ -87,9 +88,7 @@ def build_experiment(config: Config, notices: list[str] | None = None, distribut
     model.fit_data(data)
     model.to(device)
     parameters = list(model.parameters())
-    optimizer = (
-        torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay) if parameters else None
-    )
+    optimizer = adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay) if parameters else None
     sampler = None
     if config.sampled_negatives:
         counts = data.train_target_counts() if config.negative_distribution == "popularity" else None
