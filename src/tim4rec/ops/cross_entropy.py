@@ -24,7 +24,9 @@ Layout on a CPU: the item axis is padded with zero items to a multiple of ``_COL
 (T, V') with zero columns past V, which add nothing to z or to any gradient), and the forward product
 takes W^T contiguous. With V = 3417 (ML-1M) a bfloat16 ``h @ W.T`` took 10.4 ms against 1.6 ms either
 way, and the backward products over an E whose rows have an odd length 2.9 and 4.8 ms against 1.1 and
-2.2 ms (T 2048, d 64, 1 thread); float32 gains less (13.3 -> 9.6 ms for the forward product).
+2.2 ms (T 2048, d 64, 1 thread); float32 gains less (13.3 -> 9.6 ms for the forward product). The
+weight gradient is formed as ``(scaled^T E)^T``, E read in the layout it is stored in: the same numbers
+(bit for bit here), the whole loss forward and backward 44.5 -> 39.0 ms in float32, 22.1 -> 21.7 in bfloat16.
 """
 
 from __future__ import annotations
@@ -98,13 +100,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = ((exps @ w)[:T].to(hidden.dtype) * inverse - weight[targets]) * grad  # (T, d)
         if ctx.needs_input_grad[1]:
             scaled = _pad_rows((hidden * inverse).to(exps.dtype), padded)  # (T', d)
-            grad_weight = (exps.t() @ scaled)[:V].to(weight.dtype)  # (V, d)
+            # (d, T') @ (T', V') with E as stored, then transposed: E^T @ scaled took 14.0 ms in float32
+            # and 3.4 in bfloat16 against 7.7 and 2.2 this way (T' 2048, V' 3424, d 64, 1 CPU thread)
+            grad_weight = (scaled.t() @ exps)[:, :V].t().to(weight.dtype).contiguous()  # (V, d)
             grad_weight.index_add_(0, targets, hidden, alpha=-1)
             grad_weight *= grad
         if ctx.has_bias and ctx.needs_input_grad[2]:
             counts = torch.bincount(targets, minlength=V).to(weight.dtype)
             column = _pad_rows(inverse.to(exps.dtype), padded)  # (T', 1)
-            grad_bias = ((exps.t() @ column).squeeze(1)[:V].to(weight.dtype) - counts) * grad
+            grad_bias = ((column.t() @ exps).squeeze(0)[:V].to(weight.dtype) - counts) * grad
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
