@@ -209,6 +209,22 @@ def test_a_deadline_cuts_each_runs_budget_to_end_in_time(synthetic_inter: Path, 
     assert started[-1] == ("roomy", 1000, False)  # the plan's budget fits: left as it is
 
 
+def test_threads_replace_the_plans_for_one_invocation(synthetic_inter: Path, tmp_path: Path, monkeypatch):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"dataset: {synthetic_inter}\ncommon: {{threads: 1, time_budget: 1000}}\nruns:\n  one: {{model: sasrec}}\n"
+    )
+    started: list[int] = []
+    monkeypatch.setattr(quality.api, "run", lambda config, **_: started.append(config.threads))
+    quality.run_plan(plan, tmp_path / "out")
+    quality.run_plan(plan, tmp_path / "out", threads=2, deadline=10_000)  # the cut budget's config keeps them
+    assert started == [1, 2]
+    with pytest.raises(ConfigError, match="threads"):
+        quality.run_plan(plan, tmp_path / "out", threads=0)
+    args = build_parser().parse_args(["bench", "quality", str(plan), "--threads", "2"])
+    assert args.threads == 2
+
+
 def test_an_unfinished_run_without_its_checkpoint_is_skipped_not_lost(synthetic_inter: Path, tmp_path: Path, capsys):
     # a results.json of a run the budget cut (committed), on a machine that lacks the run's checkpoint.pt
     plan = tmp_path / "plan.yaml"

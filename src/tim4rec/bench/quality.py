@@ -190,8 +190,12 @@ def run_plan(
     only: list[str] | None = None,
     deadline: float | None = None,
     seeds: list[int] | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Train every (run, seed) of the plan not done yet (only the runs ``only`` and seeds ``seeds`` if given)."""
+    """Train every (run, seed) of the plan not done yet (only the runs ``only`` and seeds ``seeds`` if given).
+
+    ``threads`` replaces the plan's thread count for this invocation: a speed setting, not part of what a run
+    computes, so a run may resume under another one; each run's results record the count it ran with."""
     from tim4rec.config import load_config
     from tim4rec.training import api
 
@@ -205,7 +209,7 @@ def run_plan(
             if seeds and seed not in seeds:
                 continue
             folder = output / "runs" / name / f"seed{seed}"
-            overrides = _run_config(plan, name, seed)
+            overrides = _run_config(plan, name, seed) | ({} if threads is None else {"threads": threads})
             config, notices = load_config(overrides=overrides)
             status = _status(folder, config)
             if status == "done":
@@ -335,6 +339,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "so that it ends by then (a later invocation resumes it under the plan's budget)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds of the plan")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads per run for this invocation instead of the plan's (each run records the count it ran with)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
     parser.add_argument(
         "--add-seen-removed",
@@ -352,7 +361,7 @@ def command(args: argparse.Namespace) -> int:
         for line in add_seen_removed(args.plan, output):
             print(line)
     elif not args.report_only:
-        run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds)
+        run_plan(args.plan, output, only=args.only, deadline=args.deadline, seeds=args.seeds, threads=args.threads)
     print(quality_report.report(args.plan, output))
     return 0
 
