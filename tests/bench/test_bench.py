@@ -214,11 +214,12 @@ def test_threads_replace_the_plans_for_one_invocation(synthetic_inter: Path, tmp
     plan.write_text(
         f"dataset: {synthetic_inter}\ncommon: {{threads: 1, time_budget: 1000}}\nruns:\n  one: {{model: sasrec}}\n"
     )
-    started: list[int] = []
-    monkeypatch.setattr(quality.api, "run", lambda config, **_: started.append(config.threads))
+    started: list[tuple[int, float]] = []
+    monkeypatch.setattr(quality.api, "run", lambda config, **_: started.append((config.threads, config.time_budget)))
     quality.run_plan(plan, tmp_path / "out")
-    quality.run_plan(plan, tmp_path / "out", threads=2, deadline=10_000)  # the cut budget's config keeps them
-    assert started == [1, 2]
+    quality.run_plan(plan, tmp_path / "out", threads=2, deadline=500)  # the budget is cut: the cut config keeps them
+    (plan_threads, plan_budget), (threads, cut_budget) = started
+    assert (plan_threads, plan_budget, threads) == (1, 1000, 2) and cut_budget < 1000
     with pytest.raises(ConfigError, match="threads"):
         quality.run_plan(plan, tmp_path / "out", threads=0)
     args = build_parser().parse_args(["bench", "quality", str(plan), "--threads", "2"])
