@@ -28,6 +28,7 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     assert "| small | sasrec |" in text and "1, 2" in text
     assert "Paired comparison with `floor`" in text and "| small | 30 |" in text  # 30 users, both seeds paired
     assert (output / "quality.csv").exists() and (output / "quality_valid_ndcg.png").stat().st_size > 0
+    assert "How the table reads" in text and (output / "reading.md").read_text() in text  # quoted whole
     # raising the plan's epochs resumes the finished runs instead of starting over
     plan.write_text(plan.read_text().replace("epochs: 2", "epochs: 3"))
     quality.run_plan(plan, output)
@@ -340,3 +341,48 @@ def test_speed_times_onnxruntime_beside_eager(model):
         assert row["infer_onnx_speedup"] == pytest.approx(row["infer_s"] / row["infer_onnx_s"])
     else:
         assert "infer_onnx_s" not in row and "cannot be exported" in row["onnx"]
+
+
+def _seed_result(run: str, ndcg: float, ranks: list[int], stopped_by: str = "early_stopping") -> dict:
+    """A finished run's results as plain_reading reads them: both protocols' NDCG@10 and per-user ranks."""
+    users = [str(u) for u in range(len(ranks))]
+    per_user = {"users": users, "ranks": ranks}
+    return {
+        "_run": run,
+        "stopped_by": stopped_by,
+        "test": {"ndcg@10": ndcg},
+        "test_seen_removed": {"ndcg@10": ndcg + 0.05},
+        "test_ranks": per_user,
+        "test_seen_removed_ranks": per_user,
+    }
+
+
+def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear():
+    many = 200
+    results = [
+        # the reference: every user's target at rank 1 or 2, three seeds
+        *(_seed_result("ref", v, [1 + (u % 2) for u in range(many)]) for v in (0.30, 0.31, 0.32)),
+        # far below, two seeds apart from the reference's
+        *(_seed_result("weak", v, [20] * many) for v in (0.10, 0.11)),
+        # close: seeds overlap the reference's, and a budget stopped one of them
+        _seed_result("close", 0.305, [1 + (u % 2) for u in range(many)]),
+        _seed_result("close", 0.315, [1 + (u % 2) for u in range(many)], stopped_by="time_budget"),
+    ]
+    text = quality_report.plain_reading(results, "ref", ["ref", "close", "weak"])
+    assert "**Seen items ranked.** `ref` leads with test NDCG@10 0.3100 ± 0.0100 (3 seeds)" in text
+    assert "**Seen items removed.**" in text
+    assert "| `weak` | 2 | 0.1050 ± 0.0071 | early stopping | +0.2050 | 20.5 | apart: every seed above |" in text
+    assert "| `close` | 2 | 0.3100 ± 0.0071 | early stopping, time budget | +0.0000 | 0.0 | overlap |" in text
+    assert "p 1.0000" in text  # the same ranks for every user: no paired difference at all
+    assert "`ref` is not above `close` both beyond the seed spread and by the paired test" in text
+    assert "it is above the other 1 run that way" in text
+    assert "Not stopped by early stopping (their figures may still rise): `close`." in text
+    # without the close run the reference clears both bars; a run that leads the reference is named
+    clear = [r for r in results if r["_run"] != "close"]
+    assert "`ref` is above every run beyond the seed spread and by the paired test" in (
+        quality_report.plain_reading(clear, "ref", ["ref", "weak"])
+    )
+    flipped = quality_report.plain_reading(clear, "weak", ["ref", "weak"])
+    assert "`ref` leads with test NDCG@10 0.3100 ± 0.0100 (3 seeds), not `weak`" in flipped
+    assert "| `ref` | 3 | 0.3100 ± 0.0100 | early stopping | -0.2050 |" in flipped
+    assert quality_report.plain_reading(clear, "absent", ["ref", "weak"]) == ""

@@ -20,7 +20,8 @@ Then ``quality.md``, ``quality.csv`` and ``quality_valid_ndcg.png`` are written 
 ``results.json`` found (``tim4rec.bench.quality_report``).
 
 Optional plan keys: ``title``; ``time_to: {ndcg@10: 0.15}`` (a time-to-accuracy column);
-``compare_to: RUN`` (paired per-user tests of every run against that run) or ``compare_to: {RUN: REFERENCE}``
+``compare_to: RUN`` (paired per-user tests of every run against that run, and a plain reading of the
+table around it, also written alone to ``reading.md``) or ``compare_to: {RUN: REFERENCE}``
 (each named run against its own reference); ``anchors:`` published figures shown
 beside the table, each ``{model, source, hit@10, ndcg@10, seen_items}`` where ``seen_items`` says
 whether that evaluation ranks the items a user already met (``ranked``, as here and in RecBole's

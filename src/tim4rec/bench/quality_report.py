@@ -251,6 +251,135 @@ def comparisons(
     return "\n".join(lines) + "\n"
 
 
+PROTOCOLS = (  # (results key of the test metrics, key of the per-user ranks, the protocol's name)
+    ("test", "test_ranks", "seen items ranked"),
+    ("test_seen_removed", "test_seen_removed_ranks", "seen items removed"),
+)
+
+
+def _margin_row(
+    name: str,
+    ref: list[float],
+    other: list[float],
+    runs: list[dict[str, Any]],
+    ranks: str,
+    reference_runs: list[dict[str, Any]],
+) -> tuple[list[str], dict[str, bool]]:
+    """One row of :func:`plain_reading`'s table: the reference's margin over run ``name`` (seed values
+    ``ref`` and ``other``), the margin over the larger seed deviation, how the seed ranges lie, the
+    paired test; and the verdicts (beyond the spread, paired p < 0.05, converged)."""
+    margin = statistics.fmean(ref) - statistics.fmean(other)
+    deviations = [statistics.stdev(v) for v in (ref, other) if len(v) > 1]
+    ratio = f"{margin / max(deviations):.1f}" if deviations and max(deviations) > 0 else "-"
+    if min(ref) > max(other):
+        ranges = "apart: every seed above"
+    elif max(ref) < min(other):
+        ranges = "apart: every seed below"
+    else:
+        ranges = "overlap"
+    paired, significant = "-", False
+    if all(ranks in r for r in runs + reference_runs):
+        c = paired_comparison(per_user_ndcg(reference_runs, key=ranks), per_user_ndcg(runs, key=ranks))
+        paired, significant = (
+            f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], p {c.p_value:.4f}",
+            (c.p_value < 0.05 and c.low * c.high > 0),
+        )
+    converged = all(r["stopped_by"] in ("early_stopping", "nothing_to_learn") for r in runs)
+    stopped = ", ".join(sorted({r["stopped_by"].replace("_", " ") for r in runs}))
+    cells = [f"`{name}`", str(len(other)), _seeds_cell(other), stopped, f"{margin:+.4f}", ratio, ranges, paired]
+    return cells, {"apart": ranges.startswith("apart"), "significant": significant, "converged": converged}
+
+
+def _count(items: Any, noun: str = "seed") -> str:
+    n = items if isinstance(items, int) else len(items)
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _seeds_cell(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def plain_reading(results: list[dict[str, Any]], reference: str, order: list[str]) -> str:
+    """The table read around the run ``reference`` on both protocols (seen items ranked, seen items
+    removed), from test NDCG@10: which run leads, and for every other run the reference's margin, that
+    margin over the larger of the two runs' seed deviations, whether the seed ranges overlap, and the
+    paired per-user test (reference minus run); then one line saying whether the reference leads every
+    run beyond the seed spread and by the paired test, naming the runs where it does not and the runs
+    not stopped by early stopping. "" when the reference has no finished runs."""
+    by_run = _by_run(results)
+    if reference not in by_run:
+        return ""
+    sections = []
+    for metrics, ranks, protocol in PROTOCOLS:
+        values = {
+            name: [r[metrics]["ndcg@10"] for r in runs]
+            for name, runs in by_run.items()
+            if all(r.get(metrics) for r in runs)
+        }
+        if reference not in values or len(values) < 2:
+            continue
+        leader = max(values, key=lambda name: (statistics.fmean(values[name]), name == reference))
+        ref = values[reference]
+        lines = [
+            f"**{protocol[0].upper() + protocol[1:]}.** "
+            + (
+                f"`{reference}` leads with test NDCG@10 {_seeds_cell(ref)} ({_count(ref)}). Its margin over each "
+                "other run:"
+                if leader == reference
+                else f"`{leader}` leads with test NDCG@10 {_seeds_cell(values[leader])} ({_count(values[leader])}), "
+                f"not `{reference}` ({_seeds_cell(ref)}). The margin of `{reference}` over each other run:"
+            ),
+            "",
+            "| run | seeds | NDCG@10 | stopped by | margin | margin / larger sd | seed ranges | paired Δ [95%], p |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        verdicts = {}
+        others = sorted((n for n in values if n != reference), key=lambda n: -statistics.fmean(values[n]))
+        for name in others:
+            cells, verdicts[name] = _margin_row(name, ref, values[name], by_run[name], ranks, by_run[reference])
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            _verdict(reference, verdicts, all(r["stopped_by"] == "early_stopping" for r in by_run[reference])),
+        ]
+        sections.append("\n".join(lines))
+    if not sections:
+        return ""
+    head = (
+        "How the table reads (test NDCG@10; margin: the reference's mean minus the run's; seed ranges: whether "
+        "every seed of one lies above every seed of the other; the paired test as in the tables above):"
+    )
+    return head + "\n\n" + "\n\n".join(sections) + "\n"
+
+
+def _verdict(reference: str, verdicts: dict[str, dict[str, bool]], reference_converged: bool) -> str:
+    """The one-line summary of :func:`plain_reading` for one protocol."""
+    below = [n for n, v in verdicts.items() if not (v["apart"] and v["significant"])]
+    unconverged = [n for n, v in verdicts.items() if not v["converged"]]
+    beaten = [f"`{n}`" for n in below]
+    line = (
+        f"`{reference}` is above every run beyond the seed spread and by the paired test (p < 0.05)."
+        if not below
+        else f"`{reference}` is not above "
+        + ", ".join(beaten)
+        + " both beyond the seed spread and by the paired test (p < 0.05)"
+        + (
+            f"; it is above the other {_count(len(verdicts) - len(below), 'run')} that way."
+            if len(verdicts) > len(below)
+            else "."
+        )
+    )
+    if unconverged:
+        line += (
+            " Not stopped by early stopping (their figures may still rise): "
+            + ", ".join(f"`{n}`" for n in unconverged)
+            + "."
+        )
+    if not reference_converged:
+        line += f" `{reference}` itself was not stopped by early stopping."
+    return line
+
+
 def plot_validation(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -302,10 +431,15 @@ def report(plan_path: str | Path, output: str | Path) -> str:
         text += "\n" + removed
         if plan.get("compare_to") and (paired := comparisons(results, plan["compare_to"], order, seen_removed=True)):
             text += "\n" + paired
+    reading = plain_reading(results, plan["compare_to"], order) if isinstance(plan.get("compare_to"), str) else ""
+    if reading:
+        text += "\n" + reading
     if plan.get("anchors"):
         text += "\n" + anchors_table(plan["anchors"])
     text += "\n" + commands_block(plan, results, order)
     (output / "quality.md").write_text(text)
+    if reading:  # for a page that quotes the reading alone (README.md: <!-- include: .../reading.md -->)
+        (output / "reading.md").write_text(reading)
     keys = list(dict.fromkeys(key for row in summary for key in row))  # rows differ: seen-removed figures
     with open(output / "quality.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
