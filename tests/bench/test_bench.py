@@ -385,4 +385,5 @@ def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear():
     flipped = quality_report.plain_reading(clear, "weak", ["ref", "weak"])
     assert "`ref` leads with test NDCG@10 0.3100 ± 0.0100 (3 seeds), not `weak`" in flipped
     assert "| `ref` | 3 | 0.3100 ± 0.0100 | early stopping | -0.2050 |" in flipped
+    assert "`weak` is not above `ref` both beyond the seed spread and by the paired test (p < 0.05)." in flipped
     assert quality_report.plain_reading(clear, "absent", ["ref", "weak"]) == ""

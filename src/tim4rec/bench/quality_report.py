@@ -280,14 +280,12 @@ def _margin_row(
     paired, significant = "-", False
     if all(ranks in r for r in runs + reference_runs):
         c = paired_comparison(per_user_ndcg(reference_runs, key=ranks), per_user_ndcg(runs, key=ranks))
-        paired, significant = (
-            f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], p {c.p_value:.4f}",
-            (c.p_value < 0.05 and c.low * c.high > 0),
-        )
+        paired = f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], p {c.p_value:.4f}"
+        significant = c.p_value < 0.05 and c.low > 0  # the reference above the run, not only apart from it
     converged = all(r["stopped_by"] in ("early_stopping", "nothing_to_learn") for r in runs)
     stopped = ", ".join(sorted({r["stopped_by"].replace("_", " ") for r in runs}))
     cells = [f"`{name}`", str(len(other)), _seeds_cell(other), stopped, f"{margin:+.4f}", ratio, ranges, paired]
-    return cells, {"apart": ranges.startswith("apart"), "significant": significant, "converged": converged}
+    return cells, {"apart": ranges == "apart: every seed above", "significant": significant, "converged": converged}
 
 
 def _count(items: Any, noun: str = "seed") -> str:
