@@ -368,7 +368,7 @@ def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear():
         _seed_result("close", 0.305, [1 + (u % 2) for u in range(many)]),
         _seed_result("close", 0.315, [1 + (u % 2) for u in range(many)], stopped_by="time_budget"),
     ]
-    text = quality_report.plain_reading(results, "ref", ["ref", "close", "weak"])
+    text = quality_report.plain_reading(results, "ref")
     assert "**Seen items ranked.** `ref` leads with test NDCG@10 0.3100 ± 0.0100 (3 seeds)" in text
     assert "**Seen items removed.**" in text
     assert "| `weak` | 2 | 0.1050 ± 0.0071 | early stopping | +0.2050 | 20.5 | apart: every seed above |" in text
@@ -380,10 +380,10 @@ def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear():
     # without the close run the reference clears both bars; a run that leads the reference is named
     clear = [r for r in results if r["_run"] != "close"]
     assert "`ref` is above every run beyond the seed spread and by the paired test" in (
-        quality_report.plain_reading(clear, "ref", ["ref", "weak"])
+        quality_report.plain_reading(clear, "ref")
     )
-    flipped = quality_report.plain_reading(clear, "weak", ["ref", "weak"])
+    flipped = quality_report.plain_reading(clear, "weak")
     assert "`ref` leads with test NDCG@10 0.3100 ± 0.0100 (3 seeds), not `weak`" in flipped
     assert "| `ref` | 3 | 0.3100 ± 0.0100 | early stopping | -0.2050 |" in flipped
     assert "`weak` is not above `ref` both beyond the seed spread and by the paired test (p < 0.05)." in flipped
-    assert quality_report.plain_reading(clear, "absent", ["ref", "weak"]) == ""
+    assert quality_report.plain_reading(clear, "absent") == ""

@@ -297,7 +297,7 @@ def _seeds_cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
-def plain_reading(results: list[dict[str, Any]], reference: str, order: list[str]) -> str:
+def plain_reading(results: list[dict[str, Any]], reference: str) -> str:
     """The table read around the run ``reference`` on both protocols (seen items ranked, seen items
     removed), from test NDCG@10: which run leads, and for every other run the reference's margin, that
     margin over the larger of the two runs' seed deviations, whether the seed ranges overlap, and the
@@ -352,18 +352,17 @@ def plain_reading(results: list[dict[str, Any]], reference: str, order: list[str
 
 def _verdict(reference: str, verdicts: dict[str, dict[str, bool]], reference_converged: bool) -> str:
     """The one-line summary of :func:`plain_reading` for one protocol."""
-    below = [n for n, v in verdicts.items() if not (v["apart"] and v["significant"])]
+    not_beaten = [n for n, v in verdicts.items() if not (v["apart"] and v["significant"])]
     unconverged = [n for n, v in verdicts.items() if not v["converged"]]
-    beaten = [f"`{n}`" for n in below]
     line = (
         f"`{reference}` is above every run beyond the seed spread and by the paired test (p < 0.05)."
-        if not below
+        if not not_beaten
         else f"`{reference}` is not above "
-        + ", ".join(beaten)
+        + ", ".join(f"`{n}`" for n in not_beaten)
         + " both beyond the seed spread and by the paired test (p < 0.05)"
         + (
-            f"; it is above the other {_count(len(verdicts) - len(below), 'run')} that way."
-            if len(verdicts) > len(below)
+            f"; it is above the other {_count(len(verdicts) - len(not_beaten), 'run')} that way."
+            if len(verdicts) > len(not_beaten)
             else "."
         )
     )
@@ -429,7 +428,7 @@ def report(plan_path: str | Path, output: str | Path) -> str:
         text += "\n" + removed
         if plan.get("compare_to") and (paired := comparisons(results, plan["compare_to"], order, seen_removed=True)):
             text += "\n" + paired
-    reading = plain_reading(results, plan["compare_to"], order) if isinstance(plan.get("compare_to"), str) else ""
+    reading = plain_reading(results, plan["compare_to"]) if isinstance(plan.get("compare_to"), str) else ""
     if reading:
         text += "\n" + reading
     if plan.get("anchors"):
