@@ -15,8 +15,9 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         f"dataset: {synthetic_inter}\nseeds: [1, 2]\ncompare_to: floor\n"
-        "common: {epochs: 2, threads: 1, MAX_ITEM_LIST_LENGTH: 8}\n"
-        "runs:\n  small: {model: sasrec, hidden_size: 8, n_heads: 2, inner_size: 16}\n  floor: {model: mostpop}\n"
+        "common: {epochs: 2, threads: 1, MAX_ITEM_LIST_LENGTH: 8, lr_decay_patience: 2}\n"
+        "runs:\n  small: {model: sasrec, hidden_size: 8, n_heads: 2, inner_size: 16}\n"
+        "  floor: {model: mostpop, lr_decay_patience: null}\n"  # a run switching a common setting off
     )
     output = tmp_path / "out"
     quality.run_plan(plan, output, deadline=0)  # a deadline of 0 starts nothing

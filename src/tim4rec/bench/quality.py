@@ -303,6 +303,8 @@ def _set_value(value: Any) -> str:
     """A config value as ``--set key=VALUE`` reads it back (YAML)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:  # a plan's `key: null` (a setting switched off, as lr_decay_patience)
+        return "null"
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
