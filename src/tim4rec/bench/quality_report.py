@@ -282,7 +282,7 @@ def _margin_row(
         c = paired_comparison(per_user_ndcg(reference_runs, key=ranks), per_user_ndcg(runs, key=ranks))
         paired = f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], p {c.p_value:.4f}"
         significant = c.p_value < 0.05 and c.low > 0  # the reference above the run, not only apart from it
-    converged = all(r["stopped_by"] in ("early_stopping", "nothing_to_learn") for r in runs)
+    converged = _stopped_early(runs)
     stopped = ", ".join(sorted({r["stopped_by"].replace("_", " ") for r in runs}))
     cells = [f"`{name}`", str(len(other)), _seeds_cell(other), stopped, f"{margin:+.4f}", ratio, ranges, paired]
     return cells, {"apart": ranges == "apart: every seed above", "significant": significant, "converged": converged}
@@ -294,7 +294,13 @@ def _count(items: Any, noun: str = "seed") -> str:
 
 
 def _seeds_cell(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+    mean, spread = _mean_spread(values)
+    return f"{mean:.4f} ± {spread:.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def _stopped_early(runs: list[dict[str, Any]]) -> bool:
+    """Whether every seed ended by early stopping (or had nothing to learn: a popularity floor)."""
+    return all(r["stopped_by"] in ("early_stopping", "nothing_to_learn") for r in runs)
 
 
 def plain_reading(results: list[dict[str, Any]], reference: str) -> str:
@@ -338,7 +344,7 @@ def plain_reading(results: list[dict[str, Any]], reference: str) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
-            _verdict(reference, verdicts, all(r["stopped_by"] == "early_stopping" for r in by_run[reference])),
+            _verdict(reference, verdicts, _stopped_early(by_run[reference])),
         ]
         sections.append("\n".join(lines))
     if not sections:
