@@ -69,6 +69,7 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     plan.write_text(plan.read_text().replace("compare_to: floor", "compare_to: {small: floor}"))
     text = quality_report.report(plan, output)
     assert "Paired comparisons, each run with its reference," in text and "| small | floor | 30 |" in text
+    assert not (output / "reading.md").exists()  # no reading around one run now: the earlier one is gone
 
 
 def test_anchors_are_shown_and_checked(tmp_path: Path):
@@ -358,7 +359,7 @@ def _seed_result(run: str, ndcg: float, ranks: list[int], stopped_by: str = "ear
     }
 
 
-def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear():
+def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear(monkeypatch):
     many = 200
     results = [
         # the reference: every user's target at rank 1 or 2, three seeds
@@ -388,3 +389,16 @@ def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear():
     assert "| `ref` | 3 | 0.3100 ± 0.0100 | early stopping | -0.2050 |" in flipped
     assert "`weak` is not above `ref` both beyond the seed spread and by the paired test (p < 0.05)." in flipped
     assert quality_report.plain_reading(clear, "absent") == ""
+
+    # a report runs each paired test once: the reading reuses the comparison tables' tests, turned round
+    computed = []
+    counting = quality_report.paired_comparison
+    monkeypatch.setattr(quality_report, "paired_comparison", lambda a, b: computed.append(1) or counting(a, b))
+    tests = quality_report.PairedTests(results)
+    tables = [quality_report.comparisons(results, "ref", ["ref", "weak", "close"], seen_removed=removed, tests=tests)
+              for removed in (False, True)]  # fmt: skip
+    assert len(computed) == 4  # two runs, two protocols
+    assert quality_report.plain_reading(results, "ref", tests) == text and len(computed) == 4
+    # the tables read run minus reference, the reading the reverse: the same interval, turned round
+    assert "| weak | 200 | -0.8155 | [-0.8413, -0.7896] | 0.0001 |" in tables[0]
+    assert "+0.8155 [+0.7896, +0.8413], p 0.0001" in text

@@ -22,6 +22,20 @@ def test_a_clear_difference_and_no_difference():
     assert same.p_value > 0.01 and same.low < 0 < same.high
 
 
+def test_a_swapped_comparison_is_the_comparison_with_its_arguments_swapped():
+    rng = np.random.default_rng(2)
+    users = [f"u{i}" for i in range(500)]
+    a = {u: float(v) for u, v in zip(users, rng.random(500))}
+    b = {u: v - 0.02 + 0.3 * rng.standard_normal() for u, v in a.items()}
+    forward, backward = paired_comparison(a, b, resamples=1000).swapped(), paired_comparison(b, a, resamples=1000)
+    assert forward.users == backward.users and forward.p_value == backward.p_value
+    assert (forward.difference, forward.low, forward.high) == pytest.approx(
+        (backward.difference, backward.low, backward.high), abs=1e-12
+    )
+    assert forward.low < forward.high
+    assert str(paired_comparison(a, a, resamples=10).swapped().difference) == "0.0"  # not "-0.0"
+
+
 def test_per_user_values_average_seeds():
     runs = [{"test_ranks": {"users": ["a", "b"], "ranks": [1, 20]}},
             {"test_ranks": {"users": ["a", "b"], "ranks": [3, 1]}}]  # fmt: skip

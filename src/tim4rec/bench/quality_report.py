@@ -10,11 +10,12 @@ import csv
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tim4rec.bench.quality import collect, complete_under_plan, read_plan, train_command
-from tim4rec.evaluation.significance import paired_comparison, per_user_ndcg
+from tim4rec.evaluation.significance import PairedComparison, paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
 from tim4rec.log import log
 
@@ -205,8 +206,32 @@ def commands_block(plan: dict[str, Any], results: list[dict[str, Any]], order: l
     return "\n".join(lines) + "\n"
 
 
+class PairedTests:
+    """The paired per-user tests of one report, each pair and protocol computed once: the comparison
+    tables and the plain reading ask for the same pairs (the reading the other way round)."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        self.by_run = _by_run(results)
+        self.done: dict[tuple[str, str, str], PairedComparison] = {}
+
+    def __call__(self, name: str, base: str, key: str) -> PairedComparison:
+        """Run ``name`` minus run ``base`` on per-user test NDCG@10 from the ranks under ``key``."""
+        if (base, name, key) in self.done:
+            return self.done[(base, name, key)].swapped()
+        if (name, base, key) not in self.done:
+            self.done[(name, base, key)] = paired_comparison(
+                per_user_ndcg(self.by_run[name], key=key), per_user_ndcg(self.by_run[base], key=key)
+            )
+        return self.done[(name, base, key)]
+
+
 def comparisons(
-    results: list[dict[str, Any]], reference: str | dict[str, str], order: list[str], *, seen_removed: bool = False
+    results: list[dict[str, Any]],
+    reference: str | dict[str, str],
+    order: list[str],
+    *,
+    seen_removed: bool = False,
+    tests: PairedTests | None = None,
 ) -> str:
     """A table of paired comparisons on per-user test NDCG@10 (``seen_removed``: on the ranks with the
     items each user already met removed): of each run against the run ``reference``, or of each run
@@ -214,6 +239,7 @@ def comparisons(
     saying so when a reference has no finished runs with per-user ranks."""
     key = "test_seen_removed_ranks" if seen_removed else "test_ranks"
     by_run = _by_run(results)
+    tests = tests or PairedTests(results)
     pairs = (
         dict(reference)
         if isinstance(reference, dict)
@@ -244,7 +270,7 @@ def comparisons(
         runs = by_run.get(name, [])
         if not runs or not all(key in r for r in runs):
             continue
-        c = paired_comparison(per_user_ndcg(runs, key=key), per_user_ndcg(by_run[base], key=key))
+        c = tests(name, base, key)
         cells = [name] + ([] if single else [base]) + [str(c.users), f"{c.difference:+.4f}",
                  f"[{c.low:+.4f}, {c.high:+.4f}]", f"{c.p_value:.4f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -264,10 +290,12 @@ def _margin_row(
     runs: list[dict[str, Any]],
     ranks: str,
     reference_runs: list[dict[str, Any]],
+    paired_test: Callable[[], PairedComparison],
 ) -> tuple[list[str], dict[str, bool]]:
     """One row of :func:`plain_reading`'s table: the reference's margin over run ``name`` (seed values
     ``ref`` and ``other``), the margin over the larger seed deviation, how the seed ranges lie, the
-    paired test; and the verdicts (beyond the spread, paired p < 0.05, converged)."""
+    paired test (``paired_test``: the reference minus the run, asked only when both have per-user
+    ranks); and the verdicts (beyond the spread, paired p < 0.05, converged)."""
     margin = statistics.fmean(ref) - statistics.fmean(other)
     deviations = [statistics.stdev(v) for v in (ref, other) if len(v) > 1]
     ratio = f"{margin / max(deviations):.1f}" if deviations and max(deviations) > 0 else "-"
@@ -279,7 +307,7 @@ def _margin_row(
         ranges = "overlap"
     paired, significant = "-", False
     if all(ranks in r for r in runs + reference_runs):
-        c = paired_comparison(per_user_ndcg(reference_runs, key=ranks), per_user_ndcg(runs, key=ranks))
+        c = paired_test()
         paired = f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], p {c.p_value:.4f}"
         significant = c.p_value < 0.05 and c.low > 0  # the reference above the run, not only apart from it
     converged = _stopped_early(runs)
@@ -303,7 +331,7 @@ def _stopped_early(runs: list[dict[str, Any]]) -> bool:
     return all(r["stopped_by"] in ("early_stopping", "nothing_to_learn") for r in runs)
 
 
-def plain_reading(results: list[dict[str, Any]], reference: str) -> str:
+def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTests | None = None) -> str:
     """The table read around the run ``reference`` on both protocols (seen items ranked, seen items
     removed), from test NDCG@10: which run leads, and for every other run the reference's margin, that
     margin over the larger of the two runs' seed deviations, whether the seed ranges overlap, and the
@@ -313,6 +341,7 @@ def plain_reading(results: list[dict[str, Any]], reference: str) -> str:
     by_run = _by_run(results)
     if reference not in by_run:
         return ""
+    tests = tests or PairedTests(results)
     sections = []
     for metrics, ranks, protocol in PROTOCOLS:
         values = {
@@ -340,7 +369,10 @@ def plain_reading(results: list[dict[str, Any]], reference: str) -> str:
         verdicts = {}
         others = sorted((n for n in values if n != reference), key=lambda n: -statistics.fmean(values[n]))
         for name in others:
-            cells, verdicts[name] = _margin_row(name, ref, values[name], by_run[name], ranks, by_run[reference])
+            cells, verdicts[name] = _margin_row(
+                name, ref, values[name], by_run[name], ranks, by_run[reference],
+                lambda name=name, ranks=ranks: tests(reference, name, ranks),
+            )  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -425,16 +457,19 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     target = plan.get("time_to")
     summary = sorted(summarise(results, target), key=lambda row: order.index(row.pop("plan_run")))
     text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
+    tests = PairedTests(results)  # shared by the comparison tables and the reading
     if plan.get("compare_to"):
-        text += "\n" + comparisons(results, plan["compare_to"], order)
+        text += "\n" + comparisons(results, plan["compare_to"], order, tests=tests)
     if plan.get("not_run"):
         text += "\n" + not_run_list(plan["not_run"])
     removed = seen_removed_table(summary)
     if removed:
         text += "\n" + removed
-        if plan.get("compare_to") and (paired := comparisons(results, plan["compare_to"], order, seen_removed=True)):
+        compare_to = plan.get("compare_to")
+        paired = comparisons(results, compare_to, order, seen_removed=True, tests=tests) if compare_to else ""
+        if paired:
             text += "\n" + paired
-    reading = plain_reading(results, plan["compare_to"]) if isinstance(plan.get("compare_to"), str) else ""
+    reading = plain_reading(results, plan["compare_to"], tests) if isinstance(plan.get("compare_to"), str) else ""
     if reading:
         text += "\n" + reading
     if plan.get("anchors"):
@@ -443,6 +478,8 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     (output / "quality.md").write_text(text)
     if reading:  # for a page that quotes the reading alone (README.md: <!-- include: .../reading.md -->)
         (output / "reading.md").write_text(reading)
+    else:  # a reading of an earlier report must not outlive the plan's compare_to
+        (output / "reading.md").unlink(missing_ok=True)
     keys = list(dict.fromkeys(key for row in summary for key in row))  # rows differ: seen-removed figures
     with open(output / "quality.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)

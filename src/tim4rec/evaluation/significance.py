@@ -23,6 +23,12 @@ class PairedComparison:
     p_value: float  # two-sided, sign-flip permutation test
     users: int
 
+    def swapped(self) -> PairedComparison:
+        """The same comparison read the other way round (b - a): the difference and interval negated,
+        the same p-value; what :func:`paired_comparison` gives with its arguments swapped."""
+        turned = (0.0 - value for value in (self.difference, self.high, self.low))  # 0.0 - x: no "-0.0000"
+        return PairedComparison(*turned, self.p_value, self.users)
+
 
 def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
     ranks = np.asarray(ranks, dtype=np.float64)
