@@ -238,8 +238,8 @@ def comparisons(
     named in a ``{run: reference}`` mapping against its own reference. "" (seen removed) or a line
     saying so when a reference has no finished runs with per-user ranks."""
     key = "test_seen_removed_ranks" if seen_removed else "test_ranks"
-    by_run = _by_run(results)
     tests = tests or PairedTests(results)
+    by_run = tests.by_run
     pairs = (
         dict(reference)
         if isinstance(reference, dict)
@@ -338,10 +338,10 @@ def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTe
     paired per-user test (reference minus run); then one line saying whether the reference leads every
     run beyond the seed spread and by the paired test, naming the runs where it does not and the runs
     not stopped by early stopping. "" when the reference has no finished runs."""
-    by_run = _by_run(results)
+    tests = tests or PairedTests(results)
+    by_run = tests.by_run
     if reference not in by_run:
         return ""
-    tests = tests or PairedTests(results)
     sections = []
     for metrics, ranks, protocol in PROTOCOLS:
         values = {
@@ -458,18 +458,18 @@ def report(plan_path: str | Path, output: str | Path) -> str:
     summary = sorted(summarise(results, target), key=lambda row: order.index(row.pop("plan_run")))
     text = markdown(summary, plan.get("title", f"Quality on {plan['dataset']}"), plan["dataset"], target)
     tests = PairedTests(results)  # shared by the comparison tables and the reading
-    if plan.get("compare_to"):
-        text += "\n" + comparisons(results, plan["compare_to"], order, tests=tests)
+    compare_to = plan.get("compare_to")
+    if compare_to:
+        text += "\n" + comparisons(results, compare_to, order, tests=tests)
     if plan.get("not_run"):
         text += "\n" + not_run_list(plan["not_run"])
     removed = seen_removed_table(summary)
     if removed:
         text += "\n" + removed
-        compare_to = plan.get("compare_to")
         paired = comparisons(results, compare_to, order, seen_removed=True, tests=tests) if compare_to else ""
         if paired:
             text += "\n" + paired
-    reading = plain_reading(results, plan["compare_to"], tests) if isinstance(plan.get("compare_to"), str) else ""
+    reading = plain_reading(results, compare_to, tests) if isinstance(compare_to, str) else ""
     if reading:
         text += "\n" + reading
     if plan.get("anchors"):
