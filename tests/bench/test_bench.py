@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tim4rec.bench import curves, kernel, quality, quality_report, speed
+from tim4rec.bench import curves, kernel, quality, quality_plan, quality_report, speed
 from tim4rec.cli import build_parser
 from tim4rec.config import load_config
 from tim4rec.errors import ConfigError, Tim4RecError
@@ -76,7 +76,7 @@ def test_anchors_are_shown_and_checked(tmp_path: Path):
     anchor = "{model: SASRec, source: a paper, hit@10: 0.3152, ndcg@10: 0.1821, seen_items: removed}"
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"dataset: ml-100k\nruns: {{a: {{model: sasrec}}}}\nanchors: [{anchor}]\n")
-    loaded = quality.read_plan(plan)
+    loaded = quality_plan.read_plan(plan)
     assert "| SASRec | a paper | 0.3152 | 0.1821 | removed |" in quality_report.anchors_table(loaded["anchors"])
     for bad, message in [
         (anchor.replace("0.1821", "18.21"), "ndcg@10: expected a number in"),
@@ -85,23 +85,24 @@ def test_anchors_are_shown_and_checked(tmp_path: Path):
     ]:
         plan.write_text(f"dataset: ml-100k\nruns: {{a: {{model: sasrec}}}}\nanchors: [{bad}]\n")
         with pytest.raises(ConfigError, match=message):
-            quality.read_plan(plan)
+            quality_plan.read_plan(plan)
 
 
 def test_models_left_out_say_why(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("dataset: ml-100k\nruns: {a: {model: sasrec}}\nnot_run: {caser: too slow here}\n")
-    assert quality_report.not_run_list(quality.read_plan(plan)["not_run"]) == "Not run:\n\n- **caser**: too slow here\n"
+    not_run = quality_plan.read_plan(plan)["not_run"]
+    assert quality_report.not_run_list(not_run) == "Not run:\n\n- **caser**: too slow here\n"
     plan.write_text("dataset: ml-100k\nruns: {a: {model: sasrec}}\nnot_run: {caser: ''}\n")
     with pytest.raises(ConfigError, match="not_run: expected a mapping of model to the reason"):
-        quality.read_plan(plan)
+        quality_plan.read_plan(plan)
 
 
 def test_bad_plan(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("dataset: ml-100k\nrunz: {}\n")
     with pytest.raises(ConfigError, match="unknown plan keys"):
-        quality.read_plan(plan)
+        quality_plan.read_plan(plan)
 
 
 @pytest.mark.parametrize("model", ["sasrec", "tim4rec", "bert4rec"])
@@ -301,7 +302,7 @@ def test_bad_time_to(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("dataset: ml-100k\ntime_to: 0.06\nruns: {a: {model: sasrec}}\n")
     with pytest.raises(ConfigError, match="time_to: expected one metric"):
-        quality.read_plan(plan)
+        quality_plan.read_plan(plan)
 
 
 def test_curves_put_runs_side_by_side_at_the_chosen_epochs(tmp_path: Path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tim4rec.bench import quality, quality_report
+from tim4rec.bench import quality_plan, quality_report
 from tim4rec.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,10 +21,10 @@ def tim4rec(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("plan", PLANS, ids=[p.stem for p in PLANS])
 def test_committed_plans_parse_and_their_tables_regenerate(plan: Path, tmp_path: Path):
-    parsed = quality.read_plan(plan)
+    parsed = quality_plan.read_plan(plan)
     for name in parsed["runs"]:
-        for seed in quality.run_seeds(parsed, name):
-            load_config(overrides=quality._run_config(parsed, name, seed))  # every run's config is valid
+        for seed in quality_plan.run_seeds(parsed, name):
+            load_config(overrides=quality_plan.run_config(parsed, name, seed))  # every run's config is valid
     committed = plan.with_suffix("")
     if not (committed / "runs").exists():
         pytest.skip("no committed runs for this plan")

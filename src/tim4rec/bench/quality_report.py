@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tim4rec.bench.quality import collect, complete_under_plan, read_plan, train_command
+from tim4rec.bench.quality_plan import collect, complete_under_plan, read_plan, train_command
 from tim4rec.evaluation.significance import PairedComparison, paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
 from tim4rec.log import log
