@@ -383,7 +383,8 @@ def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTe
         return ""
     head = (
         "How the table reads (test NDCG@10; margin: the reference's mean minus the run's; seed ranges: whether "
-        "every seed of one lies above every seed of the other; the paired test as in the tables above):"
+        "every seed of one lies above every seed of the other; paired Δ: the per-user paired comparison of the "
+        "report's tables, its 95% bootstrap interval and permutation p):"
     )
     return head + "\n\n" + "\n\n".join(sections) + "\n"
 
