@@ -77,6 +77,7 @@ def run_keys(plan: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
+    """The config overrides that train the plan's run ``name`` at ``seed``."""
     return {"dataset": plan["dataset"], **run_keys(plan, name), "seed": seed, "show_progress": False}
 
 
