@@ -148,6 +148,62 @@ def test_limits_stop_cleanly_and_evaluate_the_best(synthetic_inter: Path, tmp_pa
     assert by_time["stopped_by"] == "time_budget" and by_time["steps"] == 1
 
 
+def test_an_epoch_a_limit_stopped_is_finished_exactly_on_resume(synthetic_inter: Path, tmp_path: Path):
+    """Cut twice inside epoch 2 and resumed, the run trains the batches, dropout and learning rates an
+    uninterrupted run does: the same losses, validations and test; the partial validations are dropped."""
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix", "lr_decay_patience": 1}
+    uninterrupted = _fit(synthetic_inter, tmp_path / "a", **settings)
+    per_epoch = uninterrupted["epochs"][0]["steps"]
+    assert per_epoch > 6
+    cut = _fit(synthetic_inter, tmp_path / "b", max_steps=per_epoch + 2, **settings)
+    assert cut["stopped_by"] == "max_steps" and cut["epochs"][-1]["partial"] and cut["epochs"][-1]["steps"] == 2
+    cut_again = _fit(synthetic_inter, tmp_path / "b", max_steps=per_epoch + 5, resume=True, **settings)
+    assert [e["steps"] for e in cut_again["epochs"]] == [per_epoch, 5]  # the first partial entry is gone
+    assert cut_again["epochs"][-1]["continued_at_step"] == 3
+    resumed = _fit(synthetic_inter, tmp_path / "b", resume=True, **settings)
+    for key in ("loss", "valid", "steps", "learning_rate", "partial"):
+        assert [e[key] for e in resumed["epochs"]] == [e[key] for e in uninterrupted["epochs"]], key
+    assert resumed["epochs"][1]["continued_at_step"] == 6 and "continued_at_step" not in resumed["epochs"][2]
+    assert resumed["test"] == uninterrupted["test"] and resumed["best_epoch"] == uninterrupted["best_epoch"]
+    assert resumed["steps"] == uninterrupted["steps"]
+
+
+def _validation_by_call(monkeypatch, partial: float, full: list[float]) -> None:
+    """Validation NDCG@10 is ``partial`` for a part-way epoch and ``full[e - 1]`` for complete epoch e."""
+    real = Trainer._evaluate
+
+    def scripted(self, samples, *args, **kwargs):
+        metrics = real(self, samples, *args, **kwargs)
+        if samples is self.valid_samples:
+            score = partial if self._unfinished_epoch is not None else full[self.state.epoch]
+            metrics = {**metrics, "ndcg@10": score}
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_evaluate", scripted)
+
+
+def test_a_part_way_best_sets_the_best_epoch_aside_until_its_epoch_finishes(synthetic_inter, tmp_path, monkeypatch):
+    """A partial epoch that validates best is what a run ending there tests; resumed, the epoch it belongs to is
+    finished and the best complete epoch's weights are best.pt again."""
+    from tim4rec.io import load_saved_model
+
+    _validation_by_call(monkeypatch, partial=0.9, full=[0.5, 0.1, 0.2])
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix"}
+    uninterrupted = _fit(synthetic_inter, tmp_path / "a", **settings)
+    assert uninterrupted["best_epoch"] == 1
+    folder = tmp_path / "b"
+    cut = _fit(synthetic_inter, folder, max_steps=uninterrupted["epochs"][0]["steps"] + 2, **settings)
+    assert cut["best_epoch"] == 2 and cut["epochs"][-1]["partial"]
+    assert load_saved_model(folder / "best.pt").epoch == 2
+    assert load_saved_model(folder / "best-full-epochs.pt").epoch == 1
+    resumed = _fit(synthetic_inter, folder, resume=True, **settings)
+    assert resumed["best_epoch"] == 1 and resumed["test"] == uninterrupted["test"]
+    assert not (folder / "best-full-epochs.pt").exists()
+    best, reference = load_saved_model(folder / "best.pt"), load_saved_model(tmp_path / "a" / "best.pt")
+    assert best.epoch == 1
+    assert all(torch.equal(best.model_state[k], reference.model_state[k]) for k in reference.model_state)
+
+
 def test_early_stopping_reports_test_at_the_best_epoch(synthetic_inter: Path, tmp_path: Path):
     results = _fit(synthetic_inter, tmp_path / "e", epochs=30, stopping_step=2, learning_rate=0.05)
     epochs = results["epochs"]

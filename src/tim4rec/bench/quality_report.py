@@ -31,8 +31,8 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
 
 def _epochs_reached(results: dict[str, Any]) -> str:
     """Epochs trained: ``"12"``, or ``"31.07"`` when a limit cut epochs short. Each cut epoch counts
-    the fraction of it done, wherever it lies: a budget that ended a run which was then resumed
-    leaves one in the middle of the history, not only at its end."""
+    the fraction of it done, wherever it lies: runs trained before the trainer finished a cut epoch on
+    resume hold one in the middle of their history, not only at its end."""
     cut = [e["fraction"] for e in results["epochs"] if e.get("partial") and e.get("fraction")]
     if not cut:
         return str(results["epochs_run"])

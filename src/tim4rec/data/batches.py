@@ -285,12 +285,13 @@ class SequenceData:
         )
 
     def iterate(
-        self, samples: SampleSet, batch_size: int, *, generator: torch.Generator | None = None
+        self, samples: SampleSet, batch_size: int, *, generator: torch.Generator | None = None, skip: int = 0
     ) -> Iterator[Batch]:
-        """Batches over all samples, shuffled by ``generator`` when one is given."""
+        """Batches over all samples, shuffled by ``generator`` when one is given; the first ``skip`` batches of
+        that order are left out without being built (an epoch continued where a limit stopped it)."""
         n = len(samples)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for begin in range(0, n, batch_size):
+        for begin in range(skip * batch_size, n, batch_size):
             yield self.batch(samples, order[begin : begin + batch_size])
 
     def history_mask_indices(self, samples: SampleSet, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

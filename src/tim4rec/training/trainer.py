@@ -5,9 +5,15 @@ optimiser) and owns only the loop. Files in the output folder:
 
 - ``checkpoint.pt``: everything needed to continue (model, optimiser, RNG states, loop state),
   rewritten atomically after every epoch; ``--resume`` continues from it and reaches the same
-  metrics as an uninterrupted run (the data order of epoch e depends only on (seed, e)).
+  metrics as an uninterrupted run (the data order of epoch e depends only on (seed, e)). When a
+  limit (``time_budget``, ``max_steps``) stops an epoch part-way, the partial epoch is validated and
+  reported (``partial: true``), and the checkpoint also keeps where the epoch stood: a resumed run
+  that may train on drops that validation and finishes the epoch from the step it stopped at, so
+  a run cut any number of times trains exactly what an uninterrupted one does.
 - ``best.pt``: the weights of the best validation epoch, with what is needed to rebuild the
   model and map ids back (:mod:`tim4rec.io.saved_model`; ``tim4rec evaluate`` and serving load it).
+  While a part-way epoch holds the best score, the best complete epoch's file waits beside it as
+  ``best-full-epochs.pt``; finishing that epoch puts back the one that is then best.
 - ``results.json``: config, dataset statistics, per-epoch history, best epoch and test metrics,
   rewritten atomically after every epoch (status ``running`` / ``interrupted`` / ``finished``).
 - ``tensorboard/``: the same epochs as TensorBoard event files (``tensorboard=false``: none), and an
@@ -17,9 +23,11 @@ optimiser) and owns only the loop. Files in the output folder:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +57,7 @@ from tim4rec.training.experiment import Experiment, causal_window_length
 from tim4rec.training.results import RunResults, TrainingState
 from tim4rec.training.tracking import Trackers
 
-RUN_FILES = ("checkpoint.pt", "best.pt", "results.json")
+RUN_FILES = ("checkpoint.pt", "best.pt", "results.json", "best-full-epochs.pt")
 #: an epoch whose mean loss exceeds this many times ln(n_items) has diverged (cross-entropy starts near ln(n_items))
 DIVERGENCE_FACTOR = 3.0
 
@@ -82,6 +90,9 @@ class Trainer:
         self.valid_samples = self.data.evaluation_samples("valid")
         self.test_samples = self.data.evaluation_samples("test")
         self.state = TrainingState()
+        # set while a limit has stopped an epoch part-way: where it stood and the loop's state before it was
+        # validated (position, state, lr_schedule_state, rng_by_rank), so that --resume can finish it exactly
+        self._unfinished_epoch: dict[str, Any] | None = None
         self.trackers = Trackers([])  # opened by fit(), on the main process
         # fp16 gradients underflow without loss scaling (bf16 has float32's range and needs none)
         fp16 = config.mixed_precision == "fp16" and self.optimizer is not None
@@ -111,6 +122,11 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.output_dir / "checkpoint.pt"
+
+    @property
+    def best_full_path(self) -> Path:
+        """The best complete epoch's weights, set aside while a part-way epoch's are in ``best.pt``."""
+        return self.output_dir / "best-full-epochs.pt"
 
     @property
     def best_path(self) -> Path:
@@ -149,11 +165,15 @@ class Trainer:
             rng_by_rank=rng_by_rank,
             scaler_state=self.scaler.state_dict() if self.scaler else None,
             lr_schedule_state=self.lr_schedule.state_dict() if self.lr_schedule else None,
+            unfinished_epoch=self._unfinished_epoch,
         )
 
-    def _save_best(self) -> None:
+    def _save_best(self, *, part_way: bool = False) -> None:
+        """Write ``best.pt``; a ``part_way`` epoch's weights first set the best complete epoch's file aside."""
         if not self.distributed.main:
             return
+        if part_way and self.best_path.exists() and not self.best_full_path.exists():
+            os.replace(self.best_path, self.best_full_path)
         save_model(
             self.best_path,
             self.model,
@@ -166,6 +186,16 @@ class Trainer:
             epoch=self.state.best_epoch,
             valid=self.state.best_valid,
         )
+
+    def _settle_best(self, improved: bool) -> None:
+        """After a complete epoch: the best complete epoch's file, if set aside, is ``best.pt`` again unless
+        this epoch was better (then the set-aside file is stale)."""
+        if not self.distributed.main or not self.best_full_path.exists():
+            return
+        if improved:
+            self.best_full_path.unlink()
+        else:
+            os.replace(self.best_full_path, self.best_path)
 
     def _on_main(self, action: Callable[[], Any]) -> Any:
         """``action()`` run by rank 0 and its value (or its error) shared with every rank: the checkpoint
@@ -231,7 +261,27 @@ class Trainer:
         restore_rng_state(by_rank[self.distributed.rank] if len(by_rank) == self.distributed.world else by_rank[0])
         self.state = TrainingState.from_dict(checkpoint["state"])
         self.state.stopped_by = None
+        self._unfinished_epoch = checkpoint.get("unfinished_epoch")
+        if self._unfinished_epoch and len(self._unfinished_epoch["rng_by_rank"]) != self.distributed.world:
+            self._log("the part-way epoch's batches were split for another number of processes: the next epoch starts")
+            self._unfinished_epoch = None
         self._log(f"resumed {self.output_dir} after epoch {self.state.epoch} (step {self.state.step})")
+
+    def _reopen_unfinished_epoch(self) -> dict[str, Any]:
+        """Put the loop back where the epoch that a limit stopped stood before its partial validation (state,
+        learning-rate schedule and rates, RNG); returns its position for :meth:`_train_epoch`."""
+        unfinished = self._unfinished_epoch
+        elapsed = self.state.elapsed  # the seconds of the dropped validation were spent all the same
+        self.state = TrainingState.from_dict(copy.deepcopy(unfinished["state"]))
+        self.state.elapsed, self.state.stopped_by = elapsed, None
+        if self.lr_schedule is not None and unfinished["lr_schedule_state"] is not None:
+            self.lr_schedule.load_state_dict(unfinished["lr_schedule_state"])
+        for group, rate in zip(self.optimizer.param_groups, unfinished["learning_rates"]):
+            group["lr"] = rate
+        restore_rng_state(unfinished["rng_by_rank"][self.distributed.rank])
+        position = unfinished["position"]
+        self._log(f"epoch {position['epoch']} continues at its step {position['steps'] + 1}, where a limit stopped it")
+        return position
 
     def _check_same_data(self, saved: dict[str, Any] | None) -> None:
         """Refuse to resume on prepared data other than the checkpoint's (the same item ids may hide other
@@ -299,7 +349,12 @@ class Trainer:
         over = bool(config.time_budget) and self.state.elapsed + (time.perf_counter() - started) >= config.time_budget
         return "time_budget" if self.distributed.any(over) else None
 
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+    def _train_epoch(
+        self, epoch: int, resume_at: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Train epoch ``epoch``, from its step ``resume_at["steps"] + 1`` when a limit stopped it there before
+        (``resume_at`` also carries the loss, samples and seconds of the steps done). Returns its history entry
+        and, when a limit stops it part-way, its position (a later ``resume_at``; None otherwise)."""
         from tqdm import tqdm
 
         config, experiment = self.config, self.experiment
@@ -310,15 +365,20 @@ class Trainer:
             samples = samples.subset(torch.randperm(len(samples), generator=generator)[:draw].numpy())
         # step t of rank r takes batch t * world + r of the epoch's order: the same steps on every rank
         n_batches = math.ceil(len(samples) / rows) // world if world > 1 else math.ceil(len(samples) / rows)
-        order = self.data.iterate(samples, rows, generator=generator) if self.optimizer else iter(())
-        batches = itertools.islice(order, self.distributed.rank, n_batches * world, world)
+        done = resume_at or {"steps": 0, "loss_sum": 0.0, "samples": 0, "seconds": 0.0}
+        order = (
+            self.data.iterate(samples, rows, generator=generator, skip=done["steps"] * world)
+            if self.optimizer
+            else iter(())
+        )
+        batches = itertools.islice(order, self.distributed.rank, (n_batches - done["steps"]) * world, world)
         progress = tqdm(
-            batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
-            disable=not config.show_progress or None, file=sys.stderr,
+            batches, total=n_batches, initial=done["steps"], desc=f"epoch {epoch}", unit="batch", leave=False,
+            dynamic_ncols=True, disable=not config.show_progress or None, file=sys.stderr,
         )  # fmt: skip
         self.model.train()
         started = time.perf_counter()
-        total_loss, n_steps, n_samples, partial = 0.0, 0, 0, False
+        total_loss, n_steps, n_samples, partial = done["loss_sum"], done["steps"], done["samples"], False
         for batch in progress:
             value = self._step(batch)
             if not math.isfinite(value):
@@ -331,7 +391,8 @@ class Trainer:
             n_samples += len(batch) * world
             self.state.step += 1
             progress.set_postfix(
-                loss=f"{total_loss / n_steps:.4f}", samples_s=f"{n_samples / (time.perf_counter() - started):.0f}"
+                loss=f"{total_loss / n_steps:.4f}",
+                samples_s=f"{(n_samples - done['samples']) / (time.perf_counter() - started):.0f}",
             )
             limit = self._limit_reached(started)
             if limit:
@@ -341,15 +402,21 @@ class Trainer:
         progress.close()
         seconds = time.perf_counter() - started
         self.state.elapsed += seconds
-        return {
+        train_seconds = done["seconds"] + seconds  # over the stretches of a continued epoch
+        entry = {
             "epoch": epoch,
             "loss": total_loss / max(1, n_steps),
             "steps": n_steps,
-            "train_seconds": seconds,
-            "samples_per_second": n_samples / seconds if seconds else None,
+            "train_seconds": train_seconds,
+            "samples_per_second": n_samples / train_seconds if train_seconds else None,
             "partial": partial,
             "fraction": n_steps / n_batches,
         }
+        if resume_at is not None:
+            entry["continued_at_step"] = resume_at["steps"] + 1
+        position = {"epoch": epoch, "steps": n_steps, "loss_sum": total_loss, "samples": n_samples,
+                    "seconds": train_seconds}  # fmt: skip
+        return entry, position if partial else None
 
     def _step(self, batch: Batch) -> float:
         """One optimiser step on ``batch``; returns its mean loss.
@@ -438,16 +505,16 @@ class Trainer:
                 if limit:  # a resumed run whose limit is already spent: evaluate, train no further
                     self.state.stopped_by = limit
                     break
-                if self.state.epoch >= config.epochs:
-                    self.state.stopped_by = "epochs"
+                # an epoch a limit stopped part-way is finished as if it never stopped, unless the run ends here:
+                # then its partial validation (in self.state) stands
+                unfinished = self._unfinished_epoch
+                before = TrainingState.from_dict(unfinished["state"]) if unfinished else self.state
+                reason = self._reason_to_stop(before)
+                if reason:
+                    self.state.stopped_by = reason
                     break
-                if self.state.epochs_since_best >= config.stopping_step:
-                    self.state.stopped_by = "early_stopping"
-                    break
-                if self.optimizer is None and self.state.epoch >= 1:  # nothing to learn: one epoch validates
-                    self.state.stopped_by = "nothing_to_learn"
-                    break
-                self._run_epoch(self.state.epoch + 1)
+                resume_at = self._reopen_unfinished_epoch() if unfinished else None
+                self._run_epoch(self.state.epoch + 1, resume_at)
         except Diverged as error:
             self.state.stopped_by = error.reason
             self._write_results("failed")
@@ -462,9 +529,20 @@ class Trainer:
             raise
         return self.finish()
 
-    def _run_epoch(self, epoch: int) -> None:
-        """Train one epoch, validate, keep the best weights, checkpoint, report."""
-        entry = self._train_epoch(epoch)
+    def _reason_to_stop(self, state: TrainingState) -> str | None:
+        """Why no further epoch starts from ``state`` (``epochs``, ``early_stopping``, ``nothing_to_learn``); None."""
+        if state.epoch >= self.config.epochs:
+            return "epochs"
+        if state.epochs_since_best >= self.config.stopping_step:
+            return "early_stopping"
+        if self.optimizer is None and state.epoch >= 1:  # nothing to learn: one epoch validates
+            return "nothing_to_learn"
+        return None
+
+    def _run_epoch(self, epoch: int, resume_at: dict[str, Any] | None = None) -> None:
+        """Train one epoch (or the rest of one, from ``resume_at``), validate, keep the best weights, checkpoint,
+        report."""
+        entry, position = self._train_epoch(epoch, resume_at)
         limit = DIVERGENCE_FACTOR * math.log(max(2, self.data.interactions.n_items))
         if entry["loss"] > limit:
             raise Diverged(
@@ -473,6 +551,17 @@ class Trainer:
                 "diverged",
             )
         state = self.state
+        if position is not None:  # stopped part-way: what --resume needs to finish the epoch as if never stopped
+            self._unfinished_epoch = {
+                "position": position,
+                "state": copy.deepcopy(state.to_dict()),
+                "lr_schedule_state": copy.deepcopy(self.lr_schedule.state_dict()) if self.lr_schedule else None,
+                # the schedule's step after the partial validation may lower the optimiser's rates
+                "learning_rates": [group["lr"] for group in self.optimizer.param_groups],
+                "rng_by_rank": self.distributed.gather([rng_state()]),
+            }
+        else:
+            self._unfinished_epoch = None
         started = time.perf_counter()
         valid = self._evaluate(self.valid_samples)
         entry["valid_seconds"] = time.perf_counter() - started
@@ -492,7 +581,9 @@ class Trainer:
         state.epoch = epoch
         state.history.append(entry)
         if improved:
-            self._save_best()
+            self._save_best(part_way=position is not None)
+        if position is None:
+            self._settle_best(improved)
         self._save_checkpoint()
         self._write_results("running")
         self.trackers.epoch(epoch, entry, entry.get("learning_rate", 0.0))
