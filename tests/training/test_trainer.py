@@ -168,14 +168,15 @@ def test_an_epoch_a_limit_stopped_is_finished_exactly_on_resume(synthetic_inter:
     assert resumed["steps"] == uninterrupted["steps"]
 
 
-def _validation_by_call(monkeypatch, partial: float, full: list[float]) -> None:
-    """Validation NDCG@10 is ``partial`` for a part-way epoch and ``full[e - 1]`` for complete epoch e."""
-    real = Trainer._evaluate
+def _validation_by_call(monkeypatch, partial: list[float], full: list[float]) -> None:
+    """Validation NDCG@10 is ``partial[i]`` for the i-th part-way validation and ``full[e - 1]`` for complete
+    epoch e."""
+    real, partial = Trainer._evaluate, iter(partial)
 
     def scripted(self, samples, *args, **kwargs):
         metrics = real(self, samples, *args, **kwargs)
         if samples is self.valid_samples:
-            score = partial if self._unfinished_epoch is not None else full[self.state.epoch]
+            score = next(partial) if self._unfinished_epoch is not None else full[self.state.epoch]
             metrics = {**metrics, "ndcg@10": score}
         return metrics
 
@@ -187,7 +188,7 @@ def test_a_part_way_best_sets_the_best_epoch_aside_until_its_epoch_finishes(synt
     finished and the best complete epoch's weights are best.pt again."""
     from tim4rec.io import load_saved_model
 
-    _validation_by_call(monkeypatch, partial=0.9, full=[0.5, 0.1, 0.2])
+    _validation_by_call(monkeypatch, partial=[0.9], full=[0.5, 0.1, 0.2])
     settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix"}
     uninterrupted = _fit(synthetic_inter, tmp_path / "a", **settings)
     assert uninterrupted["best_epoch"] == 1
@@ -202,6 +203,66 @@ def test_a_part_way_best_sets_the_best_epoch_aside_until_its_epoch_finishes(synt
     best, reference = load_saved_model(folder / "best.pt"), load_saved_model(tmp_path / "a" / "best.pt")
     assert best.epoch == 1
     assert all(torch.equal(best.model_state[k], reference.model_state[k]) for k in reference.model_state)
+
+
+def test_a_second_cut_in_the_same_epoch_that_is_not_best_gives_best_pt_back(synthetic_inter, tmp_path, monkeypatch):
+    """Cut at a part-way best, resumed and cut again in the same epoch below the best complete epoch: a run that
+    ends there tests the best complete epoch, and best.pt holds it."""
+    from tim4rec.io import load_saved_model
+
+    _validation_by_call(monkeypatch, partial=[0.9, 0.3], full=[0.5, 0.1, 0.2])
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix"}
+    reference = _fit(synthetic_inter, tmp_path / "a", **{**settings, "epochs": 1})
+    per_epoch, folder = reference["epochs"][0]["steps"], tmp_path / "b"
+    _fit(synthetic_inter, folder, max_steps=per_epoch + 2, **settings)
+    again = _fit(synthetic_inter, folder, max_steps=per_epoch + 4, resume=True, **settings)
+    assert again["best_epoch"] == 1 and again["test"] == reference["test"]
+    assert load_saved_model(folder / "best.pt").epoch == 1 and not (folder / "best-full-epochs.pt").exists()
+
+
+def test_a_kill_between_checkpoint_and_best_files_is_set_right_on_resume(synthetic_inter, tmp_path, monkeypatch):
+    """Killed after the finished epoch's checkpoint but before best.pt was given back, a resumed run whose limit is
+    spent tests the checkpoint's best epoch, not the part-way weights left in best.pt."""
+    from tim4rec.io import load_saved_model
+
+    _validation_by_call(monkeypatch, partial=[0.9], full=[0.5, 0.1, 0.2])
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix"}
+    reference = _fit(synthetic_inter, tmp_path / "a", **{**settings, "epochs": 1})
+    per_epoch, folder = reference["epochs"][0]["steps"], tmp_path / "b"
+    _fit(synthetic_inter, folder, max_steps=per_epoch + 2, **settings)
+
+    def killed(self, improved):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_settle_best", killed)
+        with pytest.raises(Killed):
+            _fit(synthetic_inter, folder, max_steps=2 * per_epoch, resume=True, **settings)
+    assert load_saved_model(folder / "best.pt").epoch == 2  # the part-way weights, left by the kill
+    ended = _fit(synthetic_inter, folder, max_steps=2 * per_epoch, resume=True, **settings)
+    assert ended["best_epoch"] == 1 and ended["test"] == reference["test"]
+    assert load_saved_model(folder / "best.pt").epoch == 1 and not (folder / "best-full-epochs.pt").exists()
+
+
+def test_ctrl_c_in_a_continued_epoch_reports_what_the_checkpoint_holds(synthetic_inter, tmp_path, monkeypatch):
+    """Interrupted while it finishes a cut epoch, the run's results.json keeps the partial epoch and its best, as the
+    checkpoint and best.pt do, instead of the state reopened for training."""
+    _validation_by_call(monkeypatch, partial=[0.9], full=[0.5, 0.1, 0.2])
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix"}
+    folder = tmp_path / "b"
+    cut = _fit(synthetic_inter, folder, max_steps=5, **settings)
+    assert cut["best_epoch"] == 1 and cut["epochs"][-1]["partial"]
+
+    def interrupted(self, batch):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(synthetic_inter, folder, resume=True, **settings)
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["status"] == "interrupted" and saved["best_epoch"] == 1 and saved["epochs"][-1]["partial"]
+    assert saved["epochs"] == cut["epochs"]
 
 
 def test_early_stopping_reports_test_at_the_best_epoch(synthetic_inter: Path, tmp_path: Path):

@@ -43,6 +43,7 @@ from tim4rec.errors import ConfigError, DataError, Tim4RecError
 from tim4rec.evaluation.evaluator import evaluate
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.io import load_saved_model, save_model
+from tim4rec.io.files import write_bytes_atomic
 from tim4rec.log import log
 from tim4rec.ops.kernels import paths_taken
 from tim4rec.runtime import RuntimeSettings, machine, peak_rss_mib, versions
@@ -93,6 +94,8 @@ class Trainer:
         # set while a limit has stopped an epoch part-way: where it stood and the loop's state before it was
         # validated (position, state, lr_schedule_state, rng_by_rank), so that --resume can finish it exactly
         self._unfinished_epoch: dict[str, Any] | None = None
+        # the checkpoint's state while a reopened epoch trains: what an interrupted or failed run reports
+        self._stopped_state: TrainingState | None = None
         self.trackers = Trackers([])  # opened by fit(), on the main process
         # fp16 gradients underflow without loss scaling (bf16 has float32's range and needs none)
         fp16 = config.mixed_precision == "fp16" and self.optimizer is not None
@@ -172,8 +175,8 @@ class Trainer:
         """Write ``best.pt``; a ``part_way`` epoch's weights first set the best complete epoch's file aside."""
         if not self.distributed.main:
             return
-        if part_way and self.best_path.exists() and not self.best_full_path.exists():
-            os.replace(self.best_path, self.best_full_path)
+        if part_way and self.best_path.exists() and not self.best_full_path.exists():  # copied: best.pt stays whole
+            write_bytes_atomic(self.best_path.read_bytes(), self.best_full_path)
         save_model(
             self.best_path,
             self.model,
@@ -188,8 +191,8 @@ class Trainer:
         )
 
     def _settle_best(self, improved: bool) -> None:
-        """After a complete epoch: the best complete epoch's file, if set aside, is ``best.pt`` again unless
-        this epoch was better (then the set-aside file is stale)."""
+        """After an epoch that is not a part-way best: the best complete epoch's file, if set aside, is ``best.pt``
+        again unless this epoch was better (then the set-aside file is stale)."""
         if not self.distributed.main or not self.best_full_path.exists():
             return
         if improved:
@@ -265,13 +268,33 @@ class Trainer:
         if self._unfinished_epoch and len(self._unfinished_epoch["rng_by_rank"]) != self.distributed.world:
             self._log("the part-way epoch's batches were split for another number of processes: the next epoch starts")
             self._unfinished_epoch = None
+        self._on_main(self._reconcile_best)
         self._log(f"resumed {self.output_dir} after epoch {self.state.epoch} (step {self.state.step})")
+
+    def _reconcile_best(self) -> None:
+        """Make ``best.pt`` the weights of the checkpoint's best epoch where a kill came between writing the
+        checkpoint and settling the set-aside file (or the part-way record was dropped): of ``best.pt`` and
+        ``best-full-epochs.pt``, the one whose epoch and validation are the state's becomes ``best.pt``; the
+        set-aside file is kept only while a part-way epoch waits to be finished."""
+        if not self.best_full_path.exists():
+            return
+        state = self.state
+
+        def holds_best(path: Path) -> bool:
+            saved = load_saved_model(path)
+            return saved.epoch == state.best_epoch and saved.valid == state.best_valid
+
+        if not (self.best_path.exists() and holds_best(self.best_path)) and holds_best(self.best_full_path):
+            os.replace(self.best_full_path, self.best_path)
+        elif self._unfinished_epoch is None:
+            self.best_full_path.unlink()
 
     def _reopen_unfinished_epoch(self) -> dict[str, Any]:
         """Put the loop back where the epoch that a limit stopped stood before its partial validation (state,
         learning-rate schedule and rates, RNG); returns its position for :meth:`_train_epoch`."""
         unfinished = self._unfinished_epoch
         elapsed = self.state.elapsed  # the seconds of the dropped validation were spent all the same
+        self._stopped_state = self.state
         self.state = TrainingState.from_dict(copy.deepcopy(unfinished["state"]))
         self.state.elapsed, self.state.stopped_by = elapsed, None
         if self.lr_schedule is not None and unfinished["lr_schedule_state"] is not None:
@@ -516,11 +539,13 @@ class Trainer:
                 resume_at = self._reopen_unfinished_epoch() if unfinished else None
                 self._run_epoch(self.state.epoch + 1, resume_at)
         except Diverged as error:
+            self._back_to_checkpoint_state()
             self.state.stopped_by = error.reason
             self._write_results("failed")
             self._log(f"stopped: {error}; the last complete epoch is in {self.checkpoint_path}")
             raise
         except KeyboardInterrupt:
+            self._back_to_checkpoint_state()
             if self.results_path.exists():
                 self._write_results("interrupted")
             self._log(
@@ -528,6 +553,12 @@ class Trainer:
             )
             raise
         return self.finish()
+
+    def _back_to_checkpoint_state(self) -> None:
+        """Inside a reopened epoch, report the checkpoint's state (its partial epoch, the best files as they are):
+        the run resumes from there."""
+        if self._stopped_state is not None:
+            self.state, self._stopped_state = self._stopped_state, None
 
     def _reason_to_stop(self, state: TrainingState) -> str | None:
         """Why no further epoch starts from ``state`` (``epochs``, ``early_stopping``, ``nothing_to_learn``); None."""
@@ -582,9 +613,11 @@ class Trainer:
         state.history.append(entry)
         if improved:
             self._save_best(part_way=position is not None)
-        if position is None:
-            self._settle_best(improved)
         self._save_checkpoint()
+        self._stopped_state = None  # the checkpoint now holds this state
+        # after the checkpoint: a kill in between leaves files that _reconcile_best sets right on --resume
+        if position is None or not improved:
+            self._settle_best(improved)
         self._write_results("running")
         self.trackers.epoch(epoch, entry, entry.get("learning_rate", 0.0))
         best = " (best)" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})"
