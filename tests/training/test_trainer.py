@@ -9,6 +9,7 @@ from tim4rec.config import load_config
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.runtime import runtime_settings
 from tim4rec.training.experiment import build_experiment
+from tim4rec.training.results import epoch_wall_seconds
 from tim4rec.training.trainer import Trainer
 
 TINY = {
@@ -164,6 +165,9 @@ def test_an_epoch_a_limit_stopped_is_finished_exactly_on_resume(synthetic_inter:
     for key in ("loss", "valid", "steps", "learning_rate", "partial"):
         assert [e[key] for e in resumed["epochs"]] == [e[key] for e in uninterrupted["epochs"]], key
     assert resumed["epochs"][1]["continued_at_step"] == 6 and "continued_at_step" not in resumed["epochs"][2]
+    # the two dropped validations' seconds stay in the history: its epochs add up to the run's elapsed seconds
+    assert resumed["epochs"][1]["dropped_valid_seconds"] > 0
+    assert sum(map(epoch_wall_seconds, resumed["epochs"])) == pytest.approx(resumed["elapsed_seconds"])
     assert resumed["test"] == uninterrupted["test"] and resumed["best_epoch"] == uninterrupted["best_epoch"]
     assert resumed["steps"] == uninterrupted["steps"]
 

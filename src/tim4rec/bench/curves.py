@@ -18,6 +18,7 @@ from typing import Any
 
 from tim4rec.errors import Tim4RecError
 from tim4rec.io.tables import markdown_table
+from tim4rec.training.results import epoch_wall_seconds
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def _by_time(run: dict[str, Any], seconds: float, metric: str) -> str | None:
     elapsed, reached = 0.0, None
     for epoch in sorted(run["epochs"]):
         entry = run["epochs"][epoch]
-        elapsed += entry["train_seconds"] + entry["valid_seconds"]
+        elapsed += epoch_wall_seconds(entry)
         if elapsed > seconds:
             break
         reached = entry
@@ -70,7 +71,7 @@ def _plot(runs: list[dict[str, Any]], path: Path, metric: str) -> None:
         values = [e["valid"][metric] for e in entries]
         hours, elapsed = [], 0.0
         for e in entries:
-            elapsed += e["train_seconds"] + e["valid_seconds"]
+            elapsed += epoch_wall_seconds(e)
             hours.append(elapsed / 3600)
         label = f"run {index + 1}: {_label(current).split(':')[0]}"
         by_epoch.plot([e["epoch"] for e in entries], values, label=label)

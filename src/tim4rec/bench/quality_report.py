@@ -18,6 +18,7 @@ from tim4rec.bench.quality_plan import collect, complete_under_plan, read_plan, 
 from tim4rec.evaluation.significance import PairedComparison, paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
 from tim4rec.log import log
+from tim4rec.training.results import epoch_wall_seconds
 
 TABLE_METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@50", "hit@50")
 SEEN_REMOVED_METRICS = ("ndcg@10", "hit@10", "mrr@10")
@@ -44,7 +45,7 @@ def time_to(results: dict[str, Any], metric: str, value: float) -> float | None:
     first reached ``value``; None if it never did."""
     elapsed = 0.0
     for epoch in results["epochs"]:
-        elapsed += epoch["train_seconds"] + epoch.get("valid_seconds", 0.0)
+        elapsed += epoch_wall_seconds(epoch)
         if epoch["valid"][metric] >= value:
             return elapsed
     return None

@@ -49,6 +49,12 @@ class TrainingState:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
+def epoch_wall_seconds(entry: dict[str, Any]) -> float:
+    """Wall seconds an epoch of ``results.json``'s history cost: training, validation, and the validations of its
+    part-way stops that a resumed run dropped (``dropped_valid_seconds``)."""
+    return entry["train_seconds"] + entry.get("valid_seconds", 0.0) + entry.get("dropped_valid_seconds", 0.0)
+
+
 #: the keys of results.json written only once set (the test users' ranks, the metrics with seen items removed)
 OPTIONAL = ("test_ranks", "test_seen_removed", "test_seen_removed_ranks", "test_gap0", "test_gap0_ranks")
 

@@ -302,7 +302,9 @@ class Trainer:
         for group, rate in zip(self.optimizer.param_groups, unfinished["learning_rates"]):
             group["lr"] = rate
         restore_rng_state(unfinished["rng_by_rank"][self.distributed.rank])
-        position = unfinished["position"]
+        position = dict(unfinished["position"])
+        dropped = self._stopped_state.elapsed - unfinished["state"]["elapsed"]  # the partial validation's seconds
+        position["dropped_valid_seconds"] = position.get("dropped_valid_seconds", 0.0) + dropped
         self._log(f"epoch {position['epoch']} continues at its step {position['steps'] + 1}, where a limit stopped it")
         return position
 
@@ -437,8 +439,11 @@ class Trainer:
         }
         if resume_at is not None:
             entry["continued_at_step"] = resume_at["steps"] + 1
-        position = {"epoch": epoch, "steps": n_steps, "loss_sum": total_loss, "samples": n_samples,
-                    "seconds": train_seconds}  # fmt: skip
+            entry["dropped_valid_seconds"] = resume_at["dropped_valid_seconds"]
+        position = {
+            "epoch": epoch, "steps": n_steps, "loss_sum": total_loss, "samples": n_samples, "seconds": train_seconds,
+            "dropped_valid_seconds": done.get("dropped_valid_seconds", 0.0),
+        }  # fmt: skip
         return entry, position if partial else None
 
     def _step(self, batch: Batch) -> float:
