@@ -674,24 +674,3 @@ class Trainer:
             results.test_gap0 = self._evaluate(self.test_samples, gap0_ranks, target_time=False)
             results.test_gap0_ranks = {"users": users, "ranks": gap0_ranks}
         return results, test
-        ranks: list[int] = []
-        test = self._evaluate(self.test_samples, ranks)
-        results = self.results("finished", test)
-        users = [str(u) for u in self.data.interactions.user_tokens[self.test_samples.users]]
-        results.test_ranks = {"users": users, "ranks": ranks}  # per user: paired comparisons
-        if not self.config.mask_history:  # also the protocol that never ranks an item the user already met
-            removed_ranks: list[int] = []
-            results.test_seen_removed = self._evaluate(self.test_samples, removed_ranks, mask_history=True)
-            results.test_seen_removed_ranks = {"users": users, "ranks": removed_ranks}
-        if self.model.reads_request_time:  # the same model not told when the held-out event happened
-            gap0_ranks: list[int] = []
-            results.test_gap0 = self._evaluate(self.test_samples, gap0_ranks, target_time=False)
-            results.test_gap0_ranks = {"users": users, "ranks": gap0_ranks}
-        if self.distributed.main:
-            results.write(self.results_path)
-        self.trackers.finish(self.state.best_epoch, test)
-        self._log(
-            f"best epoch {self.state.best_epoch} of {self.state.epoch} ({self.state.stopped_by}); "
-            f"results in {self.results_path}"
-        )
-        return results.to_dict()
