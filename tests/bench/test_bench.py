@@ -72,6 +72,31 @@ def test_quality_plan_runs_resumes_and_reports(synthetic_inter: Path, tmp_path: 
     assert not (output / "reading.md").exists()  # no reading around one run now: the earlier one is gone
 
 
+def test_status_lists_where_every_run_stands(synthetic_inter: Path, tmp_path: Path, capsys):
+    import fcntl
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"dataset: {synthetic_inter}\nseeds: [1, 2]\ncommon: {{epochs: 1, threads: 1, MAX_ITEM_LIST_LENGTH: 8}}\n"
+        "runs:\n  small: {model: sasrec, hidden_size: 8, n_heads: 2, inner_size: 16}\n"
+    )
+    output = tmp_path / "out"
+    assert [row["state"] for row in quality.plan_status(plan, output)] == ["todo", "todo"]
+    quality.run_plan(plan, output, seeds=[1])
+    done, todo = quality.plan_status(plan, output)
+    assert done["state"] == "done" and done["epochs"] == "1" and done["stopped_by"] == "epochs"
+    assert done["best_epoch"] == 1 and 0 <= done["best_valid"] <= 1 and todo["state"] == "todo"
+    with open(output / "runs/small/seed1/.lock") as handle:  # a process training there now
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert quality.plan_status(plan, output)[0]["state"] == "training"
+    assert not (output / "runs/small/seed2").exists()  # reading the status writes nothing
+    from tim4rec.cli import main
+
+    assert main(["bench", "quality", str(plan), "--output", str(output), "--status"]) == 0
+    printed = capsys.readouterr().out
+    assert "| small | 1 | done | 1 | 1 |" in printed and printed.endswith("1 done, 1 todo\n")
+
+
 def test_anchors_are_shown_and_checked(tmp_path: Path):
     anchor = "{model: SASRec, source: a paper, hit@10: 0.3152, ndcg@10: 0.1821, seen_items: removed}"
     plan = tmp_path / "plan.yaml"
@@ -285,17 +310,17 @@ def test_time_to_a_validation_level():
 
 def test_epochs_trained_count_each_cut_epoch_by_its_fraction():
     whole = {"partial": False, "fraction": 1.0}
-    assert quality_report._epochs_reached({"epochs_run": 3, "epochs": [whole] * 3}) == "3"
+    assert quality_report.epochs_reached({"epochs_run": 3, "epochs": [whole] * 3}) == "3"
     cut_last = {"epochs_run": 3, "epochs": [whole, whole, {"partial": True, "fraction": 0.4}]}
-    assert quality_report._epochs_reached(cut_last) == "2.40"
+    assert quality_report.epochs_reached(cut_last) == "2.40"
     # a budget cut epoch 2, the run was resumed at epoch 3 (as TiSASRec seed 2021 on ML-1M: 32.07, not 33)
     cut_then_resumed = {"epochs_run": 3, "epochs": [whole, {"partial": True, "fraction": 0.07}, whole]}
-    assert quality_report._epochs_reached(cut_then_resumed) == "2.07"
+    assert quality_report.epochs_reached(cut_then_resumed) == "2.07"
     both = {
         "epochs_run": 4,
         "epochs": [whole, {"partial": True, "fraction": 0.5}, whole, {"partial": True, "fraction": 0.25}],
     }
-    assert quality_report._epochs_reached(both) == "2.75"
+    assert quality_report.epochs_reached(both) == "2.75"
 
 
 def test_bad_time_to(tmp_path: Path):

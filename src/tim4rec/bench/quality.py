@@ -88,6 +88,64 @@ def _cut_to_deadline(config: Config, overrides: dict[str, Any], folder: Path, tr
     return cut
 
 
+def _held_elsewhere(folder: Path) -> bool:
+    """Whether a process holds ``folder/.lock`` (a run trains there now); a probe with a shared lock, let go at
+    once, that creates no file."""
+    lock = folder / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def plan_status(plan_path: str | Path, output: str | Path) -> list[dict[str, Any]]:
+    """One row per (run, seed) of the plan: where it stands (``state``: ``todo``, ``training`` (another process
+    holds it now), ``resume``, ``done``, ``failed`` or ``stranded``), its epochs, best validation, the seconds
+    it has spent against its budget and what stopped it last. Reads files only; trains and writes nothing."""
+    from tim4rec.bench.quality_report import epochs_reached
+    from tim4rec.config import load_config
+
+    plan = read_plan(plan_path)
+    rows = []
+    for name in plan["runs"]:
+        for seed in run_seeds(plan, name):
+            folder = Path(output) / "runs" / name / f"seed{seed}"
+            config, _ = load_config(overrides=run_config(plan, name, seed))
+            state = "training" if _held_elsewhere(folder) else _status(folder, config)
+            row: dict[str, Any] = {"run": name, "seed": seed, "state": state, "budget_s": config.time_budget}
+            results_path = folder / "results.json"
+            if results_path.exists():
+                results = json.loads(results_path.read_text())
+                best = results.get("best_valid") or {}
+                row |= {
+                    "epochs": epochs_reached(results),
+                    "best_epoch": results.get("best_epoch"),
+                    "best_valid": best.get(results.get("valid_metric", "ndcg@10")),
+                    "elapsed_s": round(results["elapsed_seconds"]),
+                    "stopped_by": results.get("stopped_by") or "",
+                }
+            rows.append(row)
+    return rows
+
+
+def status_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`plan_status`'s rows as a Markdown table, with a count of each state under it."""
+    from tim4rec.io.tables import markdown_table
+
+    columns = [("run", "run"), ("seed", "seed"), ("state", "state"), ("epochs", "epochs"),
+               ("best_epoch", "best epoch"), ("best_valid", "best validation"), ("elapsed_s", "seconds"),
+               ("budget_s", "budget"), ("stopped_by", "stopped by")]  # fmt: skip
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return markdown_table(rows, columns) + "\n" + ", ".join(f"{n} {state}" for state, n in counts.items()) + "\n"
+
+
 @contextlib.contextmanager
 def _claim(folder: Path) -> Iterator[bool]:
     """Hold ``folder/.lock`` (an exclusive ``flock``) while a run trains; False if another process holds it."""
@@ -230,6 +288,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
     parser.add_argument(
+        "--status",
+        action="store_true",
+        help="only list every run and seed of the plan with where it stands (epochs, best validation, seconds "
+        "against its budget); trains and writes nothing",
+    )
+    parser.add_argument(
         "--add-seen-removed",
         action="store_true",
         help="give finished runs that lack them test metrics with seen items removed (from their best.pt), then report",
@@ -241,6 +305,9 @@ def command(args: argparse.Namespace) -> int:
     from tim4rec.bench import quality_report
 
     output = args.output or str(Path(args.plan).with_suffix(""))
+    if args.status:
+        print(status_table(plan_status(args.plan, output)), end="")
+        return 0
     if args.add_seen_removed:
         for line in add_seen_removed(args.plan, output):
             print(line)

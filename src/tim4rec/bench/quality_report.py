@@ -30,7 +30,7 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _epochs_reached(results: dict[str, Any]) -> str:
+def epochs_reached(results: dict[str, Any]) -> str:
     """Epochs trained: ``"12"``, or ``"31.07"`` when a limit cut epochs short. Each cut epoch counts
     the fraction of it done, wherever it lies: runs trained before the trainer finished a cut epoch on
     resume hold one in the middle of their history, not only at its end."""
@@ -94,7 +94,7 @@ def summarise(results: list[dict[str, Any]], target: dict[str, float] | None = N
         row["seconds_per_epoch"], row["seconds_per_epoch_std"] = _mean_spread(per_epoch + estimated)
         row["seconds_per_epoch_estimated"] = bool(estimated)
         row["best_epoch"] = [r["best_epoch"] for r in runs]
-        row["epochs_run"] = [_epochs_reached(r) for r in runs]
+        row["epochs_run"] = [epochs_reached(r) for r in runs]
         row["stopped_by"] = sorted({r["stopped_by"] for r in runs})
         row["budget"] = sorted({r["config"].get("time_budget") for r in runs if r["stopped_by"] == "time_budget"})
         if target:
