@@ -4,6 +4,8 @@ beside ``results.json`` (``tensorboard --logdir runs``) and, optionally, in MLfl
 ``results.json`` stays the record the benchmarks read; trackers are views of the same numbers for the tools
 researchers already watch. Scalars are named ``train/loss``, ``valid/ndcg@10``, ``test/ndcg@10``,
 ``optim/learning_rate``, ``time/train_seconds`` and so on, stepped by epoch (test: at the best epoch).
+An epoch a limit cut part-way is logged under ``partial/`` (``partial/valid/ndcg@10``): a resumed run
+finishes that epoch and logs it whole under the usual names, so each curve has one point per epoch.
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ class Trackers:
         return cls(trackers)
 
     def epoch(self, epoch: int, entry: dict[str, Any], learning_rate: float) -> None:
+        prefix = "partial/" if entry.get("partial") else ""
+        scalars = {prefix + name: value for name, value in epoch_scalars(entry, learning_rate).items()}
         for tracker in self.trackers:
-            tracker.epoch(epoch, epoch_scalars(entry, learning_rate))
+            tracker.epoch(epoch, scalars)
 
     def finish(self, best_epoch: int, test: dict[str, float]) -> None:
         for tracker in self.trackers:
