@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ import tim4rec
 from tim4rec.config import load_config
 from tim4rec.evaluation.metrics import metrics_from_ranks
 from tim4rec.runtime import runtime_settings
+from tim4rec.training.checkpoint import load_checkpoint
 from tim4rec.training.experiment import build_experiment
 from tim4rec.training.results import epoch_wall_seconds
 from tim4rec.training.trainer import Trainer
@@ -147,6 +150,53 @@ def test_limits_stop_cleanly_and_evaluate_the_best(synthetic_inter: Path, tmp_pa
     assert by_steps["epochs"][-1]["partial"] and by_steps["test"] is not None
     by_time = _fit(synthetic_inter, tmp_path / "t", time_budget=1e-9)
     assert by_time["stopped_by"] == "time_budget" and by_time["steps"] == 1
+
+
+def _signal_at_steps(monkeypatch, steps: dict[int, int]) -> None:
+    """Send this process ``steps[n]`` SIGINTs as training step n (counted over the run, from 1) begins."""
+    step, count = Trainer._step, [0]
+
+    def signalled_step(self, batch):
+        count[0] += 1
+        for _ in range(steps.get(count[0], 0)):
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the step starts
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", signalled_step)
+
+
+def test_ctrl_c_in_a_step_saves_the_epochs_place(synthetic_inter: Path, tmp_path: Path, monkeypatch):
+    """Ctrl-C during step 3 of epoch 2: the step ends, the checkpoint keeps the epoch's place (no validation of
+    the part), and the resumed run trains what an uninterrupted one does."""
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix", "lr_decay_patience": 1}
+    uninterrupted = _fit(synthetic_inter, tmp_path / "a", **settings)
+    per_epoch = uninterrupted["epochs"][0]["steps"]
+    _signal_at_steps(monkeypatch, {per_epoch + 3: 1})
+    with pytest.raises(KeyboardInterrupt):
+        _fit(synthetic_inter, tmp_path / "b", **settings)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    stopped = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert stopped["status"] == "interrupted" and [e["steps"] for e in stopped["epochs"]] == [per_epoch]
+    checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert checkpoint["state"]["epoch"] == 1 and checkpoint["state"]["step"] == per_epoch + 3
+    assert {k: checkpoint["unfinished_epoch"]["position"][k] for k in ("epoch", "steps")} == {"epoch": 2, "steps": 3}
+    resumed = _fit(synthetic_inter, tmp_path / "b", resume=True, **settings)
+    for key in ("loss", "valid", "steps", "learning_rate", "partial"):
+        assert [e[key] for e in resumed["epochs"]] == [e[key] for e in uninterrupted["epochs"]], key
+    assert resumed["epochs"][1]["continued_at_step"] == 4 and resumed["test"] == uninterrupted["test"]
+
+
+def test_a_second_ctrl_c_stops_at_once(synthetic_inter: Path, tmp_path: Path, monkeypatch):
+    """Two Ctrl-Cs: the second raises inside the step, so the checkpoint stays at the last complete epoch."""
+    settings = {"epochs": 2, "train_batch_size": 8, "train_regime": "prefix"}
+    per_epoch = _fit(synthetic_inter, tmp_path / "a", **{**settings, "epochs": 1})["epochs"][0]["steps"]
+    _signal_at_steps(monkeypatch, {per_epoch + 2: 2})
+    with pytest.raises(KeyboardInterrupt):
+        _fit(synthetic_inter, tmp_path / "b", **settings)
+    checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert checkpoint["state"]["step"] == per_epoch and checkpoint["unfinished_epoch"] is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_an_epoch_a_limit_stopped_is_finished_exactly_on_resume(synthetic_inter: Path, tmp_path: Path):

@@ -9,7 +9,9 @@ optimiser) and owns only the loop. Files in the output folder:
   limit (``time_budget``, ``max_steps``) stops an epoch part-way, the partial epoch is validated and
   reported (``partial: true``), and the checkpoint also keeps where the epoch stood: a resumed run
   that may train on drops that validation and finishes the epoch from the step it stopped at, so
-  a run cut any number of times trains exactly what an uninterrupted one does.
+  a run cut any number of times trains exactly what an uninterrupted one does. Ctrl-C or SIGTERM
+  during the training steps does the same without the validation (:mod:`tim4rec.training.interrupts`:
+  the step finishes, the epoch's place is saved, then the run stops; a second signal stops it at once).
 - ``best.pt``: the weights of the best validation epoch, with what is needed to rebuild the
   model and map ids back (:mod:`tim4rec.io.saved_model`; ``tim4rec evaluate`` and serving load it).
   While a part-way epoch holds the best score, the best complete epoch's file waits beside it as
@@ -55,6 +57,7 @@ from tim4rec.training.checkpoint import (
     save_checkpoint,
 )
 from tim4rec.training.experiment import Experiment, causal_window_length
+from tim4rec.training.interrupts import HeldInterrupt
 from tim4rec.training.results import RunResults, TrainingState
 from tim4rec.training.tracking import Trackers
 
@@ -94,6 +97,7 @@ class Trainer:
         # set while a limit has stopped an epoch part-way: where it stood and the loop's state before it was
         # validated (position, state, lr_schedule_state, rng_by_rank), so that --resume can finish it exactly
         self._unfinished_epoch: dict[str, Any] | None = None
+        self._interrupted_at: tuple[int, int] | None = None  # (epoch, steps) where an interrupt saved the run
         # the checkpoint's state while a reopened epoch trains: what an interrupted or failed run reports
         self._stopped_state: TrainingState | None = None
         self.trackers = Trackers([])  # opened by fit(), on the main process
@@ -290,8 +294,8 @@ class Trainer:
             self.best_full_path.unlink()
 
     def _reopen_unfinished_epoch(self) -> dict[str, Any]:
-        """Put the loop back where the epoch that a limit stopped stood before its partial validation (state,
-        learning-rate schedule and rates, RNG); returns its position for :meth:`_train_epoch`."""
+        """Put the loop back where the epoch that a limit or an interrupt stopped stood before any validation of
+        its part (state, learning-rate schedule and rates, RNG); returns its position for :meth:`_train_epoch`."""
         unfinished = self._unfinished_epoch
         elapsed = self.state.elapsed  # the seconds of the dropped validation were spent all the same
         self._stopped_state = self.state
@@ -305,7 +309,7 @@ class Trainer:
         position = dict(unfinished["position"])
         dropped = self._stopped_state.elapsed - unfinished["state"]["elapsed"]  # the partial validation's seconds
         position["dropped_valid_seconds"] = position.get("dropped_valid_seconds", 0.0) + dropped
-        self._log(f"epoch {position['epoch']} continues at its step {position['steps'] + 1}, where a limit stopped it")
+        self._log(f"epoch {position['epoch']} continues at its step {position['steps'] + 1}, where it was stopped")
         return position
 
     def _check_same_data(self, saved: dict[str, Any] | None) -> None:
@@ -376,10 +380,11 @@ class Trainer:
 
     def _train_epoch(
         self, epoch: int, resume_at: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, HeldInterrupt | None]:
         """Train epoch ``epoch``, from its step ``resume_at["steps"] + 1`` when a limit stopped it there before
-        (``resume_at`` also carries the loss, samples and seconds of the steps done). Returns its history entry
-        and, when a limit stops it part-way, its position (a later ``resume_at``; None otherwise)."""
+        (``resume_at`` also carries the loss, samples and seconds of the steps done). Returns its history entry;
+        when a limit or an interrupt stops it part-way, its position (a later ``resume_at``; None otherwise); and
+        the interrupt that stopped it (None otherwise)."""
         from tqdm import tqdm
 
         config, experiment = self.config, self.experiment
@@ -404,26 +409,32 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         total_loss, n_steps, n_samples, partial = done["loss_sum"], done["steps"], done["samples"], False
-        for batch in progress:
-            value = self._step(batch)
-            if not math.isfinite(value):
-                raise Diverged(
-                    f"epoch {epoch}, step {self.state.step + 1}: the loss is {value}; lower learning_rate",
-                    "nan_loss",
+        held, interrupted, limit = HeldInterrupt(), False, None
+        with held:  # Ctrl-C or SIGTERM waits for the step to end
+            for batch in progress:
+                value = self._step(batch)
+                if not math.isfinite(value):
+                    raise Diverged(
+                        f"epoch {epoch}, step {self.state.step + 1}: the loss is {value}; lower learning_rate",
+                        "nan_loss",
+                    )
+                total_loss += value
+                n_steps += 1
+                n_samples += len(batch) * world
+                self.state.step += 1
+                progress.set_postfix(
+                    loss=f"{total_loss / n_steps:.4f}",
+                    samples_s=f"{(n_samples - done['samples']) / (time.perf_counter() - started):.0f}",
                 )
-            total_loss += value
-            n_steps += 1
-            n_samples += len(batch) * world
-            self.state.step += 1
-            progress.set_postfix(
-                loss=f"{total_loss / n_steps:.4f}",
-                samples_s=f"{(n_samples - done['samples']) / (time.perf_counter() - started):.0f}",
-            )
-            limit = self._limit_reached(started)
-            if limit:
-                self.state.stopped_by = limit
-                partial = n_steps < n_batches
-                break
+                interrupted = self.distributed.any(held.requested is not None)
+                limit = None if interrupted else self._limit_reached(started)
+                if interrupted or limit:
+                    break
+            # a signal after the last step's check (or in an epoch with no step left) is held all the same
+            interrupted = interrupted or self.distributed.any(held.requested is not None)
+        if limit and not interrupted:
+            self.state.stopped_by = limit
+        partial = bool(limit or interrupted) and n_steps < n_batches
         progress.close()
         seconds = time.perf_counter() - started
         self.state.elapsed += seconds
@@ -444,7 +455,7 @@ class Trainer:
             "epoch": epoch, "steps": n_steps, "loss_sum": total_loss, "samples": n_samples, "seconds": train_seconds,
             "dropped_valid_seconds": done.get("dropped_valid_seconds", 0.0),
         }  # fmt: skip
-        return entry, position if partial else None
+        return entry, position if partial or interrupted else None, held if interrupted else None
 
     def _step(self, batch: Batch) -> float:
         """One optimiser step on ``batch``; returns its mean loss.
@@ -553,9 +564,10 @@ class Trainer:
             self._back_to_checkpoint_state()
             if self.results_path.exists():
                 self._write_results("interrupted")
-            self._log(
-                f"interrupted; the last complete epoch is saved in {self.checkpoint_path}; continue with --resume"
-            )
+            saved = "the last complete epoch is saved"
+            if self._interrupted_at is not None:
+                saved = "epoch {} is saved after its step {}".format(*self._interrupted_at)
+            self._log(f"interrupted; {saved} in {self.checkpoint_path}; continue with --resume")
             raise
         return self.finish()
 
@@ -575,10 +587,37 @@ class Trainer:
             return "nothing_to_learn"
         return None
 
+    def _place_record(self, position: dict[str, Any]) -> dict[str, Any]:
+        """What --resume needs to finish an epoch stopped part-way as if it never stopped: its ``position``
+        (:meth:`_train_epoch`), and the loop state, learning-rate schedule, rates and every rank's RNG as they
+        are before any validation of the part."""
+        return {
+            "position": position,
+            "state": copy.deepcopy(self.state.to_dict()),
+            "lr_schedule_state": copy.deepcopy(self.lr_schedule.state_dict()) if self.lr_schedule else None,
+            # the schedule's step after a partial validation may lower the optimiser's rates
+            "learning_rates": [group["lr"] for group in self.optimizer.param_groups],
+            "rng_by_rank": self.distributed.gather([rng_state()]),
+        }
+
+    def _save_place(self, position: dict[str, Any]) -> None:
+        """Checkpoint an epoch an interrupt stopped after ``position["steps"]`` steps: no validation, so the
+        state stays that of the last complete epoch (``best.pt`` is put back to its best epoch)."""
+        if self.optimizer is None:  # nothing trains, nothing to save
+            return
+        self._unfinished_epoch = self._place_record(position)
+        self._save_checkpoint()
+        self._stopped_state = None  # the checkpoint now holds this state
+        self._on_main(self._reconcile_best)
+        self._interrupted_at = (position["epoch"], position["steps"])
+
     def _run_epoch(self, epoch: int, resume_at: dict[str, Any] | None = None) -> None:
         """Train one epoch (or the rest of one, from ``resume_at``), validate, keep the best weights, checkpoint,
         report."""
-        entry, position = self._train_epoch(epoch, resume_at)
+        entry, position, held = self._train_epoch(epoch, resume_at)
+        if held is not None:  # Ctrl-C or SIGTERM in a step: save the epoch's place, unvalidated, and stop
+            self._save_place(position)
+            held.raise_requested()
         limit = DIVERGENCE_FACTOR * math.log(max(2, self.data.interactions.n_items))
         if entry["loss"] > limit:
             raise Diverged(
@@ -587,17 +626,7 @@ class Trainer:
                 "diverged",
             )
         state = self.state
-        if position is not None:  # stopped part-way: what --resume needs to finish the epoch as if never stopped
-            self._unfinished_epoch = {
-                "position": position,
-                "state": copy.deepcopy(state.to_dict()),
-                "lr_schedule_state": copy.deepcopy(self.lr_schedule.state_dict()) if self.lr_schedule else None,
-                # the schedule's step after the partial validation may lower the optimiser's rates
-                "learning_rates": [group["lr"] for group in self.optimizer.param_groups],
-                "rng_by_rank": self.distributed.gather([rng_state()]),
-            }
-        else:
-            self._unfinished_epoch = None
+        self._unfinished_epoch = self._place_record(position) if position is not None else None
         started = time.perf_counter()
         valid = self._evaluate(self.valid_samples)
         entry["valid_seconds"] = time.perf_counter() - started
