@@ -371,18 +371,61 @@ def test_speed_times_onnxruntime_beside_eager(model):
         assert "infer_onnx_s" not in row and "cannot be exported" in row["onnx"]
 
 
-def _seed_result(run: str, ndcg: float, ranks: list[int], stopped_by: str = "early_stopping") -> dict:
+def _seed_result(
+    run: str, ndcg: float, ranks: list[int], stopped_by: str = "early_stopping", seed: int = 2020, valid: float = 0.0
+) -> dict:
     """A finished run's results as plain_reading reads them: both protocols' NDCG@10 and per-user ranks."""
     users = [str(u) for u in range(len(ranks))]
     per_user = {"users": users, "ranks": ranks}
     return {
         "_run": run,
+        "seed": seed,
+        "valid_metric": "ndcg@10",
+        "best_valid": {"ndcg@10": valid},
         "stopped_by": stopped_by,
         "test": {"ndcg@10": ndcg},
         "test_seen_removed": {"ndcg@10": ndcg + 0.05},
         "test_ranks": per_user,
         "test_seen_removed_ranks": per_user,
     }
+
+
+def test_a_setting_set_aside_on_validation_neither_leads_nor_counts(tmp_path: Path):
+    """An arm the plan set aside (alternative_to) is shown but cannot lead, even with the best test figure, and is
+    left out of the verdict; the closing paragraph gives its validation beside its row's and flags a choice that
+    validation contradicts. A plan's alternative_to must name another run that is not itself an alternative."""
+    many = 100
+    near = [1 + (u % 2) for u in range(many)]
+    results = [
+        *(_seed_result("ref", v, near, seed=s, valid=0.2) for s, v in ((2020, 0.30), (2021, 0.31), (2022, 0.32))),
+        _seed_result("row", 0.29, near, valid=0.25),
+        _seed_result("row-arm", 0.33, near, valid=0.24),  # best on test, set aside on validation
+        _seed_result("other-arm", 0.10, [20] * many, valid=0.26),  # validates above its row: flagged
+    ]
+    text = quality_report.plain_reading(results, "ref", alternatives={"row-arm": "row", "other-arm": "row"})
+    assert "**Seen items ranked.** `ref` leads with test NDCG@10 0.3100 ± 0.0100 (3 seeds)" in text
+    assert "| `row-arm` (set aside) | 1 | 0.3300 |" in text
+    assert "`ref` is not above `row` both beyond the seed spread and by the paired test (p < 0.05)." in text
+    assert "`row-arm` for `row` (best validation ndcg@10 0.2400 against 0.2500, seed 2020)" in text
+    assert (
+        "`other-arm` for `row` (best validation ndcg@10 0.2600 against 0.2500, seed 2020): it validates higher" in text
+    )
+    assert "`row-arm` leads" in quality_report.plain_reading(results, "ref")  # without the plan's marks
+
+    plan = tmp_path / "plan.yaml"
+    for target in ("row-arm", "probe", "missing"):  # an alternative, itself, no such run
+        runs = {"row": {"model": "sasrec"}, "row-arm": {"model": "sasrec", "alternative_to": "row"}}
+        runs["probe"] = {"model": "sasrec", "alternative_to": target}
+        plan.write_text(json.dumps({"dataset": "ml-100k", "runs": runs}))
+        with pytest.raises(ConfigError, match="runs.probe.alternative_to"):
+            quality_plan.read_plan(plan)
+    del runs["probe"]
+    runs["row-arm"]["learning_rate"] = 0.001
+    plan.write_text(json.dumps({"dataset": "ml-100k", "runs": runs}))
+    read = quality_plan.read_plan(plan)
+    assert quality_plan.alternatives(read) == {"row-arm": "row"}
+    config = quality_plan.run_config(read, "row-arm", 7)
+    assert config["learning_rate"] == 0.001 and "alternative_to" not in config
 
 
 def test_plain_reading_names_who_leads_and_where_the_lead_is_not_clear(monkeypatch):

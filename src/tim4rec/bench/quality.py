@@ -28,7 +28,9 @@ beside the table, each ``{model, source, hit@10, ndcg@10, seen_items}`` where ``
 whether that evaluation ranks the items a user already met (``ranked``, as here and in RecBole's
 sequential evaluation), removes them (``removed``) or does not say (``not stated``); ``not_run:``
 models the plan leaves out, each with the reason (``{caser: "..."}``), listed under the table. Every row's
-``tim4rec train`` commands are listed under the tables.
+``tim4rec train`` commands are listed under the tables. A run may say ``alternative_to: ROW``: a setting tried
+for another run's row (a learning-rate arm) and set aside on validation; the reading shows it, marked, and
+leaves it out of who leads and of its verdicts, and gives its validation beside the row's.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 PLAN_KEYS = {"dataset", "seeds", "common", "runs", "title", "time_to", "compare_to", "anchors", "not_run"}
 ANCHOR_KEYS = {"model", "source", "hit@10", "ndcg@10", "seen_items"}
 SEEN_ITEMS = ("ranked", "removed", "not stated")
+#: a run's keys that are the plan's, not config keys: its own seeds, and the row whose setting it was tried for
+RUN_PLAN_KEYS = ("seeds", "alternative_to")
 
 
 def _check_anchors(path: str | Path, anchors: Any) -> None:
@@ -51,6 +53,12 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     for name, run in plan["runs"].items():
         if not isinstance(run, dict) or "model" not in run:
             raise ConfigError(f"{path}: run '{name}' needs a 'model' key")
+    for name, row in alternatives(plan).items():
+        if row == name or row not in plan["runs"] or "alternative_to" in plan["runs"][row]:
+            raise ConfigError(
+                f"{path}: runs.{name}.alternative_to: expected another run of the plan that is not itself an "
+                f"alternative, got {row!r}"
+            )
     plan.setdefault("seeds", [2020])
     plan.setdefault("common", {})
     target = plan.get("time_to")
@@ -66,6 +74,12 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     return plan
 
 
+def alternatives(plan: dict[str, Any]) -> dict[str, str]:
+    """{run: row} for the runs that tried a setting for another run's row and were set aside on validation
+    (``alternative_to: ROW``): the report shows them and leaves them out of its reading's verdicts."""
+    return {name: run["alternative_to"] for name, run in plan["runs"].items() if "alternative_to" in run}
+
+
 def run_seeds(plan: dict[str, Any], name: str) -> list[int]:
     """The run's own ``seeds`` if it gives them, else the plan's."""
     return list(plan["runs"][name].get("seeds", plan["seeds"]))
@@ -73,7 +87,8 @@ def run_seeds(plan: dict[str, Any], name: str) -> list[int]:
 
 def run_keys(plan: dict[str, Any], name: str) -> dict[str, Any]:
     """The config keys the plan sets for run ``name``: its ``common`` keys, then the run's own."""
-    return {**plan["common"], **{key: value for key, value in plan["runs"][name].items() if key != "seeds"}}
+    own = {key: value for key, value in plan["runs"][name].items() if key not in RUN_PLAN_KEYS}
+    return {**plan["common"], **own}
 
 
 def run_config(plan: dict[str, Any], name: str, seed: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tim4rec.bench.quality_plan import collect, complete_under_plan, read_plan, train_command
+from tim4rec.bench.quality_plan import alternatives, collect, complete_under_plan, read_plan, train_command
 from tim4rec.evaluation.significance import PairedComparison, paired_comparison, per_user_ndcg
 from tim4rec.io import write_json_atomic
 from tim4rec.log import log
@@ -332,15 +332,26 @@ def _stopped_early(runs: list[dict[str, Any]]) -> bool:
     return all(r["stopped_by"] in ("early_stopping", "nothing_to_learn") for r in runs)
 
 
-def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTests | None = None) -> str:
+def plain_reading(
+    results: list[dict[str, Any]],
+    reference: str,
+    tests: PairedTests | None = None,
+    alternatives: dict[str, str] | None = None,
+) -> str:
     """The table read around the run ``reference`` on both protocols (seen items ranked, seen items
     removed), from test NDCG@10: which run leads, and for every other run the reference's margin, that
     margin over the larger of the two runs' seed deviations, whether the seed ranges overlap, and the
     paired per-user test (reference minus run); then one line saying whether the reference leads every
     run beyond the seed spread and by the paired test, naming the runs where it does not and the runs
-    not stopped by early stopping. "" when the reference has no finished runs."""
+    not stopped by early stopping. "" when the reference has no finished runs.
+
+    ``alternatives`` ({run: row}, the plan's ``alternative_to``) are settings tried for another row and set
+    aside on validation: their margins are shown, marked, but they neither lead nor count in the verdicts
+    (choosing among a row's settings by test would be selection on the test set); a closing paragraph gives
+    each one's validation beside its row's, and says so where the alternative validates higher."""
     tests = tests or PairedTests(results)
     by_run = tests.by_run
+    alternatives = alternatives or {}
     if reference not in by_run:
         return ""
     sections = []
@@ -352,7 +363,8 @@ def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTe
         }
         if reference not in values or len(values) < 2:
             continue
-        leader = max(values, key=lambda name: (statistics.fmean(values[name]), name == reference))
+        rows = [name for name in values if name not in alternatives]
+        leader = max(rows, key=lambda name: (statistics.fmean(values[name]), name == reference))
         ref = values[reference]
         lines = [
             f"**{protocol[0].upper() + protocol[1:]}.** "
@@ -374,10 +386,13 @@ def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTe
                 name, ref, values[name], by_run[name], ranks, by_run[reference],
                 lambda name=name, ranks=ranks: tests(reference, name, ranks),
             )  # fmt: skip
+            if name in alternatives:
+                cells[0] += " (set aside)"
             lines.append("| " + " | ".join(cells) + " |")
+        counted = {name: verdict for name, verdict in verdicts.items() if name not in alternatives}
         lines += [
             "",
-            _verdict(reference, verdicts, _stopped_early(by_run[reference])),
+            _verdict(reference, counted, _stopped_early(by_run[reference])),
         ]
         sections.append("\n".join(lines))
     if not sections:
@@ -387,7 +402,38 @@ def plain_reading(results: list[dict[str, Any]], reference: str, tests: PairedTe
         "every seed of one lies above every seed of the other; paired Δ: the per-user paired comparison of the "
         "report's tables, its 95% bootstrap interval and permutation p):"
     )
-    return head + "\n\n" + "\n\n".join(sections) + "\n"
+    set_aside = _set_aside(by_run, alternatives)
+    return head + "\n\n" + "\n\n".join(sections + ([set_aside] if set_aside else [])) + "\n"
+
+
+def _best_validation(runs: list[dict[str, Any]], seeds: set[int]) -> float:
+    """The mean over ``seeds`` of the runs' best validation score (the metric early stopping watched)."""
+    return statistics.fmean(r["best_valid"][r["valid_metric"]] for r in runs if r["seed"] in seeds)
+
+
+def _set_aside(by_run: dict[str, list[dict[str, Any]]], alternatives: dict[str, str]) -> str:
+    """The closing paragraph of :func:`plain_reading` on the alternatives that have finished runs."""
+    notes = []
+    for name, row in alternatives.items():
+        if name not in by_run:
+            continue
+        seeds = {r["seed"] for r in by_run[name]} & {r["seed"] for r in by_run.get(row, [])}
+        if not seeds:
+            notes.append(f"`{name}` for `{row}` (no finished run of `{row}` at its seeds yet)")
+            continue
+        metric = by_run[name][0]["valid_metric"]
+        mine, theirs = _best_validation(by_run[name], seeds), _best_validation(by_run[row], seeds)
+        at = "seed " + ", ".join(map(str, sorted(seeds)))
+        note = f"`{name}` for `{row}` (best validation {metric} {mine:.4f} against {theirs:.4f}, {at})"
+        if mine > theirs:
+            note += ": it validates higher, so by this rule its setting should be the row's"
+        notes.append(note)
+    if not notes:
+        return ""
+    return (
+        "Set aside on validation (a setting tried for another run's row and not taken; shown above, not counted "
+        "in the verdicts): " + "; ".join(notes) + "."
+    )
 
 
 def _verdict(reference: str, verdicts: dict[str, dict[str, bool]], reference_converged: bool) -> str:
@@ -471,7 +517,7 @@ def report(plan_path: str | Path, output: str | Path) -> str:
         paired = comparisons(results, compare_to, order, seen_removed=True, tests=tests) if compare_to else ""
         if paired:
             text += "\n" + paired
-    reading = plain_reading(results, compare_to, tests) if isinstance(compare_to, str) else ""
+    reading = plain_reading(results, compare_to, tests, alternatives(plan)) if isinstance(compare_to, str) else ""
     if reading:
         text += "\n" + reading
     if plan.get("anchors"):
