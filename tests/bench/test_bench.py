@@ -420,6 +420,9 @@ def test_a_setting_set_aside_on_validation_neither_leads_nor_counts(tmp_path: Pa
         with pytest.raises(ConfigError, match="runs.probe.alternative_to"):
             quality_plan.read_plan(plan)
     del runs["probe"]
+    plan.write_text(json.dumps({"dataset": "ml-100k", "runs": runs, "compare_to": "row-arm"}))
+    with pytest.raises(ConfigError, match="compare_to"):
+        quality_plan.read_plan(plan)
     runs["row-arm"]["learning_rate"] = 0.001
     plan.write_text(json.dumps({"dataset": "ml-100k", "runs": runs}))
     read = quality_plan.read_plan(plan)

@@ -187,6 +187,23 @@ def test_ctrl_c_in_a_step_saves_the_epochs_place(synthetic_inter: Path, tmp_path
     assert resumed["epochs"][1]["continued_at_step"] == 4 and resumed["test"] == uninterrupted["test"]
 
 
+def test_ctrl_c_at_the_step_a_limit_stops_keeps_the_limits_epoch(synthetic_inter: Path, tmp_path: Path, monkeypatch):
+    """Ctrl-C in the step where max_steps is reached: the part is validated and checkpointed as the limit has it,
+    then the run stops; resumed, it ends as the uninterrupted cut run did."""
+    settings = {"epochs": 3, "train_batch_size": 8, "train_regime": "prefix"}
+    per_epoch = _fit(synthetic_inter, tmp_path / "a", **{**settings, "epochs": 1})["epochs"][0]["steps"]
+    cut = _fit(synthetic_inter, tmp_path / "cut", max_steps=per_epoch + 2, **settings)
+    _signal_at_steps(monkeypatch, {per_epoch + 2: 1})
+    with pytest.raises(KeyboardInterrupt):
+        _fit(synthetic_inter, tmp_path / "b", max_steps=per_epoch + 2, **settings)
+    monkeypatch.undo()
+    stopped = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert stopped["status"] == "interrupted" and [e["partial"] for e in stopped["epochs"]] == [False, True]
+    resumed = _fit(synthetic_inter, tmp_path / "b", max_steps=per_epoch + 2, resume=True, **settings)
+    assert resumed["stopped_by"] == "max_steps" and resumed["test"] == cut["test"]
+    assert [e["valid"] for e in resumed["epochs"]] == [e["valid"] for e in cut["epochs"]]
+
+
 def test_a_second_ctrl_c_stops_at_once(synthetic_inter: Path, tmp_path: Path, monkeypatch):
     """Two Ctrl-Cs: the second raises inside the step, so the checkpoint stays at the last complete epoch."""
     settings = {"epochs": 2, "train_batch_size": 8, "train_regime": "prefix"}

@@ -59,6 +59,8 @@ def read_plan(path: str | Path) -> dict[str, Any]:
                 f"{path}: runs.{name}.alternative_to: expected another run of the plan that is not itself an "
                 f"alternative, got {row!r}"
             )
+        if plan.get("compare_to") == name:
+            raise ConfigError(f"{path}: compare_to: {name!r} is set aside (alternative_to: {row}); compare to a row")
     plan.setdefault("seeds", [2020])
     plan.setdefault("common", {})
     target = plan.get("time_to")

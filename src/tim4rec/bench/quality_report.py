@@ -422,6 +422,9 @@ def _set_aside(by_run: dict[str, list[dict[str, Any]]], alternatives: dict[str, 
             notes.append(f"`{name}` for `{row}` (no finished run of `{row}` at its seeds yet)")
             continue
         metric = by_run[name][0]["valid_metric"]
+        if {r["valid_metric"] for r in by_run[name] + by_run[row]} != {metric}:
+            notes.append(f"`{name}` for `{row}` (validated on different metrics: not compared)")
+            continue
         mine, theirs = _best_validation(by_run[name], seeds), _best_validation(by_run[row], seeds)
         at = "seed " + ", ".join(map(str, sorted(seeds)))
         note = f"`{name}` for `{row}` (best validation {metric} {mine:.4f} against {theirs:.4f}, {at})"
@@ -438,6 +441,8 @@ def _set_aside(by_run: dict[str, list[dict[str, Any]]], alternatives: dict[str, 
 
 def _verdict(reference: str, verdicts: dict[str, dict[str, bool]], reference_converged: bool) -> str:
     """The one-line summary of :func:`plain_reading` for one protocol."""
+    if not verdicts:
+        return f"No other row to compare `{reference}` with."
     not_beaten = [n for n, v in verdicts.items() if not (v["apart"] and v["significant"])]
     unconverged = [n for n, v in verdicts.items() if not v["converged"]]
     line = (

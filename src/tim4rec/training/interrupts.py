@@ -4,8 +4,10 @@ An interrupt raised inside a step could leave the weights half-updated, so the t
 to its last complete epoch and retrain the rest: an hour of work for a model whose epoch takes an hour.
 While :class:`HeldInterrupt` is active the first Ctrl-C (SIGINT) or SIGTERM only marks the run: the step
 finishes, the trainer saves the epoch's place (as for a ``time_budget`` cut) and then raises what the
-signal's own handler raises (``KeyboardInterrupt``; the command line's ``Terminated``). A second signal
-raises at once. Only signals whose handler raises are held (Python's Ctrl-C handler, a handler a program
+signal's own handler raises (``KeyboardInterrupt``; the command line's ``Terminated``). A second signal of
+the same kind raises at once (one of the other kind is held too: torchrun follows a terminal's Ctrl-C with a
+SIGTERM to its workers). A signal the trainer did not act on (``taken``) before the context ends is raised
+as it leaves. Only signals whose handler raises are held (Python's Ctrl-C handler, a handler a program
 installed), and only in the main thread, where Python runs signal handlers.
 """
 
@@ -26,6 +28,7 @@ class HeldInterrupt:
 
     def __init__(self) -> None:
         self.requested: int | None = None
+        self.taken = False  # set by the trainer when it acts on ``requested``
         self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
 
     def __enter__(self) -> HeldInterrupt:
@@ -37,14 +40,17 @@ class HeldInterrupt:
                     signal.signal(number, self._hold)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self._restore()
+        if exc_type is None and self.requested is not None and not self.taken:  # came after the last look
+            self._previous[self.requested](self.requested, None)
 
     def _hold(self, number: int, frame: FrameType | None) -> None:
-        if self.requested is not None:  # the second signal: stop now, as without this context
+        if self.requested == number:  # the same signal again: stop now, as without this context
             self._restore()
             self._previous[number](number, frame)
-        self.requested = number
+        if self.requested is None:
+            self.requested = number
 
     def _restore(self) -> None:
         for number, previous in self._previous.items():

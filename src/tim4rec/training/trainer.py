@@ -427,13 +427,13 @@ class Trainer:
                     samples_s=f"{(n_samples - done['samples']) / (time.perf_counter() - started):.0f}",
                 )
                 interrupted = self.distributed.any(held.requested is not None)
-                limit = None if interrupted else self._limit_reached(started)
+                limit = self._limit_reached(started)
                 if interrupted or limit:
                     break
             # a signal after the last step's check (or in an epoch with no step left) is held all the same
             interrupted = interrupted or self.distributed.any(held.requested is not None)
-        if limit and not interrupted:
-            self.state.stopped_by = limit
+            held.taken = interrupted
+        self.state.stopped_by = limit
         partial = bool(limit or interrupted) and n_steps < n_batches
         progress.close()
         seconds = time.perf_counter() - started
@@ -455,7 +455,9 @@ class Trainer:
             "epoch": epoch, "steps": n_steps, "loss_sum": total_loss, "samples": n_samples, "seconds": train_seconds,
             "dropped_valid_seconds": done.get("dropped_valid_seconds", 0.0),
         }  # fmt: skip
-        return entry, position if partial or interrupted else None, held if interrupted else None
+        # an interrupt alone saves the place even after the last step; with a limit, the limit's rule holds
+        saved = partial or (interrupted and not limit)
+        return entry, position if saved else None, held if interrupted else None
 
     def _step(self, batch: Batch) -> float:
         """One optimiser step on ``batch``; returns its mean loss.
@@ -609,13 +611,15 @@ class Trainer:
         self._save_checkpoint()
         self._stopped_state = None  # the checkpoint now holds this state
         self._on_main(self._reconcile_best)
+        if self.state.best_epoch is None and self.distributed.main:  # best.pt held the part of a reopened epoch 1
+            self.best_path.unlink(missing_ok=True)
         self._interrupted_at = (position["epoch"], position["steps"])
 
     def _run_epoch(self, epoch: int, resume_at: dict[str, Any] | None = None) -> None:
         """Train one epoch (or the rest of one, from ``resume_at``), validate, keep the best weights, checkpoint,
         report."""
         entry, position, held = self._train_epoch(epoch, resume_at)
-        if held is not None:  # Ctrl-C or SIGTERM in a step: save the epoch's place, unvalidated, and stop
+        if held is not None and not self.state.stopped_by:  # Ctrl-C or SIGTERM: save the place unvalidated, stop
             self._save_place(position)
             held.raise_requested()
         limit = DIVERGENCE_FACTOR * math.log(max(2, self.data.interactions.n_items))
@@ -662,6 +666,10 @@ class Trainer:
         )
         if self.epoch_end_hook is not None:
             self.epoch_end_hook(epoch)
+        if held is not None:  # an interrupt at the step a limit stopped: the limit's epoch is saved, then the run stops
+            if position is not None:
+                self._interrupted_at = (epoch, position["steps"])
+            held.raise_requested()
 
     def _load_best(self) -> None:
         if not self.best_path.exists():
