@@ -411,6 +411,14 @@ def test_a_setting_set_aside_on_validation_neither_leads_nor_counts(tmp_path: Pa
         "`other-arm` for `row` (best validation ndcg@10 0.2600 against 0.2500, seed 2020): it validates higher" in text
     )
     assert "`row-arm` leads" in quality_report.plain_reading(results, "ref")  # without the plan's marks
+    alone = quality_report.plain_reading(
+        results, "ref", alternatives={"row": "ref", "row-arm": "ref", "other-arm": "ref"}
+    )
+    assert "No other row to compare `ref` with." in alone
+    results[-1]["valid_metric"] = "hit@10"
+    assert "`other-arm` for `row` (validated on different metrics: not compared)" in quality_report.plain_reading(
+        results, "ref", alternatives={"row-arm": "row", "other-arm": "row"}
+    )
 
     plan = tmp_path / "plan.yaml"
     for target in ("row-arm", "probe", "missing"):  # an alternative, itself, no such run

@@ -204,6 +204,26 @@ def test_ctrl_c_at_the_step_a_limit_stops_keeps_the_limits_epoch(synthetic_inter
     assert [e["valid"] for e in resumed["epochs"]] == [e["valid"] for e in cut["epochs"]]
 
 
+def test_ctrl_c_in_a_reopened_first_epoch_leaves_no_best_file_of_its_part(
+    synthetic_inter: Path, tmp_path: Path, monkeypatch
+):
+    """A limit cut epoch 1 part-way, so best.pt held the part; Ctrl-C in the reopened epoch saves the state from
+    before that validation (no best epoch yet), and best.pt goes with it; the resumed run writes it again."""
+    settings = {"epochs": 2, "train_batch_size": 8, "train_regime": "prefix"}
+    folder = tmp_path / "b"
+    _fit(synthetic_inter, folder, max_steps=2, **settings)
+    assert (folder / "best.pt").exists()
+    _signal_at_steps(monkeypatch, {1: 1})  # the first step of the resumed stretch
+    with pytest.raises(KeyboardInterrupt):
+        _fit(synthetic_inter, folder, resume=True, **settings)
+    monkeypatch.undo()
+    assert load_checkpoint(folder / "checkpoint.pt")["state"]["best_epoch"] is None
+    assert not (folder / "best.pt").exists()
+    assert (
+        _fit(synthetic_inter, folder, resume=True, **settings)["best_epoch"] in (1, 2) and (folder / "best.pt").exists()
+    )
+
+
 def test_a_second_ctrl_c_stops_at_once(synthetic_inter: Path, tmp_path: Path, monkeypatch):
     """Two Ctrl-Cs: the second raises inside the step, so the checkpoint stays at the last complete epoch."""
     settings = {"epochs": 2, "train_batch_size": 8, "train_regime": "prefix"}
