@@ -224,6 +224,35 @@ def test_ctrl_c_in_a_reopened_first_epoch_leaves_no_best_file_of_its_part(
     )
 
 
+def test_a_kill_before_the_parts_best_file_is_removed_is_set_right_on_resume(
+    synthetic_inter: Path, tmp_path: Path, monkeypatch
+):
+    """Killed after the interrupt's checkpoint (no best epoch) but before best.pt went: resuming removes the part's
+    best.pt, so no file claims a best epoch the state does not have."""
+    settings = {"epochs": 2, "train_batch_size": 8, "train_regime": "prefix"}
+    folder = tmp_path / "b"
+    _fit(synthetic_inter, folder, max_steps=2, **settings)
+    reconcile, calls = Trainer._reconcile_best, []
+
+    def killed_after_the_checkpoint(self):
+        calls.append(self.state.best_epoch)
+        if self.state.best_epoch is None:  # the interrupt's place is checkpointed; the kill comes now
+            raise Killed
+        reconcile(self)
+
+    _signal_at_steps(monkeypatch, {1: 1})
+    monkeypatch.setattr(Trainer, "_reconcile_best", killed_after_the_checkpoint)
+    with pytest.raises(Killed):
+        _fit(synthetic_inter, folder, resume=True, **settings)
+    monkeypatch.undo()
+    assert calls == [1, None] and (folder / "best.pt").exists()  # the part's weights, left by the kill
+    assert load_checkpoint(folder / "checkpoint.pt")["state"]["best_epoch"] is None
+    config, notices = load_config(overrides={**TINY, "dataset": str(synthetic_inter), **settings})
+    with runtime_settings(threads=config.threads, flush_denormal=config.flush_denormal) as runtime:
+        Trainer(build_experiment(config, notices), folder, runtime=runtime)._resume()
+    assert not (folder / "best.pt").exists() and not (folder / "best-full-epochs.pt").exists()
+
+
 def test_a_second_ctrl_c_stops_at_once(synthetic_inter: Path, tmp_path: Path, monkeypatch):
     """Two Ctrl-Cs: the second raises inside the step, so the checkpoint stays at the last complete epoch."""
     settings = {"epochs": 2, "train_batch_size": 8, "train_regime": "prefix"}

@@ -279,10 +279,16 @@ class Trainer:
         """Make ``best.pt`` the weights of the checkpoint's best epoch where a kill came between writing the
         checkpoint and settling the set-aside file (or the part-way record was dropped): of ``best.pt`` and
         ``best-full-epochs.pt``, the one whose epoch and validation are the state's becomes ``best.pt``; the
-        set-aside file is kept only while a part-way epoch waits to be finished."""
+        set-aside file is kept only while a part-way epoch waits to be finished. A state with no best epoch
+        (an interrupt in a reopened first epoch saves the state before any validation) leaves neither file: what
+        they hold is the part that state does not count."""
+        state = self.state
+        if state.best_epoch is None:
+            self.best_path.unlink(missing_ok=True)
+            self.best_full_path.unlink(missing_ok=True)
+            return
         if not self.best_full_path.exists():
             return
-        state = self.state
 
         def holds_best(path: Path) -> bool:
             saved = load_saved_model(path)
@@ -611,8 +617,6 @@ class Trainer:
         self._save_checkpoint()
         self._stopped_state = None  # the checkpoint now holds this state
         self._on_main(self._reconcile_best)
-        if self.state.best_epoch is None and self.distributed.main:  # best.pt held the part of a reopened epoch 1
-            self.best_path.unlink(missing_ok=True)
         self._interrupted_at = (position["epoch"], position["steps"])
 
     def _run_epoch(self, epoch: int, resume_at: dict[str, Any] | None = None) -> None:
