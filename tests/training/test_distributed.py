@@ -160,3 +160,29 @@ def test_two_nodes_on_localhost(data: Path, tmp_path: Path):
     assert codes == [0, 0], "\n".join(f"node {rank}: {why(node.stderr.read())}" for rank, node in enumerate(nodes))
     assert json.loads((tmp_path / "node0" / "results.json").read_text())["processes"] == 2
     assert not (tmp_path / "node1" / "results.json").exists()  # only rank 0 writes
+
+
+def _any_each_on_rank(rank: int, port: int, answers) -> None:
+    import torch.distributed as dist
+
+    from tim4rec.training.distributed import Distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        flags = [(True, False, False), (False, False, True)][rank]
+        answers.put((rank, Distributed(rank=rank, world=2).any_each(*flags)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_any_each_agrees_every_flag_in_one_reduction():
+    """Each flag is True on both ranks where either rank raised it (the trainer's limit and interrupt flags)."""
+    import torch.multiprocessing as mp
+
+    from tim4rec.training.distributed import Distributed
+
+    assert Distributed().any_each(True, False) == (True, False)
+    context = mp.get_context("spawn")
+    answers = context.Queue()
+    mp.start_processes(_any_each_on_rank, args=(free_port(), answers), nprocs=2, start_method="spawn")
+    assert dict(answers.get(timeout=60) for _ in range(2)) == {0: (True, False, True), 1: (True, False, True)}

@@ -73,7 +73,15 @@ class Distributed:
 
     def any(self, flag: bool, device: torch.device | str = "cpu") -> bool:
         """True on every rank if ``flag`` is True on any."""
-        return self.sum(1.0 if flag else 0.0, device) > 0
+        return self.any_each(flag, device=device)[0]
+
+    def any_each(self, *flags: bool, device: torch.device | str = "cpu") -> tuple[bool, ...]:
+        """For each of ``flags``, True on every rank if it is True on any: one all-reduce for all of them."""
+        if not self.active:
+            return tuple(bool(flag) for flag in flags)
+        tensor = torch.tensor([1.0 if flag else 0.0 for flag in flags], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tuple(bool(value > 0) for value in tensor.tolist())
 
     def gather(self, values: list) -> list:
         """Every rank's list, concatenated in rank order (every rank gets it)."""

@@ -376,13 +376,15 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------ loop
-    def _limit_reached(self, started: float) -> str | None:
-        """``max_steps`` or ``time_budget`` when one is reached (on any rank: every rank stops together)."""
+    def _limit_reached(self, started: float, held: HeldInterrupt | None = None) -> tuple[str | None, bool]:
+        """``max_steps`` or ``time_budget`` when one is reached, and whether ``held`` holds an interrupt, each on
+        any rank (every rank stops together), agreed in one all-reduce."""
         config = self.config
-        if config.max_steps and self.state.step >= config.max_steps:
-            return "max_steps"
         over = bool(config.time_budget) and self.state.elapsed + (time.perf_counter() - started) >= config.time_budget
-        return "time_budget" if self.distributed.any(over) else None
+        over, interrupted = self.distributed.any_each(over, held is not None and held.requested is not None)
+        if config.max_steps and self.state.step >= config.max_steps:  # the same step on every rank
+            return "max_steps", interrupted
+        return ("time_budget" if over else None), interrupted
 
     def _train_epoch(
         self, epoch: int, resume_at: dict[str, Any] | None = None
@@ -432,8 +434,7 @@ class Trainer:
                     loss=f"{total_loss / n_steps:.4f}",
                     samples_s=f"{(n_samples - done['samples']) / (time.perf_counter() - started):.0f}",
                 )
-                interrupted = self.distributed.any(held.requested is not None)
-                limit = self._limit_reached(started)
+                limit, interrupted = self._limit_reached(started, held)
                 if interrupted or limit:
                     break
             # a signal after the last step's check (or in an epoch with no step left) is held all the same
@@ -548,7 +549,7 @@ class Trainer:
                                              parameters=config.to_dict())  # fmt: skip
         try:
             while self.state.stopped_by is None:
-                limit = self._limit_reached(time.perf_counter()) if self.state.step else None
+                limit = self._limit_reached(time.perf_counter())[0] if self.state.step else None
                 if limit:  # a resumed run whose limit is already spent: evaluate, train no further
                     self.state.stopped_by = limit
                     break
