@@ -298,6 +298,20 @@ def test_a_run_held_by_another_process_is_skipped(tmp_path: Path):
         assert again
 
 
+def test_a_status_probe_does_not_keep_a_run_from_starting(tmp_path: Path):
+    """A --status probe holds the lock shared for an instant: a run claiming the folder then waits it out."""
+    import fcntl
+    import threading
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").touch()
+    probe = open(tmp_path / "run" / ".lock")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.2, probe.close).start()  # closing lets the probe's lock go
+    with quality._claim(tmp_path / "run") as claimed:
+        assert claimed
+
+
 def test_time_to_a_validation_level():
     epochs = [
         {"train_seconds": 10.0, "valid_seconds": 2.0, "valid": {"ndcg@10": 0.03}},

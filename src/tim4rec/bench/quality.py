@@ -149,15 +149,21 @@ def status_table(rows: list[dict[str, Any]]) -> str:
 
 
 @contextlib.contextmanager
-def _claim(folder: Path) -> Iterator[bool]:
-    """Hold ``folder/.lock`` (an exclusive ``flock``) while a run trains; False if another process holds it."""
+def _claim(folder: Path, patience: float = 1.0) -> Iterator[bool]:
+    """Hold ``folder/.lock`` (an exclusive ``flock``) while a run trains; False if another process still holds
+    it after ``patience`` seconds (a ``--status`` probe holds it for an instant; a run, for hours)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        give_up = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    yield False
+                    return
+                time.sleep(0.05)
         try:
             yield True
         finally:
