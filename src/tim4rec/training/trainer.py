@@ -376,7 +376,7 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------ loop
-    def _limit_reached(self, started: float, held: HeldInterrupt | None = None) -> tuple[str | None, bool]:
+    def _limit_or_interrupt(self, started: float, held: HeldInterrupt | None = None) -> tuple[str | None, bool]:
         """``max_steps`` or ``time_budget`` when one is reached, and whether ``held`` holds an interrupt, each on
         any rank (every rank stops together), agreed in one all-reduce."""
         config = self.config
@@ -434,7 +434,7 @@ class Trainer:
                     loss=f"{total_loss / n_steps:.4f}",
                     samples_s=f"{(n_samples - done['samples']) / (time.perf_counter() - started):.0f}",
                 )
-                limit, interrupted = self._limit_reached(started, held)
+                limit, interrupted = self._limit_or_interrupt(started, held)
                 if interrupted or limit:
                     break
             # a signal after the last step's check (or in an epoch with no step left) is held all the same
@@ -549,7 +549,7 @@ class Trainer:
                                              parameters=config.to_dict())  # fmt: skip
         try:
             while self.state.stopped_by is None:
-                limit = self._limit_reached(time.perf_counter())[0] if self.state.step else None
+                limit = self._limit_or_interrupt(time.perf_counter())[0] if self.state.step else None
                 if limit:  # a resumed run whose limit is already spent: evaluate, train no further
                     self.state.stopped_by = limit
                     break
